@@ -1,0 +1,5 @@
+"""`python -m raftfl` is the `raftfl` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,265 @@
+"""The `raftfl` command line (click). Heavy imports happen inside commands, so it starts fast.
+
+Every user-facing failure is one line on stderr and a non-zero exit: 2 for bad usage,
+1 for everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import NodeAddress, client_endpoints, parse_address
+from .errors import RaftflError
+
+
+def _addresses(values: tuple[str, ...]) -> list[NodeAddress]:
+    try:
+        return [parse_address(v) for v in values]
+    except RaftflError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _endpoints(nodes: tuple[str, ...], endpoints: str | None) -> list[str]:
+    if endpoints:
+        return [e.strip().split("//", 1)[-1] for e in endpoints.split(",") if e.strip()]
+    if not nodes:
+        raise click.UsageError("give the nodes (-n host:port ...) or --endpoints")
+    return client_endpoints(_addresses(nodes))
+
+
+peers_option = click.option("-n", "--nodes", "nodes", multiple=True, metavar="HOST:PORT",
+                            help="Node addresses (host:raft_port); repeat or list after -n.")
+cluster_option = click.option("--cluster", default="default", show_default=True,
+                              help="Cluster name: keys live under /raftfl/<cluster>/.")
+endpoints_option = click.option("--endpoints", default=None,
+                                help="etcd client endpoints (ip:port,...) instead of -n.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="raftfl")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for Flower's too).")
+def cli(verbose: int) -> None:
+    """raftfl: federated learning whose aggregator heals itself, on etcd."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.group()
+def node() -> None:
+    """Start, join or leave a node."""
+
+
+def _node_options(fn: Any) -> Any:
+    options = [
+        click.option("-s", "--self", "address", required=True, metavar="HOST:PORT",
+                     help="This node's address; PORT is its etcd peer (Raft) port."),
+        peers_option,
+        click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]..."),
+        click.option("-a", "--aggregator", default="auto", show_default=True,
+                     help="Bootstrap aggregator: 'self', 'auto' (by context) or a node address."),
+        click.option("-r", "--rounds", type=click.IntRange(1), default=None,
+                     help="FL rounds (needed on the node that creates the cluster)."),
+        cluster_option,
+        click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                     help="Member data dir [default: .raftfl/<cluster>/<host>_<port>]."),
+        click.option("--etcd-bin", default=None, help="etcd binary [env RAFTFL_ETCD_BIN, PATH]."),
+        click.option("--allow-unsafe-etcd", is_flag=True,
+                     help="Run etcd 3.5.0-3.5.5 despite its data-inconsistency bugs."),
+        click.option("--etcd-endpoints", default=None,
+                     help="Use an external etcd cluster (ip:port,...); no embedded member."),
+        click.option("--client-port", type=click.IntRange(1, 65535), default=None,
+                     help="etcd client port [default: raft port + 100]."),
+        click.option("--flower-port", type=click.IntRange(1, 65535), default=None,
+                     help="Flower server port [default: raft port + 200]."),
+        click.option("--lease-ttl", type=click.IntRange(2, 60), default=3, show_default=True,
+                     help="Seconds a silent node keeps its lease (and the role)."),
+        click.option("--priority", type=float, default=0.0, show_default=True,
+                     help="Operator priority in the ranking (higher wins)."),
+        click.option("--nofailover", is_flag=True, help="Never take the aggregator role."),
+        click.option("--rank-step", type=click.FloatRange(0.1, 30), default=1.0,
+                     show_default=True, help="Seconds between campaigns of successive ranks."),
+        click.option("--dataset", type=click.Choice(["auto", "cifar10", "synthetic"]),
+                     default="auto", show_default=True),
+        click.option("--partition", type=click.Choice(["iid", "dirichlet"]), default="iid",
+                     show_default=True),
+        click.option("--alpha", type=click.FloatRange(0.01), default=0.5, show_default=True,
+                     help="Dirichlet concentration for --partition dirichlet."),
+        click.option("--train-size", type=click.IntRange(100), default=5000, show_default=True),
+        click.option("--test-size", type=click.IntRange(100), default=1000, show_default=True),
+        click.option("--epochs", type=click.IntRange(1), default=1, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--round-timeout", type=click.FloatRange(1), default=120.0,
+                     show_default=True, help="Seconds Flower waits for fit results."),
+        click.option("--start-timeout", type=click.FloatRange(1), default=300.0,
+                     show_default=True, help="Seconds to wait for quorum and workers."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...],
+                   **kw: Any) -> Any:
+    from .node import NodeOptions
+    from .ranking import Weights
+    from .runconfig import RunConfig
+
+    me = _addresses((address,))[0]
+    peers = [p for p in _addresses(nodes + more_nodes) if p.name != me.name]
+    aggregator = kw["aggregator"]
+    if aggregator not in ("self", "auto"):
+        aggregator = _addresses((aggregator,))[0].name
+    run = None
+    if kw["rounds"] is not None:
+        run = RunConfig(rounds=kw["rounds"], nodes=sorted({me.name, *(p.name for p in peers)}),
+                        dataset=kw["dataset"], partition=kw["partition"], alpha=kw["alpha"],
+                        n_train=kw["train_size"], n_test=kw["test_size"], epochs=kw["epochs"],
+                        seed=kw["seed"])
+    me.ip  # noqa: B018 - resolve now: an unresolvable address is a usage error
+    return NodeOptions(
+        address=me, peers=peers, aggregator=aggregator, rounds=kw["rounds"],
+        cluster=kw["cluster"], data_dir=kw["data_dir"], etcd_bin=kw["etcd_bin"],
+        allow_unsafe_etcd=kw["allow_unsafe_etcd"],
+        etcd_endpoints=_endpoints((), kw["etcd_endpoints"]) if kw["etcd_endpoints"] else None,
+        client_port=kw["client_port"], flower_port=kw["flower_port"], join=join,
+        lease_ttl=kw["lease_ttl"], priority=kw["priority"], nofailover=kw["nofailover"],
+        rank_step=kw["rank_step"], weights=Weights(), round_timeout=kw["round_timeout"],
+        start_timeout=kw["start_timeout"], run=run)
+
+
+@node.command("start")
+@_node_options
+def node_start(**kw: Any) -> None:
+    """Start a node: its etcd member, its prober and its FL role.
+
+    \b
+    The seed's three terminals:
+      raftfl node start -a self -r 3 -s localhost:5000 -n localhost:5001 localhost:5002
+      raftfl node start -a localhost:5000 -s localhost:5001 -n localhost:5000 localhost:5002
+      raftfl node start -a localhost:5000 -s localhost:5002 -n localhost:5000 localhost:5001
+    """
+    from .node import Node
+
+    sys.exit(Node(_build_options(False, **kw)).run())
+
+
+@node.command("join")
+@_node_options
+def node_join(**kw: Any) -> None:
+    """Add a node to a running cluster (etcd member add), then start it.
+
+    -n names running nodes; the new member learns the full membership from them.
+    """
+    from .membership import add_member
+    from .node import Node
+
+    opts = _build_options(True, **kw)
+    if opts.etcd_endpoints is None:
+        opts.peers = add_member(opts)
+    sys.exit(Node(opts).run())
+
+
+@node.command("leave")
+@click.option("-s", "--self", "address", required=True, metavar="HOST:PORT",
+              help="The node that leaves.")
+@peers_option
+@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@endpoints_option
+def node_leave(address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...],
+               endpoints: str | None) -> None:
+    """Remove a node's etcd member from the cluster; the node then stops by itself."""
+    from .membership import remove_member
+
+    leaving = _addresses((address,))[0]
+    click.echo(remove_member(leaving, _endpoints(nodes + more_nodes, endpoints)))
+
+
+@cli.command()
+@peers_option
+@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@endpoints_option
+@cluster_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
+           cluster: str, as_json: bool) -> None:
+    """Members, their context, the aggregator, the etcd leader and health."""
+    from .inspect import cluster_status, format_status
+
+    info = cluster_status(_endpoints(nodes + more_nodes, endpoints), cluster)
+    click.echo(json.dumps(info, indent=2) if as_json else format_status(info))
+
+
+@cli.command()
+@peers_option
+@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@endpoints_option
+@cluster_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event (default).")
+@click.option("--summary", is_flag=True, help="Print the replayed state instead of events.")
+def history(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
+            cluster: str, as_json: bool, summary: bool) -> None:
+    """Replay the event log: one JSON object per line (seq, type, ts, node, ...)."""
+    from .inspect import history_lines
+
+    for line in history_lines(_endpoints(nodes + more_nodes, endpoints), cluster, summary):
+        click.echo(line)
+
+
+def main() -> None:
+    """Entry point: one-line errors, exit 2 for usage and 1 for runtime problems."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"raftfl: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"raftfl: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except RaftflError as exc:
+        click.echo(f"raftfl: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with -v
+        logging.getLogger("raftfl").debug("traceback", exc_info=True)
+        if logging.getLogger().isEnabledFor(logging.INFO):
+            logging.getLogger("raftfl").exception("unexpected error")
+        click.echo(f"raftfl: internal error: {type(exc).__name__}: {exc} (-v for details)", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--nodes", type=click.IntRange(2, 9), default=4, show_default=True,
+              help="Nodes in total: one aggregator, the rest workers.")
+@click.option("--rounds", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--kill-aggregator-at", "kill_at", type=click.IntRange(1), default=None,
+              help="SIGKILL the aggregator node during this round.")
+@click.option("--dataset", type=click.Choice(["auto", "cifar10", "synthetic"]), default="auto",
+              show_default=True)
+@click.option("--summary-json", type=click.Path(path_type=Path), default=None)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"),
+              show_default=True, help="Directory for summary.json, rounds.csv, accuracy.png.")
+@click.option("--lease-ttl", type=click.IntRange(2, 60), default=3, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the nodes' data dirs and logs.")
+def demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, summary_json: Path | None,
+         out: Path, lease_ttl: int, keep: bool) -> None:
+    """Run a local cluster, kill the aggregator mid-round, verify the outcome."""
+    from .demo import run_demo
+
+    if kill_at is not None and kill_at > rounds:
+        raise click.BadParameter(f"round {kill_at} > --rounds {rounds}",
+                                 param_hint="--kill-aggregator-at")
+    sys.exit(run_demo(nodes, rounds, kill_at, dataset, out, summary_json, lease_ttl, keep,
+                      echo=click.echo))

@@ -1,0 +1,84 @@
+"""Node addressing and the port rule.
+
+A node is named by its `-s host:port` address, where `port` is its etcd *peer* (Raft) port,
+as in the seed. Every other port the node needs is derived from it, so three nodes on one
+laptop need nothing but the seed's three commands:
+
+    etcd client port = raft port + 100   (5000 -> 5100)
+    Flower port      = raft port + 200   (5000 -> 5200)
+
+Both can be overridden per node (`--client-port`, `--flower-port`).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from .errors import RaftflError
+
+CLIENT_PORT_OFFSET = 100
+FLOWER_PORT_OFFSET = 200
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    """A `host:raft_port` address as given on the command line."""
+
+    host: str
+    port: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def ip(self) -> str:
+        return resolve(self.host)
+
+    @property
+    def client_port(self) -> int:
+        return self.port + CLIENT_PORT_OFFSET
+
+    @property
+    def flower_port(self) -> int:
+        return self.port + FLOWER_PORT_OFFSET
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    @property
+    def client_endpoint(self) -> str:
+        return f"{self.ip}:{self.client_port}"
+
+
+def parse_address(text: str) -> NodeAddress:
+    """Parse `host:port`; raise a one-line error for anything else."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 - FLOWER_PORT_OFFSET:
+        raise RaftflError(f"invalid node address {text!r}: expected host:port, e.g. localhost:5000")
+    return NodeAddress(host.strip("[]"), int(port))
+
+
+def resolve(host: str) -> str:
+    """Resolve to an IPv4 address; etcd listens on IPs, not names."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError as exc:
+        raise RaftflError(f"node address {host!r} does not resolve: {exc}") from exc
+
+
+def client_endpoints(addresses: list[NodeAddress]) -> list[str]:
+    """The etcd client endpoints (`ip:port`) derived from node addresses by the port rule."""
+    return [a.client_endpoint for a in addresses]
+
+
+def check_port_free(ip: str, port: int, what: str) -> None:
+    """Fail early and clearly instead of letting etcd or Flower die with a bind error."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((ip, port))
+        except OSError as exc:
+            raise RaftflError(f"{what} port {ip}:{port} is already in use ({exc.strerror})") from exc

@@ -1,0 +1,206 @@
+"""The embedded etcd member: one etcd child process per node, so the nodes are the Raft group.
+
+The member is started from the template `etcd/member.yml.tmpl`, dies with its node
+(PR_SET_PDEATHSIG) and is reaped with `wait()`, so a SIGKILLed node leaves no zombie and no
+orphan holding its ports. Its data dir is stamped with the cluster name: restarting a node
+reuses its data, and a data dir from another cluster is refused instead of corrupted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RaftflError
+
+UNSAFE_VERSIONS = ((3, 5, 0), (3, 5, 5))  # known data-inconsistency bugs
+MARKER = "raftfl-member.json"
+_PR_SET_PDEATHSIG = 1
+
+
+def find_etcd(explicit: str | None = None) -> str:
+    """`--etcd-bin`, then RAFTFL_ETCD_BIN, then PATH."""
+    candidate = explicit or os.environ.get("RAFTFL_ETCD_BIN") or shutil.which("etcd")
+    if not candidate:
+        raise RaftflError("etcd not found: install etcd 3.4 (Debian: apt-get install etcd-server) "
+                          "or pass --etcd-bin / set RAFTFL_ETCD_BIN")
+    path = shutil.which(candidate) or candidate
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise RaftflError(f"etcd binary {candidate!r} is missing or not executable")
+    return path
+
+
+def etcd_version(binary: str) -> tuple[int, int, int]:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RaftflError(f"cannot run {binary} --version: {exc}") from exc
+    match = re.search(r"etcd Version:\s*(\d+)\.(\d+)\.(\d+)", out)
+    if not match:
+        raise RaftflError(f"{binary} does not look like etcd (no version in `--version` output)")
+    return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
+
+
+def check_version(version: tuple[int, int, int], allow_unsafe: bool = False) -> None:
+    low, high = UNSAFE_VERSIONS
+    if low <= version <= high and not allow_unsafe:
+        raise RaftflError(
+            f"etcd {'.'.join(map(str, version))} has known data-inconsistency bugs (3.5.0-3.5.5); "
+            "use 3.4.x or >= 3.5.6, or pass --allow-unsafe-etcd to override")
+
+
+def template_path() -> Path:
+    """The member template: in the source tree, or where setup.cfg installs it."""
+    for base in (Path(__file__).resolve().parents[1], Path(sys.prefix) / "share" / "raftfl"):
+        path = base / "etcd" / "member.yml.tmpl"
+        if path.is_file():
+            return path
+    raise RaftflError("etcd/member.yml.tmpl not found; reinstall raftfl")
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    name: str
+    cluster: str
+    data_dir: Path
+    ip: str
+    peer_port: int
+    client_port: int
+    initial_cluster: dict[str, str]  # name -> peer URL
+    state: str = "new"  # or "existing" when joining a running cluster
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+
+    @property
+    def client_endpoint(self) -> str:
+        return f"{self.ip}:{self.client_port}"
+
+    def render(self) -> str:
+        return string.Template(template_path().read_text()).substitute(
+            name=self.name, data_dir=str(self.data_dir), ip=self.ip, peer_port=self.peer_port,
+            client_port=self.client_port, cluster_state=self.state,
+            cluster_token=f"raftfl-{self.cluster}", heartbeat_ms=self.heartbeat_ms,
+            election_ms=self.election_ms,
+            initial_cluster=",".join(f"{n}={u}" for n, u in self.initial_cluster.items()))
+
+
+def prepare_data_dir(spec: MemberSpec) -> bool:
+    """Create or validate the data dir. Returns True when it already holds member data."""
+    spec.data_dir.mkdir(parents=True, exist_ok=True)
+    marker = spec.data_dir / MARKER
+    has_data = (spec.data_dir / "member-data" / "member").is_dir()
+    if marker.exists():
+        try:
+            owner = json.loads(marker.read_text())
+        except ValueError as exc:
+            raise RaftflError(f"{marker} is corrupt; move the data dir away to start fresh") from exc
+        if owner.get("cluster") != spec.cluster or owner.get("name") != spec.name:
+            raise RaftflError(
+                f"data dir {spec.data_dir} belongs to node {owner.get('name')!r} of cluster "
+                f"{owner.get('cluster')!r}, not {spec.name!r} of {spec.cluster!r}; "
+                "use another --data-dir")
+    elif has_data:
+        raise RaftflError(f"data dir {spec.data_dir} holds etcd data of unknown origin; "
+                          "use another --data-dir")
+    else:
+        marker.write_text(json.dumps({"cluster": spec.cluster, "name": spec.name}))
+    return has_data
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL the member when its node dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setpgid(0, 0)  # keep terminal Ctrl-C to the node, which stops the member in order
+
+
+class EtcdMember:
+    def __init__(self, spec: MemberSpec, binary: str):
+        self.spec = spec
+        self.binary = binary
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.spec.data_dir / "etcd.log"
+
+    def start(self) -> None:
+        config = self.spec.data_dir / "etcd.yml"
+        config.write_text(self.spec.render())
+        stderr = open(self.spec.data_dir / "etcd.stderr", "ab")  # noqa: SIM115 - owned by child
+        self.proc = subprocess.Popen(
+            [self.binary, "--config-file", str(config)],
+            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+            preexec_fn=_die_with_parent, close_fds=True)
+        stderr.close()
+        (self.spec.data_dir / "etcd.pid").write_text(str(self.proc.pid))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            tail = self._log_tail()
+            raise RaftflError(f"etcd member {self.spec.name} exited "
+                              f"(code {self.proc.returncode if self.proc else '?'}): {tail}")
+
+    def _log_tail(self) -> str:
+        for path in (self.spec.data_dir / "etcd.stderr", self.log_path):
+            try:
+                lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+            except OSError:
+                continue
+            errors = [ln for ln in lines if '"level":"error"' in ln or '"level":"fatal"' in ln
+                      or " C | " in ln or " E | " in ln]
+            if errors or lines:
+                last = (errors or lines)[-1]
+                msg = re.search(r'"msg":"([^"]*)"(?:.*"error":"([^"]*)")?', last)
+                return f"{msg.group(1)} {msg.group(2) or ''}".strip() if msg else last[-200:]
+        return "see " + str(self.log_path)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; always reaped."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        else:
+            self.proc.wait()
+
+
+def wait_healthy(member: EtcdMember, check: Callable[[], bool], deadline_s: float,
+                 progress: Callable[[str], None] | None = None) -> None:
+    """Wait for the member to serve requests (it needs a quorum), with a deadline."""
+    start = time.monotonic()
+    last_note = 0.0
+    while True:
+        member.check_alive()
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not ready yet
+            pass
+        waited = time.monotonic() - start
+        if waited > deadline_s:
+            raise RaftflError(f"etcd member {member.spec.name} not healthy after {deadline_s:.0f}s "
+                              f"(no quorum? are the other nodes started?); log: {member.log_path}")
+        if progress and waited - last_note >= 5:
+            last_note = waited
+            progress(f"waiting for etcd quorum ({waited:.0f}s)...")
+        time.sleep(0.2)

@@ -1,0 +1,112 @@
+"""The append-only FL event log in etcd, and its readers.
+
+Append is a create-only transaction on `events/<seq>`, optionally fenced by the aggregator
+term, so history is never rewritten and a deposed aggregator cannot add to it. Readers
+decode in key order, skip (and count) anything malformed, and fold with `replay`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .errors import FencedOut, RaftflError
+from .events import Event, MalformedEvent, decode
+from .keys import Keys, seq_of
+from .replay import FLState, Logged, replay
+from .store import CreateResult, Fence, Store
+
+log = logging.getLogger(__name__)
+
+MAX_APPEND_ATTEMPTS = 50
+
+
+@dataclass
+class ReadResult:
+    events: list[Logged]
+    revision: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+
+
+class EventLog:
+    def __init__(self, store: Store, keys: Keys):
+        self.store = store
+        self.keys = keys
+        self._next_hint = 0
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def append(self, event: Event, fence: Fence | None = None) -> int:
+        """Append at the next free sequence number; returns it. Raises FencedOut if fenced."""
+        with self._lock:
+            seq = self._next_hint or self._last_seq() + 1
+            value = event.to_json()
+            for _ in range(MAX_APPEND_ATTEMPTS):
+                result = self.store.create(self.keys.event(seq), value, fence=fence)
+                if result is CreateResult.CREATED:
+                    self._next_hint = seq + 1
+                    return seq
+                if result is CreateResult.FENCED:
+                    raise FencedOut(f"{event.type} rejected: term {fence.create_revision if fence else 0} "
+                                    "no longer holds the aggregator role")
+                existing = self.store.get(self.keys.event(seq))
+                if existing is not None and _event_id(existing.value) == event.id:
+                    self._next_hint = seq + 1  # a retried append that had landed already
+                    return seq
+                seq = max(seq + 1, self._last_seq() + 1)
+            raise RaftflError(f"could not append {event.type} after {MAX_APPEND_ATTEMPTS} attempts")
+
+    def _last_seq(self) -> int:
+        kvs, _ = self.store.range(self.keys.events, limit=1, descending=True, keys_only=True)
+        for kv in kvs:
+            seq = seq_of(kv.key)
+            if seq is not None:
+                return seq
+        return 0
+
+    def read(self, revision: int | None = None) -> ReadResult:
+        kvs, rev = self.store.range(self.keys.events, revision=revision)
+        result = ReadResult([], rev)
+        for kv in kvs:
+            item = self._decode(kv.key, kv.value, kv.mod_revision)
+            if isinstance(item, Logged):
+                result.events.append(item)
+            else:
+                result.skipped.append((kv.key, item))
+        return result
+
+    def state(self, revision: int | None = None) -> tuple[FLState, int]:
+        """Replay the whole log (as of `revision`); returns the state and the revision read."""
+        result = self.read(revision)
+        return replay(result.events), result.revision
+
+    def tail(self, start_revision: int, stop: threading.Event) -> Iterator[Logged]:
+        """New events from `start_revision` on, resuming across member failures."""
+        for change in self.store.watch(self.keys.events, start_revision, stop):
+            if change.value is None:
+                continue
+            item = self._decode(change.key, change.value, change.revision)
+            if isinstance(item, Logged):
+                yield item
+
+    def _decode(self, key: str, value: bytes, revision: int) -> Logged | str:
+        seq = seq_of(key)
+        try:
+            if seq is None:
+                raise MalformedEvent("key is not a sequence number")
+            return Logged(seq, revision, decode(value))
+        except MalformedEvent as exc:
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("skipping malformed event at %s: %s", key, exc)
+            return str(exc)
+
+
+def _event_id(raw: bytes) -> str | None:
+    try:
+        return json.loads(raw).get("id")
+    except (ValueError, AttributeError):
+        return None

@@ -1,0 +1,111 @@
+"""Read-only views of a cluster for `raftfl status` and `raftfl history`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from .eventlog import EventLog
+from .events import to_dict
+from .keys import Keys
+from .latency import summarize
+from .session import read_members, read_samples
+from .store import Store
+
+
+def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
+    store = Store(endpoints, retry_for=5)
+    keys = Keys(cluster)
+    try:
+        etcd_members = store.members()
+        health: dict[str, Any] = {}
+        leader_id = None
+        for m in etcd_members:
+            url = (m.client_urls or [""])[0].split("//", 1)[-1]
+            try:
+                st = Store.endpoint_status(url)
+                health[m.name] = {"healthy": True, "raft_term": st.raftTerm,
+                                  "is_leader": st.leader == st.header.member_id,
+                                  "db_size": st.dbSize}
+                leader_id = st.leader
+            except Exception as exc:  # noqa: BLE001 - an unhealthy member is data here
+                health[m.name] = {"healthy": False, "error": type(exc).__name__}
+        context = read_members(store, keys)
+        rtt = summarize(read_samples(store, keys), set(context), window=10)
+        agg = store.get(keys.aggregator)
+        state, rev = EventLog(store, keys).state()
+        members = []
+        for m in etcd_members:
+            url = (m.client_urls or [""])[0].split("//", 1)[-1]
+            ctx = context.get(m.name)
+            members.append({
+                "name": m.name, "id": f"{m.id:x}", "peer_urls": list(m.peer_urls),
+                "client_endpoint": url, "leader": m.id == leader_id, **health.get(m.name, {}),
+                "live": ctx is not None,
+                "context": None if ctx is None else {
+                    "priority": ctx.priority, "nofailover": ctx.nofailover,
+                    "cpu_free": ctx.cpu_free, "mem_free_mb": ctx.mem_free_mb,
+                    "mean_rtt_ms": rtt[m.name].mean_ms if m.name in rtt else None,
+                    "flower_address": ctx.flower_address, "finished": ctx.finished},
+            })
+        holder = json.loads(agg.value) if agg else None
+        return {
+            "cluster": cluster,
+            "revision": rev,
+            "endpoints": ",".join(m["client_endpoint"] for m in members),
+            "members": members,
+            "etcd_leader": next((m["name"] for m in members if m["leader"]), None),
+            "aggregator": None if holder is None else {**holder, "term": agg.create_revision},
+            "rounds": state.rounds,
+            "committed_rounds": state.commit_order,
+            "completed": state.done,
+            "last_model_sha256": state.last_model,
+        }
+    finally:
+        store.close()
+
+
+def format_status(info: dict[str, Any]) -> str:
+    lines = [f"cluster {info['cluster']} (revision {info['revision']})"]
+    agg = info["aggregator"]
+    lines.append("aggregator: " + (f"{agg['node']} term {agg['term']} at {agg['flower_address']}"
+                                   if agg else "none"))
+    done = info["committed_rounds"]
+    lines.append(f"rounds: {len(done)}/{info['rounds'] or '?'} committed"
+                 + (" (run completed)" if info["completed"] else ""))
+    lines.append(f"{'member':<22} {'health':<8} {'raft':<7} {'rtt ms':>7} {'cpu':>5} {'prio':>5}  "
+                 "client endpoint")
+    for m in info["members"]:
+        ctx = m["context"] or {}
+        rtt = ctx.get("mean_rtt_ms")
+        lines.append(
+            f"{m['name']:<22} {'ok' if m.get('healthy') else 'DOWN':<8} "
+            f"{'leader' if m['leader'] else '':<7} {'' if rtt is None else f'{rtt:.2f}':>7} "
+            f"{ctx.get('cpu_free', ''):>5} {ctx.get('priority', ''):>5}  {m['client_endpoint']}")
+    lines.append(f"etcdctl --endpoints={info['endpoints']} get --prefix /raftfl/{info['cluster']}/")
+    return "\n".join(lines)
+
+
+def history_lines(endpoints: list[str], cluster: str, summary: bool) -> Iterator[str]:
+    store = Store(endpoints, retry_for=5)
+    try:
+        log = EventLog(store, Keys(cluster))
+        result = log.read()
+        if summary:
+            from .replay import replay
+
+            state = replay(result.events)
+            yield json.dumps({
+                "rounds": state.rounds, "committed_rounds": state.commit_order,
+                "completed": state.done, "terms": [e.term for e in state.elections],
+                "aggregators": [e.node for e in state.elections],
+                "duplicate_commits": state.duplicate_commits, "stale_commits": state.stale_commits,
+                "skipped": len(result.skipped), "last_model_sha256": state.last_model})
+            return
+        for item in result.events:
+            yield json.dumps({"seq": item.seq, "revision": item.revision, **to_dict(item.event)})
+        for key, reason in result.skipped:
+            yield json.dumps({"skipped": key, "reason": reason})
+    finally:
+        store.close()

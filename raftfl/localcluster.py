@@ -1,0 +1,247 @@
+"""A local N-node cluster of real `raftfl node` processes on loopback.
+
+Used by `raftfl demo`, the fault harness, the benchmarks and the end-to-end tests. It only
+ever signals the PIDs it started, and `close()` always reaps them and removes its data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, check_port_free
+from .errors import RaftflError
+from .eventlog import EventLog
+from .keys import Keys
+from .replay import FLState
+from .store import Store
+
+
+@dataclass
+class NodeProc:
+    name: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    stopped: bool = False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def client_endpoint(self) -> str:
+        return f"127.0.0.1:{self.port + CLIENT_PORT_OFFSET}"
+
+    def result(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.data_dir / "result.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def free_base_port(n: int, start: int = 21000, stop: int = 40000) -> int:
+    """A base port such that base..base+n-1 and their +100/+200 ports are all free."""
+    rng = range(start, stop, 10)
+    offset = (os.getpid() * 7) % len(rng)
+    for base in list(rng[offset:]) + list(rng[:offset]):
+        try:
+            for i in range(n):
+                for extra in (0, CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET):
+                    check_port_free("127.0.0.1", base + i + extra, "probe")
+            return base
+        except RaftflError:
+            continue
+    raise RaftflError("no free port range on 127.0.0.1")
+
+
+@dataclass
+class LocalCluster:
+    n: int
+    rounds: int
+    cluster: str = "local"
+    dataset: str = "synthetic"
+    lease_ttl: int = 3
+    train_size: int = 5000
+    test_size: int = 1000
+    workdir: Path | None = None
+    keep: bool = False
+    node_args: dict[int, list[str]] = field(default_factory=dict)
+    node_env: dict[int, dict[str, str]] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    aggregator: str = "self"  # node 0's -a; the others follow node 0 (or "auto")
+    nodes: list[NodeProc] = field(default_factory=list)
+    kills: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._own_dir = self.workdir is None
+        self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="raftfl-"))
+        self.base = free_base_port(self.n)
+        names = [f"127.0.0.1:{self.base + i}" for i in range(self.n)]
+        for i, name in enumerate(names):
+            data_dir = self.workdir / f"node{i}"
+            agg = self.aggregator if i == 0 or self.aggregator == "auto" else names[0]
+            args = ["node", "start", "-a", agg, "-s", name, "-n", *[x for x in names if x != name],
+                    "--cluster", self.cluster, "--data-dir", str(data_dir),
+                    "--lease-ttl", str(self.lease_ttl), "--start-timeout", "120",
+                    *self.extra_args, *self.node_args.get(i, [])]
+            if i == 0 or self.aggregator == "auto":
+                args += ["-r", str(self.rounds), "--dataset", self.dataset,
+                         "--train-size", str(self.train_size), "--test-size", str(self.test_size)]
+            self.nodes.append(NodeProc(name, self.base + i, data_dir,
+                                       self.workdir / f"node{i}.log", args,
+                                       self.node_env.get(i, {})))
+        self._store: Store | None = None
+
+    # -- processes --------------------------------------------------------------------------
+    def start(self) -> LocalCluster:
+        for node in self.nodes:
+            self.start_node(node)
+        return self
+
+    def start_node(self, node: NodeProc) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **node.env}
+        log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child
+        node.proc = subprocess.Popen([sys.executable, "-m", "raftfl", *node.args], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+
+    def by_name(self, name: str) -> NodeProc:
+        return next(n for n in self.nodes if n.name == name)
+
+    def kill(self, name: str) -> float:
+        """SIGKILL a whole node (its etcd member follows by PDEATHSIG); returns the time."""
+        node = self.by_name(name)
+        at = time.time()
+        if node.alive:
+            os.kill(node.pid, signal.SIGKILL)
+            node.proc.wait()  # type: ignore[union-attr]
+        self.kills[name] = at
+        return at
+
+    def freeze(self, name: str) -> float:
+        """SIGSTOP a node's process (its etcd member keeps running)."""
+        node = self.by_name(name)
+        os.kill(node.pid, signal.SIGSTOP)
+        node.stopped = True
+        self.kills[name] = time.time()
+        return self.kills[name]
+
+    def thaw(self, name: str) -> None:
+        node = self.by_name(name)
+        os.kill(node.pid, signal.SIGCONT)
+        node.stopped = False
+
+    def close(self) -> None:
+        """Kill and reap everything we started; remove the data unless asked to keep it."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            if node.proc.poll() is None:
+                if node.stopped:
+                    os.kill(node.pid, signal.SIGCONT)
+                node.proc.terminate()
+                try:
+                    node.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+                    node.proc.wait()
+        self._reap_members()
+        if self._own_dir and not self.keep and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _reap_members(self) -> None:
+        """Make sure no etcd member of ours outlives its node (PDEATHSIG normally did this)."""
+        for node in self.nodes:
+            try:
+                pid = int((node.data_dir / "etcd.pid").read_text())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if str(node.data_dir).encode() in cmdline:  # still our member, not a reused PID
+                os.kill(pid, signal.SIGKILL)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- observing --------------------------------------------------------------------------
+    @property
+    def endpoints(self) -> list[str]:
+        return [n.client_endpoint for n in self.nodes]
+
+    def store(self) -> Store:
+        if self._store is None:
+            live = [n.client_endpoint for n in self.nodes if n.alive] or self.endpoints
+            self._store = Store(live, retry_for=20)
+        return self._store
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.cluster)
+
+    def state(self) -> FLState:
+        return EventLog(self.store(), self.keys).state()[0]
+
+    def holder(self) -> tuple[str, int] | None:
+        kv = self.store().get(self.keys.aggregator)
+        return (json.loads(kv.value)["node"], kv.create_revision) if kv else None
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str,
+                 interval: float = 0.2) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except RaftflError:
+                pass
+            time.sleep(interval)
+        raise RaftflError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    def wait_exit(self, timeout: float) -> None:
+        """Wait for every live node process to finish on its own."""
+        self.wait_for(lambda: not any(n.alive and not n.stopped for n in self.nodes), timeout,
+                      "the nodes to finish")
+
+    def final_models(self) -> dict[str, str]:
+        out = {}
+        for node in self.nodes:
+            res = node.result()
+            if res is not None:
+                out[node.name] = res["final_model_sha256"]
+        return out
+
+    def tail_logs(self, lines: int = 15) -> str:
+        chunks = []
+        for node in self.nodes:
+            try:
+                text = node.log_path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                text = []
+            chunks.append(f"--- {node.name} ---\n" + "\n".join(text))
+        return "\n".join(chunks)

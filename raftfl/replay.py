@@ -1,0 +1,124 @@
+"""`replay(events) -> FLState`: the only way anyone learns where training stands.
+
+A pure fold over the log in key order. It never trusts in-memory state, and it records
+instead of hiding anything that would violate an invariant (a second commit of a round, a
+commit from an older term, a broken hash chain), so the checker can report it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .events import (
+    AggregatorElected,
+    CheckpointFallback,
+    CheckpointSaved,
+    Event,
+    RoundCommitted,
+    RoundStarted,
+    RunCompleted,
+    RunStarted,
+    StepDown,
+)
+
+
+@dataclass(frozen=True)
+class Logged:
+    """An event with its place in the log."""
+
+    seq: int
+    revision: int
+    event: Event
+
+
+@dataclass
+class FLState:
+    rounds: int | None = None
+    initial_model: str | None = None
+    committed: dict[int, RoundCommitted] = field(default_factory=dict)
+    commit_order: list[int] = field(default_factory=list)
+    started: dict[int, int] = field(default_factory=dict)  # round -> times started
+    checkpoints: dict[str, CheckpointSaved] = field(default_factory=dict)
+    elections: list[AggregatorElected] = field(default_factory=list)
+    step_downs: list[StepDown] = field(default_factory=list)
+    fallbacks: list[CheckpointFallback] = field(default_factory=list)
+    completed: RunCompleted | None = None
+    max_term: int = 0
+    duplicate_commits: list[int] = field(default_factory=list)  # seqs
+    stale_commits: list[int] = field(default_factory=list)  # seqs
+    chain_breaks: list[int] = field(default_factory=list)  # rounds
+    rolled_back: list[int] = field(default_factory=list)  # rounds undone by a fallback
+    last_seq: int = 0
+    events: int = 0
+
+    @property
+    def last_committed_round(self) -> int:
+        return max(self.committed, default=0)
+
+    @property
+    def last_model(self) -> str | None:
+        """Hash of the newest committed global model (the initial model before round 1)."""
+        if self.committed:
+            return self.committed[self.last_committed_round].model_sha256
+        return self.initial_model
+
+    @property
+    def next_round(self) -> int:
+        return self.last_committed_round + 1
+
+    @property
+    def aggregator(self) -> str | None:
+        return self.elections[-1].node if self.elections else None
+
+    @property
+    def done(self) -> bool:
+        return self.completed is not None
+
+
+def replay(log: Iterable[Logged]) -> FLState:
+    state = FLState()
+    for item in log:
+        _apply(state, item)
+    return state
+
+
+def _apply(state: FLState, item: Logged) -> None:
+    ev = item.event
+    state.events += 1
+    state.last_seq = max(state.last_seq, item.seq)
+    if ev.term and ev.term < state.max_term and isinstance(ev, RoundCommitted):
+        state.stale_commits.append(item.seq)
+        return
+    state.max_term = max(state.max_term, ev.term)
+    match ev:
+        case RunStarted():
+            if state.rounds is None:
+                state.rounds, state.initial_model = ev.rounds, ev.initial_model
+        case AggregatorElected():
+            state.elections.append(ev)
+        case StepDown():
+            state.step_downs.append(ev)
+        case RoundStarted():
+            state.started[ev.round] = state.started.get(ev.round, 0) + 1
+        case CheckpointSaved():
+            state.checkpoints[ev.sha256] = ev
+        case CheckpointFallback():
+            # The newest checkpoint is unreadable, so the rounds after the fallback are
+            # undone and will be committed again from the fallback model.
+            state.fallbacks.append(ev)
+            for rnd in sorted(r for r in state.committed if r > ev.fallback_round):
+                del state.committed[rnd]
+                state.rolled_back.append(rnd)
+        case RoundCommitted():
+            if ev.round in state.committed:
+                state.duplicate_commits.append(item.seq)
+                return
+            expected_base = state.last_model if ev.round == state.next_round else None
+            if ev.round != state.next_round or ev.base_model != expected_base:
+                state.chain_breaks.append(ev.round)
+            state.committed[ev.round] = ev
+            state.commit_order.append(ev.round)
+        case RunCompleted():
+            if state.completed is None:
+                state.completed = ev

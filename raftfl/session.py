@@ -1,0 +1,207 @@
+"""A node's presence in the cluster: its lease, its member record and its latency stream.
+
+Everything a node publishes about itself is bound to one lease, so when the node dies,
+freezes or is cut off, all of it (including the aggregator role, if held) disappears together
+after one TTL. The keepalive runs in its own thread and also tracks the lease's *local*
+deadline: a node that cannot refresh in time assumes it lost the lease, before etcd says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from .keys import Keys, seq_of
+from .latency import Prober, Sample, parse_sample
+from .ranking import Candidate
+from .store import EtcdUnavailable, Store
+
+log = logging.getLogger(__name__)
+
+SAMPLES_KEPT = 30  # per node; older samples are deleted by their writer
+
+
+@dataclass
+class MemberInfo:
+    node: str
+    ip: str
+    client_port: int
+    flower_address: str
+    priority: float = 0.0
+    nofailover: bool = False
+    cpu_free: float = 0.0
+    mem_free_mb: float = 0.0
+    ts: float = field(default_factory=time.time)
+    finished: bool = False
+    pid: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> MemberInfo:
+        obj = json.loads(raw)
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+def read_members(store: Store, keys: Keys, revision: int | None = None) -> dict[str, MemberInfo]:
+    kvs, _ = store.range(keys.members, revision=revision)
+    out = {}
+    for kv in kvs:
+        try:
+            info = MemberInfo.from_json(kv.value)
+        except (ValueError, TypeError):
+            log.warning("ignoring malformed member record %s", kv.key)
+            continue
+        out[info.node] = info
+    return out
+
+
+def read_samples(store: Store, keys: Keys, revision: int | None = None) -> list[Sample]:
+    kvs, _ = store.range(keys.latency, revision=revision)
+    samples = []
+    for kv in kvs:
+        rest = kv.key[len(keys.latency):]
+        node, _, tail = rest.rpartition("/")
+        seq = seq_of(kv.key)
+        try:
+            if seq is None:
+                raise ValueError("bad key")
+            samples.append(parse_sample(node, seq, json.loads(kv.value)))
+        except (ValueError, TypeError):
+            log.warning("ignoring malformed latency sample %s", kv.key)
+    return samples
+
+
+def candidates(members: dict[str, MemberInfo], samples: list[Sample],
+               window: int) -> list[Candidate]:
+    """Context of every live member, from replicated data only."""
+    from .latency import summarize
+
+    rtt = summarize(samples, set(members), window)
+    return [
+        Candidate(node=m.node, priority=m.priority, nofailover=m.nofailover,
+                  cpu_free=m.cpu_free, mem_free_mb=m.mem_free_mb,
+                  mean_rtt_ms=rtt[m.node].mean_ms if m.node in rtt else None,
+                  last_sample_ts=rtt[m.node].last_ts if m.node in rtt else None)
+        for m in members.values()
+    ]
+
+
+def local_resources() -> tuple[float, float]:
+    """(free CPU fraction, available memory in MiB) of this host right now."""
+    busy = psutil.cpu_percent(interval=None) / 100.0
+    return round(1.0 - busy, 2), round(psutil.virtual_memory().available / 2**20, 0)
+
+
+class Session:
+    """Lease + keepalive + member record + latency prober for one node."""
+
+    def __init__(self, store: Store, keys: Keys, info: MemberInfo, ttl: int,
+                 on_lost: Callable[[], None], probe_interval: float = 1.0):
+        self.store = store
+        self.keys = keys
+        self.info = info
+        self.ttl = ttl
+        self.on_lost = on_lost
+        self.probe_interval = probe_interval
+        self.lease: int | None = None
+        self.valid_until = 0.0
+        self.stop = threading.Event()
+        self.prober = Prober()
+        self._seq = 0
+        self._lock = threading.Lock()
+        self.members: dict[str, MemberInfo] = {}
+
+    # -- lease ------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Grant a fresh lease and publish the member record on it."""
+        with self._lock:
+            started = time.monotonic()
+            self.lease = self.store.grant(self.ttl)
+            self.valid_until = started + self.ttl
+            self.publish()
+
+    @property
+    def valid(self) -> bool:
+        return self.lease is not None and time.monotonic() < self.valid_until
+
+    def publish(self) -> None:
+        self.info.cpu_free, self.info.mem_free_mb = local_resources()
+        self.info.ts = time.time()
+        self.store.put(self.keys.member(self.info.node), self.info.to_json(), lease=self.lease)
+
+    def _keepalive_loop(self) -> None:
+        interval = min(0.5, self.ttl / 4)
+        while not self.stop.wait(interval):
+            lease = self.lease
+            if lease is None:
+                continue
+            sent = time.monotonic()
+            try:
+                ttl = self.store.keepalive(lease, retry_for=interval)
+            except EtcdUnavailable:
+                ttl = None
+            if ttl:
+                self.valid_until = sent + ttl
+            if ttl == 0 or time.monotonic() >= self.valid_until:
+                log.warning("lease %x lost (%s)", lease,
+                            "expired in etcd" if ttl == 0 else "no refresh within TTL")
+                self.lease = None
+                self.on_lost()
+
+    # -- latency ----------------------------------------------------------------------------
+    def _probe_loop(self) -> None:
+        cycle = 0
+        while not self.stop.wait(self.probe_interval):
+            if self.lease is None:
+                continue
+            try:
+                self.members = read_members(self.store, self.keys)
+                rtts = {peer: self.prober.probe(m.ip, m.client_port)
+                        for peer, m in self.members.items() if peer != self.info.node}
+                self._append_sample(rtts)
+                cycle += 1
+                if cycle % 5 == 0:
+                    self.publish()
+            except EtcdUnavailable as exc:
+                log.debug("probe cycle skipped: %s", exc)
+            except Exception:  # noqa: BLE001 - a probe bug must not kill the node
+                log.exception("probe cycle failed")
+
+    def _append_sample(self, rtts: dict[str, float | None]) -> None:
+        if not self._seq:
+            kvs, _ = self.store.range(self.keys.latency_of(self.info.node), limit=1,
+                                      descending=True, keys_only=True)
+            self._seq = max([seq_of(kv.key) or 0 for kv in kvs] + [0])
+        self._seq += 1
+        value = json.dumps({"node": self.info.node, "ts": time.time(), "method": self.prober.method,
+                            "rtt_ms": {k: None if v is None else round(v, 3)
+                                       for k, v in sorted(rtts.items())}})
+        self.store.create(self.keys.latency_sample(self.info.node, self._seq), value,
+                          lease=self.lease)
+        old = self._seq - SAMPLES_KEPT
+        if old > 0:
+            self.store.delete(self.keys.latency_sample(self.info.node, old))
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        for target, name in ((self._keepalive_loop, "keepalive"), (self._probe_loop, "prober")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+
+    def close(self, revoke: bool = True) -> None:
+        self.stop.set()
+        if revoke and self.lease is not None:
+            self.store.revoke(self.lease)
+            self.lease = None
+
+
+def member_summary(info: MemberInfo) -> dict[str, Any]:
+    return dict(info.__dict__)

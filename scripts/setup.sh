@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent setup: etcd 3.4 from Debian (when root with apt), a .venv with raftfl and its
+# dev extras. Safe to run again: every step checks before it acts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+have_etcd() { command -v "${RAFTFL_ETCD_BIN:-etcd}" >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1; }
+
+if ! have_etcd; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing etcd-server and etcd-client (3.4) from Debian" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # policy-rc.d stops the package from starting its own etcd on :2379 where it can.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    apt-get install -y -qq etcd-server etcd-client iproute2 >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+      systemctl disable --now etcd >/dev/null 2>&1 || true
+    fi
+  else
+    echo "setup: etcd not found. Install etcd 3.4.x or >= 3.5.6 and put it on PATH," >&2
+    echo "       or set RAFTFL_ETCD_BIN (Debian: sudo apt-get install etcd-server etcd-client)." >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.raftfl-installed
+want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing raftfl into .venv (torch comes from the local wheel cache)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither a file" >&2 || true
+  .venv/bin/python -c "import raftfl, etcd3, flwr, torch, torchvision" \
+    || { echo "setup: install failed" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
+echo "setup: ok ($(.venv/bin/raftfl --version 2>/dev/null || echo raftfl), $("${RAFTFL_ETCD_BIN:-etcd}" --version | head -1))" >&2

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (idempotent), lint, then run the test suite on real etcd members and Flower processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/ruff check raftfl tests
+exec .venv/bin/python -m pytest -q "$@"
