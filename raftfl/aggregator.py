@@ -8,7 +8,6 @@ rejected write marks the recorder deposed and Flower is told to stop.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,11 +30,11 @@ from .events import (
 from .keys import Keys
 from .replay import FLState
 from .store import Fence, Store
+from .testhooks import hold
 
 log = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 3
-HOLD_ENV = "RAFTFL_TEST_HOLD_BEFORE_CHECKPOINT"  # TEST ONLY: "<round>:<seconds>"
 
 
 @dataclass
@@ -114,9 +113,11 @@ class RoundRecorder:
         if not self._wait_for_workers(num_available):
             return None
         self.before_round()
+        hold("round_start", self.round)
         clients = num_available()
         self._append(RoundStarted(node=self.node, term=self.term, round=self.round,
                                   base_model=self.base, clients=clients))
+        hold("fit_start", self.round)
         self.on_round("started", {"round": self.round, "clients": clients})
         return {"round": self.round, "term": self.term, "base_model": self.base}
 
@@ -150,7 +151,7 @@ class RoundRecorder:
         if weights is None or results == 0:
             self.on_round("retry", {"round": self.round, "failures": failures})
             return None
-        _test_hold(self.round)
+        hold("checkpoint", self.round)
         weights = [np.asarray(w, dtype=np.float32) for w in weights]
         blob = weights_to_bytes(weights)
         loss, acc = evaluate(weights, self.test_set)
@@ -181,12 +182,3 @@ class RoundRecorder:
         except Exception:  # noqa: BLE001 - pruning is housekeeping, never fatal
             log.exception("checkpoint pruning failed")
 
-
-def _test_hold(rnd: int) -> None:
-    """TEST ONLY: hold the aggregator between aggregation and checkpoint write."""
-    spec = os.environ.get(HOLD_ENV, "")
-    if spec:
-        want, _, seconds = spec.partition(":")
-        if want.isdigit() and int(want) == rnd:
-            log.warning("test hold: round %d, sleeping %ss before the checkpoint", rnd, seconds)
-            time.sleep(float(seconds or 5))

@@ -263,3 +263,67 @@ def demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, summary_jso
                                  param_hint="--kill-aggregator-at")
     sys.exit(run_demo(nodes, rounds, kill_at, dataset, out, summary_json, lease_ttl, keep,
                       echo=click.echo))
+
+
+@cli.command()
+@click.option("--quick", "mode", flag_value="quick", default=True,
+              help="The representative subset CI runs (default).")
+@click.option("--all", "mode", flag_value="all", help="Every scenario.")
+@click.option("--only", multiple=True, metavar="NAME", help="Run just these scenarios.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the table as CSV.")
+def faults(mode: str, only: tuple[str, ...], csv_path: Path | None) -> None:
+    """Run the fault-injection matrix and print one table."""
+    import csv
+
+    from .faults import format_table, run_scenario, select
+
+    chosen = select(mode == "quick", list(only))
+    outcomes = []
+    for i, scenario in enumerate(chosen, 1):
+        click.echo(f"[{i}/{len(chosen)}] {scenario.name}: {scenario.fault} ...")
+        outcome = run_scenario(scenario, echo=click.echo)
+        click.echo(f"    -> {'ok' if outcome.ok else 'FAILED'} ({outcome.outcome}, "
+                   f"{outcome.seconds:.0f}s)")
+        outcomes.append(outcome)
+    click.echo("")
+    click.echo(format_table(outcomes))
+    if csv_path:
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["scenario", "fault", "ok", "outcome", "recovery_s", "seconds"])
+            for o in outcomes:
+                w.writerow([o.name, o.fault, o.ok, o.outcome,
+                            ";".join(map(str, o.recovery_s)), o.seconds])
+    sys.exit(0 if all(o.ok for o in outcomes) else 1)
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks that print figures and write CSV + PNG."""
+
+
+@bench.command("recovery")
+@click.option("--runs", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--nodes", type=click.IntRange(3, 9), default=3, show_default=True)
+@click.option("--lease-ttl", type=click.IntRange(2, 60), default=3, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"),
+              show_default=True)
+def bench_recovery(runs: int, nodes: int, lease_ttl: int, out: Path) -> None:
+    """Recovery time (kill -> first fit of the resumed round) over repeated kills."""
+    from .bench import recovery
+
+    sys.exit(recovery(runs, nodes, lease_ttl, out, echo=click.echo))
+
+
+@bench.command("traffic")
+@click.option("--nodes", "nodes_list", type=click.IntRange(2, 9), multiple=True,
+              default=(3, 5), show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"),
+              show_default=True)
+def bench_traffic(nodes_list: tuple[int, ...], rounds: int, out: Path) -> None:
+    """Replication bytes per round (etcd Raft and clients) against Flower's model bytes."""
+    from .bench import traffic
+
+    sys.exit(traffic(list(nodes_list), rounds, out, echo=click.echo))

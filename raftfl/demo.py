@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
-import queue
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from .eventlog import EventLog
 from .events import AggregatorElected, RoundCommitted, RoundStarted, RunCompleted, StepDown
 from .invariants import check, failovers
 from .localcluster import LocalCluster
-from .replay import Logged
+from .replay import replay
 
 KILL_DELAY_S = 0.1  # after the round's start: the workers are mid-fit
 
@@ -46,40 +43,22 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
     timeout = timeout or 120 + 40 * rounds
     cluster = LocalCluster(n=nodes, rounds=rounds, dataset=dataset, cluster="demo",
                            lease_ttl=lease_ttl, keep=keep)
-    stop = threading.Event()
-    seen: queue.Queue[Logged] = queue.Queue()
-    vacancies: list[float] = []
     try:
         cluster.start()
         echo(f"demo: {nodes} nodes on 127.0.0.1 ports {cluster.base}..{cluster.base + nodes - 1}"
              f" (logs in {cluster.workdir}); {rounds} rounds, dataset {dataset}"
              + (f", killing the aggregator in round {kill_at}" if kill_at else ""))
-        cluster.wait_for(lambda: cluster.holder() is not None, 150, "the first aggregator")
-        store = cluster.store()
-        log = EventLog(store, cluster.keys)
-
-        def tail() -> None:
-            for item in log.tail(1, stop):
-                seen.put(item)
-
-        def watch_role() -> None:
-            for change in store.watch(cluster.keys.aggregator, 1, stop):
-                if change.value is None:
-                    vacancies.append(time.time())
-
-        for fn in (tail, watch_role):
-            threading.Thread(target=fn, daemon=True).start()
         started = time.monotonic()
-        killed = False
-        done = False
-        while time.monotonic() - started < timeout:
-            try:
-                item = seen.get(timeout=1.0)
-            except queue.Empty:
+        shown = 0
+        killed = done = False
+        while not done and time.monotonic() - started < timeout:
+            if shown == len(cluster.log):
                 if not any(n.alive for n in cluster.nodes):
                     break
+                time.sleep(0.05)
                 continue
-            ev = item.event
+            ev = cluster.log[shown].event
+            shown += 1
             line = _describe(ev)
             if line:
                 echo(f"  [{time.strftime('%H:%M:%S')}] {line}")
@@ -89,26 +68,23 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
                 killed = True
                 echo(f"  [{time.strftime('%H:%M:%S')}] SIGKILL {ev.node} (the aggregator) "
                      f"during round {ev.round}")
-            if isinstance(ev, RunCompleted):
-                done = True
-                break
-        result = log.read()  # now: the members leave with their nodes
-        stop.set()
+            done = isinstance(ev, RunCompleted)
         if done:
             try:
                 cluster.wait_exit(60)
             except Exception:  # noqa: BLE001 - a missing final model is reported below
                 pass
-        from .replay import replay
-
-        state = replay(result.events)
+        log = list(cluster.log)
+        state = replay(log)
         survivors = {n.name for n in cluster.nodes if n.name not in cluster.kills}
         finals = {k: v for k, v in cluster.final_models().items() if k in survivors}
         missing = survivors - set(finals)
         verdict = check(state, rounds, finals)
+        if not done:
+            verdict.violations.append(f"the run did not complete within {timeout:.0f}s")
         if missing:
             verdict.violations.append(f"no final model from {sorted(missing)}")
-        fos = failovers(result.events, cluster.kills, vacancies)
+        fos = failovers(log, cluster.kills, cluster.vacancies)
         summary = {
             "rounds": rounds,
             "committed_rounds": state.commit_order,
@@ -131,7 +107,6 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
             echo(cluster.tail_logs())
         return 0 if verdict.ok else 1
     finally:
-        stop.set()
         cluster.close()
 
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,18 +24,20 @@ from .config import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, check_port_free
 from .errors import RaftflError
 from .eventlog import EventLog
 from .keys import Keys
-from .replay import FLState
+from .replay import FLState, Logged, replay
 from .store import Store
 
 
 @dataclass
 class NodeProc:
     name: str
+    ip: str
     port: int
     data_dir: Path
     log_path: Path
     args: list[str]
     env: dict[str, str]
+    wrapper: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     stopped: bool = False
 
@@ -49,7 +52,16 @@ class NodeProc:
 
     @property
     def client_endpoint(self) -> str:
-        return f"127.0.0.1:{self.port + CLIENT_PORT_OFFSET}"
+        return f"{self.ip}:{self.port + CLIENT_PORT_OFFSET}"
+
+    def etcd_pid(self) -> int | None:
+        """PID of this node's etcd member, if it is still our member (not a reused PID)."""
+        try:
+            pid = int((self.data_dir / "etcd.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.data_dir).encode() in cmdline else None
 
     def result(self) -> dict[str, Any] | None:
         try:
@@ -88,14 +100,19 @@ class LocalCluster:
     node_env: dict[int, dict[str, str]] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     aggregator: str = "self"  # node 0's -a; the others follow node 0 (or "auto")
+    ips: list[str] | None = None  # one address per node (network-namespace clusters)
+    wrappers: list[list[str]] | None = None  # command prefix per node, e.g. ip netns exec
     nodes: list[NodeProc] = field(default_factory=list)
     kills: dict[str, float] = field(default_factory=dict)
+    log: list[Logged] = field(default_factory=list)  # every event, as the collector saw it
+    vacancies: list[float] = field(default_factory=list)  # when the role key was deleted
 
     def __post_init__(self) -> None:
         self._own_dir = self.workdir is None
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="raftfl-"))
         self.base = free_base_port(self.n)
-        names = [f"127.0.0.1:{self.base + i}" for i in range(self.n)]
+        ips = self.ips or ["127.0.0.1"] * self.n
+        names = [f"{ips[i]}:{self.base + i}" for i in range(self.n)]
         for i, name in enumerate(names):
             data_dir = self.workdir / f"node{i}"
             agg = self.aggregator if i == 0 or self.aggregator == "auto" else names[0]
@@ -106,21 +123,43 @@ class LocalCluster:
             if i == 0 or self.aggregator == "auto":
                 args += ["-r", str(self.rounds), "--dataset", self.dataset,
                          "--train-size", str(self.train_size), "--test-size", str(self.test_size)]
-            self.nodes.append(NodeProc(name, self.base + i, data_dir,
+            self.nodes.append(NodeProc(name, ips[i], self.base + i, data_dir,
                                        self.workdir / f"node{i}.log", args,
-                                       self.node_env.get(i, {})))
+                                       self.node_env.get(i, {}),
+                                       self.wrappers[i] if self.wrappers else []))
         self._store: Store | None = None
 
     # -- processes --------------------------------------------------------------------------
     def start(self) -> LocalCluster:
         for node in self.nodes:
             self.start_node(node)
+        self._collect()
         return self
+
+    def _collect(self) -> None:
+        """Tail the log and the role key from the start, so the whole history is kept here
+        even after the nodes (and with them the etcd members) have left."""
+        self._stop = threading.Event()
+        store = Store(self.endpoints, retry_for=20)
+        events = EventLog(store, self.keys)
+
+        def tail() -> None:
+            for item in events.tail(1, self._stop):
+                self.log.append(item)
+
+        def role() -> None:
+            for change in store.watch(self.keys.aggregator, 1, self._stop):
+                if change.value is None:
+                    self.vacancies.append(time.time())
+
+        for fn in (tail, role):
+            threading.Thread(target=fn, name=f"collect-{fn.__name__}", daemon=True).start()
 
     def start_node(self, node: NodeProc) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **node.env}
         log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child
-        node.proc = subprocess.Popen([sys.executable, "-m", "raftfl", *node.args], env=env,
+        node.proc = subprocess.Popen([*node.wrapper, sys.executable, "-m", "raftfl", *node.args],
+                                     env=env,
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
@@ -153,6 +192,8 @@ class LocalCluster:
 
     def close(self) -> None:
         """Kill and reap everything we started; remove the data unless asked to keep it."""
+        if hasattr(self, "_stop"):
+            self._stop.set()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -175,12 +216,9 @@ class LocalCluster:
     def _reap_members(self) -> None:
         """Make sure no etcd member of ours outlives its node (PDEATHSIG normally did this)."""
         for node in self.nodes:
-            try:
-                pid = int((node.data_dir / "etcd.pid").read_text())
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except (OSError, ValueError):
-                continue
-            if str(node.data_dir).encode() in cmdline:  # still our member, not a reused PID
+            pid = node.etcd_pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGKILL)
 
     def __enter__(self) -> LocalCluster:
@@ -205,7 +243,8 @@ class LocalCluster:
         return Keys(self.cluster)
 
     def state(self) -> FLState:
-        return EventLog(self.store(), self.keys).state()[0]
+        """The replayed state of what has been collected so far."""
+        return replay(list(self.log))
 
     def holder(self) -> tuple[str, int] | None:
         kv = self.store().get(self.keys.aggregator)
@@ -222,6 +261,14 @@ class LocalCluster:
                 pass
             time.sleep(interval)
         raise RaftflError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    def wait_event(self, predicate: Callable[[Any], bool], timeout: float, what: str) -> Any:
+        """The first event (in log order) matching `predicate`, as collected."""
+        def find() -> Any:
+            return next((item.event for item in list(self.log) if predicate(item.event)), None)
+
+        self.wait_for(lambda: find() is not None, timeout, what, interval=0.05)
+        return find()
 
     def wait_exit(self, timeout: float) -> None:
         """Wait for every live node process to finish on its own."""

@@ -133,6 +133,7 @@ class Node:
         self.config: RunConfig | None = None
         self.data: Future[Any] | None = None
         self._said: set[str] = set()
+        self.signalled = False
 
     # -- output -----------------------------------------------------------------------------
     def emit(self, text: str, once: str | None = None) -> None:
@@ -567,6 +568,7 @@ class Node:
     def _signals(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
             self.emit(f"signal {signum}: shutting down")
+            self.signalled = True
             self.stop.set()
             self.wake.set()
 
@@ -581,11 +583,12 @@ class Node:
         if self.server is not None:
             self.server.stop()
         if self.session is not None:
-            try:
-                if self.store is not None and self.stop.is_set():
+            if self.signalled and self.store is not None:
+                self.store.retry_for = 2.0  # best effort on the way out: never hang here
+                try:
                     self.events.append(NodeLeft(node=self.opts.name))
-            except Exception:  # noqa: BLE001 - best effort on the way out
-                pass
+                except RaftflError:
+                    pass
             self.session.close(revoke=True)
         if self.member is not None:
             self.member.stop()

@@ -113,6 +113,7 @@ class Session:
         self.on_lost = on_lost
         self.probe_interval = probe_interval
         self.lease: int | None = None
+        self._abandoned: int | None = None
         self.valid_until = 0.0
         self.stop = threading.Event()
         self.prober = Prober()
@@ -122,8 +123,15 @@ class Session:
 
     # -- lease ------------------------------------------------------------------------------
     def open(self) -> None:
-        """Grant a fresh lease and publish the member record on it."""
+        """Grant a fresh lease and publish the member record on it.
+
+        A lease we gave up on locally may still live in etcd (a leader change renews every
+        lease); revoke it so the role it may carry is freed now rather than a TTL later.
+        """
         with self._lock:
+            if self._abandoned is not None:
+                self.store.revoke(self._abandoned)
+                self._abandoned = None
             started = time.monotonic()
             self.lease = self.store.grant(self.ttl)
             self.valid_until = started + self.ttl
@@ -154,7 +162,7 @@ class Session:
             if ttl == 0 or time.monotonic() >= self.valid_until:
                 log.warning("lease %x lost (%s)", lease,
                             "expired in etcd" if ttl == 0 else "no refresh within TTL")
-                self.lease = None
+                self.lease, self._abandoned = None, lease
                 self.on_lost()
 
     # -- latency ----------------------------------------------------------------------------

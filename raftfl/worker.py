@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import RaftflError
 from .flower_adapter import ClientSession, is_connection_error
+from .testhooks import hold
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Trainer:
             raise StaleInstruction(f"round {rnd}: parameters do not match base model "
                                    f"{str(config['base_model'])[:12]}")
         self.on_fit(rnd, term)
+        hold("fit", rnd)
         weights, examples = self.train(params, rnd)
         return weights, examples, {"node": self.node}
 
