@@ -17,7 +17,7 @@ import numpy as np
 
 from . import checkpoint
 from .data import Dataset
-from .errors import FencedOut
+from .errors import FencedOut, RaftflError
 from .eventlog import EventLog
 from .events import (
     CheckpointFallback,
@@ -108,6 +108,23 @@ class RoundRecorder:
             raise
 
     def start_round(self, num_available: Callable[[], int]) -> dict[str, Any] | None:
+        try:
+            return self._start_round(num_available)
+        except RaftflError as exc:  # fenced out, or etcd unreachable: this term is over
+            log.warning("round %d not started: %s", self.round, exc)
+            self.deposed = True
+            return None
+
+    def commit(self, weights: list[np.ndarray] | None, results: int, failures: int,
+               num_examples: int) -> list[np.ndarray] | None:
+        try:
+            return self._commit(weights, results, failures, num_examples)
+        except RaftflError as exc:
+            log.warning("round %d not committed: %s", self.round, exc)
+            self.deposed = True
+            return None
+
+    def _start_round(self, num_available: Callable[[], int]) -> dict[str, Any] | None:
         if self.deposed or self.done:
             return None
         if not self._wait_for_workers(num_available):
@@ -139,8 +156,8 @@ class RoundRecorder:
             time.sleep(0.05)
         return False
 
-    def commit(self, weights: list[np.ndarray] | None, results: int, failures: int,
-               num_examples: int) -> list[np.ndarray] | None:
+    def _commit(self, weights: list[np.ndarray] | None, results: int, failures: int,
+                num_examples: int) -> list[np.ndarray] | None:
         """Count, checkpoint, commit. No result at all: the round is retried."""
         if self.deposed or self.done:
             return None
@@ -167,11 +184,15 @@ class RoundRecorder:
         self._keep_recent(manifest.sha256)
         self.round, self.weights, self.base = self.round + 1, weights, manifest.sha256
         if self.round > self.rounds:
-            self._append(RunCompleted(node=self.node, term=self.term, rounds=self.rounds,
-                                      model_sha256=self.base))
-            self.done = True
-            self.on_round("completed", {"rounds": self.rounds, "model": self.base})
+            self.complete()
         return weights
+
+    def complete(self) -> None:
+        """Record the end of the run: after this, nobody campaigns again."""
+        self._append(RunCompleted(node=self.node, term=self.term, rounds=self.rounds,
+                                  model_sha256=self.base))
+        self.done = True
+        self.on_round("completed", {"rounds": self.rounds, "model": self.base})
 
     def _keep_recent(self, newest: str) -> None:
         state, _ = self.events.state()

@@ -9,6 +9,7 @@ reuses its data, and a data dir from another cluster is refused instead of corru
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import re
@@ -118,14 +119,23 @@ def prepare_data_dir(spec: MemberSpec) -> bool:
     return has_data
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL the member when its node dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.setpgid(0, 0)  # keep terminal Ctrl-C to the node, which stops the member in order
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the forked child must not dlopen
+
+
+def _die_with_parent(parent: int) -> None:
+    """Runs in the child before exec: SIGKILL the member when its node dies.
+
+    If the node died before prctl took effect, exit now instead of living on as an orphan.
+    """
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class EtcdMember:
+    """One etcd child process. Start it from the node's main thread: the death signal is
+    tied to the thread that forks it."""
+
     def __init__(self, spec: MemberSpec, binary: str):
         self.spec = spec
         self.binary = binary
@@ -142,7 +152,8 @@ class EtcdMember:
         self.proc = subprocess.Popen(
             [self.binary, "--config-file", str(config)],
             stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-            preexec_fn=_die_with_parent, close_fds=True)
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()), close_fds=True,
+            process_group=0)  # terminal Ctrl-C goes to the node, which stops the member in order
         stderr.close()
         (self.spec.data_dir / "etcd.pid").write_text(str(self.proc.pid))
 

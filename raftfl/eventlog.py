@@ -61,11 +61,11 @@ class EventLog:
 
     def _last_seq(self) -> int:
         kvs, _ = self.store.range(self.keys.events, limit=1, descending=True, keys_only=True)
-        for kv in kvs:
-            seq = seq_of(kv.key)
-            if seq is not None:
-                return seq
-        return 0
+        if kvs and (seq := seq_of(kvs[0].key)) is not None:
+            return seq
+        # A foreign key sorts last: fall back to a keys-only scan (rare).
+        kvs, _ = self.store.range(self.keys.events, keys_only=True)
+        return max((s for kv in kvs if (s := seq_of(kv.key)) is not None), default=0)
 
     def read(self, revision: int | None = None) -> ReadResult:
         kvs, rev = self.store.range(self.keys.events, revision=revision)

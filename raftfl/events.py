@@ -143,16 +143,25 @@ def decode(raw: bytes | str) -> Event:
         raise MalformedEvent(f"not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise MalformedEvent("not a JSON object")
-    if obj.get("v") != SCHEMA_VERSION:
+    if type(obj.get("v")) is not int or obj["v"] != SCHEMA_VERSION:
         raise MalformedEvent(f"schema version {obj.get('v')!r}, expected {SCHEMA_VERSION}")
     cls = EVENT_TYPES.get(obj.get("type"))  # type: ignore[arg-type]
     if cls is None:
         raise MalformedEvent(f"unknown event type {obj.get('type')!r}")
     names = {f.name for f in fields(cls)}
     try:
-        return cls(**{k: v for k, v in obj.items() if k in names})
+        event = cls(**{k: v for k, v in obj.items() if k in names})
     except TypeError as exc:
         raise MalformedEvent(f"bad {cls.type} fields: {exc}") from exc
+    for name in _INT_FIELDS & names:
+        if type(getattr(event, name)) is not int:
+            raise MalformedEvent(f"bad {cls.type} field {name}: {getattr(event, name)!r}")
+    return event
+
+
+# Fields replay does arithmetic or ordering on: a string here would break the fold.
+_INT_FIELDS = {"round", "rounds", "term", "results", "failures", "num_examples", "size",
+               "chunks", "fallback_round", "clients", "rank", "revision"}
 
 
 def to_dict(event: Event) -> dict[str, Any]:

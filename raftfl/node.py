@@ -46,7 +46,7 @@ from .ranking import Ranked, Weights, rank
 from .replay import FLState
 from .runconfig import RunConfig, ensure
 from .session import MemberInfo, Session, candidates, read_members, read_samples
-from .store import CreateResult, EtcdUnavailable, Fence, Store
+from .store import EtcdUnavailable, Fence, Store
 from .worker import Trainer, WorkerRunner
 
 log = logging.getLogger(__name__)
@@ -368,11 +368,10 @@ class Node:
         if lease is None or not self.session.valid:
             return
         value = {"node": self.opts.name, "flower_address": self.opts.flower_address, "term": 0}
-        if self.store.create(self.keys.aggregator, json.dumps(value), lease=lease) \
-                is not CreateResult.CREATED:
-            return
+        self.store.create(self.keys.aggregator, json.dumps(value), lease=lease)
+        # Judge by the key, not the reply: a retried create that had landed answers EXISTS.
         kv = self.store.get(self.keys.aggregator)
-        if kv is None or kv.lease != lease:
+        if kv is None or kv.lease != lease or json.loads(kv.value).get("term") != 0:
             return
         term = kv.create_revision
         fence = Fence(self.keys.aggregator, term)
@@ -426,7 +425,7 @@ class Node:
                 no_worker_wait_s=self.opts.start_timeout, on_round=self._on_round,
                 before_round=self._move_leader_away)
             if self.recorder.done:  # every round committed, completion not yet recorded
-                self.recorder.commit(None, 0, 0, 0)
+                self.recorder.complete()
                 return
             remaining = cfg.rounds - resume.round + 1
             self.emit(f"serving rounds {resume.round}..{cfg.rounds} on {self.opts.flower_address}"
@@ -435,6 +434,9 @@ class Node:
                                         remaining + EXTRA_ROUNDS, self.opts.round_timeout).start()
         except FencedOut:
             self._step_down("fenced out while resuming")
+        except (OSError, RuntimeError) as exc:  # e.g. the Flower port is not free yet
+            self.emit(f"cannot serve yet ({exc}); retrying")
+            self.server = None
 
     def _expected_workers(self) -> int:
         if self.session is None:
@@ -550,6 +552,7 @@ class Node:
         (self.opts.dir / "result.json").write_text(json.dumps(result))
         self.emit(f"final model {result['final_model_sha256'][:12]} verified, saved to {path}")
         self.session.info.finished = True
+        self.store.retry_for = 2.0  # peers are leaving: never wait long for a quorum now
         try:
             self.session.publish()
         except EtcdUnavailable:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import psutil
 
 from .keys import Keys, seq_of
@@ -141,10 +142,14 @@ class Session:
     def valid(self) -> bool:
         return self.lease is not None and time.monotonic() < self.valid_until
 
-    def publish(self) -> None:
+    def publish(self, lease: int | None = None) -> None:
+        """Write the member record; never without a lease, or a dead node would look alive."""
+        lease = self.lease if lease is None else lease
+        if lease is None:
+            return
         self.info.cpu_free, self.info.mem_free_mb = local_resources()
         self.info.ts = time.time()
-        self.store.put(self.keys.member(self.info.node), self.info.to_json(), lease=self.lease)
+        self.store.put(self.keys.member(self.info.node), self.info.to_json(), lease=lease)
 
     def _keepalive_loop(self) -> None:
         interval = min(0.5, self.ttl / 4)
@@ -169,22 +174,25 @@ class Session:
     def _probe_loop(self) -> None:
         cycle = 0
         while not self.stop.wait(self.probe_interval):
-            if self.lease is None:
+            lease = self.lease  # one lease per cycle: a revoked one makes the writes fail
+            if lease is None:
                 continue
             try:
                 self.members = read_members(self.store, self.keys)
                 rtts = {peer: self.prober.probe(m.ip, m.client_port)
                         for peer, m in self.members.items() if peer != self.info.node}
-                self._append_sample(rtts)
+                self._append_sample(rtts, lease)
                 cycle += 1
                 if cycle % 5 == 0:
-                    self.publish()
+                    self.publish(lease)
             except EtcdUnavailable as exc:
                 log.debug("probe cycle skipped: %s", exc)
+            except grpc.RpcError as exc:  # typically: the lease was revoked mid-cycle
+                log.debug("probe cycle aborted: %s", exc)
             except Exception:  # noqa: BLE001 - a probe bug must not kill the node
                 log.exception("probe cycle failed")
 
-    def _append_sample(self, rtts: dict[str, float | None]) -> None:
+    def _append_sample(self, rtts: dict[str, float | None], lease: int) -> None:
         if not self._seq:
             kvs, _ = self.store.range(self.keys.latency_of(self.info.node), limit=1,
                                       descending=True, keys_only=True)
@@ -193,8 +201,7 @@ class Session:
         value = json.dumps({"node": self.info.node, "ts": time.time(), "method": self.prober.method,
                             "rtt_ms": {k: None if v is None else round(v, 3)
                                        for k, v in sorted(rtts.items())}})
-        self.store.create(self.keys.latency_sample(self.info.node, self._seq), value,
-                          lease=self.lease)
+        self.store.create(self.keys.latency_sample(self.info.node, self._seq), value, lease=lease)
         old = self._seq - SAMPLES_KEPT
         if old > 0:
             self.store.delete(self.keys.latency_sample(self.info.node, old))

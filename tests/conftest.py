@@ -1,0 +1,172 @@
+"""Shared fixtures: real etcd members on 127.0.0.1, started and always stopped by PID.
+
+`etcd_cluster` (per test) and `etcd_cluster_module` (per test module) start a 3-member etcd
+cluster with `raftfl.etcd_member`, the same code a node uses. Teardown stops every member it
+started through `EtcdMember.stop` (SIGTERM, then SIGKILL, always reaped) and removes the data
+dirs, also when startup or the test failed. Nothing here ever signals a process by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from raftfl.config import check_port_free
+from raftfl.errors import RaftflError
+from raftfl.etcd_member import EtcdMember, MemberSpec, find_etcd, prepare_data_dir, wait_healthy
+from raftfl.store import Store
+
+HOST = "127.0.0.1"
+PORT_RANGE = (20000, 40000)
+START_ATTEMPTS = 5
+HEALTHY_DEADLINE_S = 20.0
+
+
+def free_port_base(n: int, attempts: int = 100) -> int:
+    """A random base port such that base .. base+n-1 are all free on 127.0.0.1 right now."""
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - n)
+        try:
+            for port in range(base, base + n):
+                check_port_free(HOST, port, "test")
+        except RaftflError:
+            continue
+        return base
+    raise RuntimeError(f"no {n} consecutive free ports found in {PORT_RANGE}")
+
+
+def member_specs(base_dir: Path, cluster: str, n: int, base_port: int) -> list[MemberSpec]:
+    """`n` members: peer ports base..base+n-1, client ports base+n..base+2n-1."""
+    names = [f"m{i}" for i in range(n)]
+    initial = {name: f"http://{HOST}:{base_port + i}" for i, name in enumerate(names)}
+    return [
+        MemberSpec(name=name, cluster=cluster, data_dir=base_dir / name, ip=HOST,
+                   peer_port=base_port + i, client_port=base_port + n + i,
+                   initial_cluster=initial)
+        for i, name in enumerate(names)
+    ]
+
+
+def _serves(endpoint: str) -> bool:
+    """True once the member answers a linearizable read (so the cluster has a quorum)."""
+    store = Store([endpoint], timeout=1.0, retry_for=0.5)
+    try:
+        store.get("/raftfl-test/health")
+        return True
+    finally:
+        store.close()
+
+
+def stop_members(members: list[EtcdMember]) -> None:
+    """Stop (by PID, via EtcdMember.stop) every member; keep going if one stop fails."""
+    errors: list[BaseException] = []
+    for member in members:
+        try:
+            member.stop()
+        except BaseException as exc:  # noqa: BLE001 - stop the others first, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@dataclass
+class EtcdCluster:
+    name: str
+    members: list[EtcdMember]
+    base_dir: Path
+    _stores: list[Store] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.spec.client_endpoint for m in self.members]
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.proc.pid for m in self.members if m.proc is not None]
+
+    def kill(self, i: int) -> int:
+        """SIGKILL member `i` by its own PID and reap it; returns the PID."""
+        proc = self.members[i].proc
+        assert proc is not None
+        proc.kill()
+        proc.wait()
+        return proc.pid
+
+    def store(self, endpoints: list[str] | None = None, **kwargs) -> Store:
+        """A new Store (over all members unless `endpoints` is given), closed at teardown."""
+        store = Store(list(endpoints) if endpoints else self.endpoints, **kwargs)
+        self._stores.append(store)
+        return store
+
+    def store_for(self, i: int, **kwargs) -> Store:
+        """A Store bound only to member `i`."""
+        return self.store([self.endpoints[i]], **kwargs)
+
+    def rotated_endpoints(self, i: int) -> list[str]:
+        """All endpoints, member `i` first (how a node orders them: its own member first)."""
+        eps = self.endpoints
+        return eps[i:] + eps[:i]
+
+    def close_stores(self) -> None:
+        for store in self._stores:
+            with contextlib.suppress(Exception):
+                store.close()
+        self._stores.clear()
+
+
+@contextlib.contextmanager
+def running_cluster(base_dir: Path, n: int = 3) -> Iterator[EtcdCluster]:
+    """Start an `n`-member cluster under `base_dir`; always stop it and remove its data."""
+    binary = find_etcd()
+    name = f"t{uuid.uuid4().hex[:10]}"
+    last_error: Exception | None = None
+    for attempt in range(START_ATTEMPTS):
+        attempt_dir = base_dir / f"{name}-{attempt}"  # fresh dirs: never reuse a failed start
+        members: list[EtcdMember] = []
+        cluster: EtcdCluster | None = None
+        try:
+            try:
+                specs = member_specs(attempt_dir, name, n, free_port_base(2 * n))
+                for spec in specs:
+                    prepare_data_dir(spec)
+                for spec in specs:
+                    member = EtcdMember(spec, binary)
+                    members.append(member)
+                    member.start()
+                for member in members:
+                    wait_healthy(member, lambda ep=member.spec.client_endpoint: _serves(ep),
+                                 HEALTHY_DEADLINE_S)
+            except RaftflError as exc:  # most likely a port clash: retry on other ports
+                last_error = exc
+                continue
+            cluster = EtcdCluster(name, members, attempt_dir)
+            yield cluster
+            return
+        finally:
+            if cluster is not None:
+                cluster.close_stores()
+            try:
+                stop_members(members)
+            finally:
+                shutil.rmtree(attempt_dir, ignore_errors=True)
+    raise RuntimeError(f"could not start a {n}-member etcd cluster: {last_error}")
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    with running_cluster(tmp_path / "etcd") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    with running_cluster(tmp_path_factory.mktemp("etcd")) as cluster:
+        yield cluster
