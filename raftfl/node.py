@@ -560,13 +560,28 @@ class Node:
         deadline = time.monotonic() + self.opts.linger
         while time.monotonic() < deadline and not self.stop.is_set():
             try:
-                members = read_members(self.store, self.keys)
+                if not self._unfinished_peers():
+                    break
             except EtcdUnavailable:
-                break
-            if all(m.finished for m in members.values()):
                 break
             self.stop.wait(0.5)
         return 0
+
+    def _unfinished_peers(self) -> set[str]:
+        """Peers that are up but have not fetched the final model yet.
+
+        Leaving takes our etcd member with us, so we stay while a peer still needs the
+        quorum: one with a live member record, or (embedded etcd) a reachable member, such
+        as a node whose partition just healed and whose lease is gone.
+        """
+        assert self.store is not None
+        records = read_members(self.store, self.keys)
+        pending = {n for n, m in records.items() if not m.finished}
+        if self.member is not None:
+            finished = {n for n, m in records.items() if m.finished}
+            pending |= {m.name for m in self.store.members()
+                        if m.name and m.name not in finished and self._member_up(m)}
+        return pending
 
     def _signals(self) -> None:
         def handler(signum: int, _frame: Any) -> None:

@@ -48,6 +48,9 @@ _CHANNEL_OPTS = [
     ("grpc.keepalive_timeout_ms", 1500),
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect within a second once a partition heals, not after gRPC's backoff of minutes.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 
