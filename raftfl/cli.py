@@ -172,13 +172,14 @@ def node_join(**kw: Any) -> None:
 @peers_option
 @click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
 @endpoints_option
+@cluster_option
 def node_leave(address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...],
-               endpoints: str | None) -> None:
+               endpoints: str | None, cluster: str) -> None:
     """Remove a node's etcd member from the cluster; the node then stops by itself."""
     from .membership import remove_member
 
     leaving = _addresses((address,))[0]
-    click.echo(remove_member(leaving, _endpoints(nodes + more_nodes, endpoints)))
+    click.echo(remove_member(leaving, _endpoints(nodes + more_nodes, endpoints), cluster))
 
 
 @cli.command()

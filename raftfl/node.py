@@ -275,11 +275,21 @@ class Node:
             except (EtcdUnavailable, FencedOut) as exc:
                 self.emit(f"{exc}")
             if self.member is not None and not self.member.alive():
-                raise RaftflError("etcd member exited (removed from the cluster, or crashed): "
-                                  f"see {self.member.log_path}")
+                if self._removed():
+                    self.emit("removed from the etcd cluster (node leave); stopping")
+                    return 0
+                raise RaftflError(f"etcd member exited unexpectedly: see {self.member.log_path}")
             self.wake.wait(self.next_wait)
             self.wake.clear()
         return 130
+
+    def _removed(self) -> bool:
+        """True when the peers no longer list our member: we were removed, not crashed."""
+        assert self.store is not None
+        try:
+            return all(m.name != self.opts.name for m in self.store.members())
+        except EtcdUnavailable:
+            return False
 
     def cycle(self) -> bool:
         """One reconciliation. Returns True when the run has completed."""
