@@ -244,6 +244,19 @@ def load_dataset(
         return synthetic_cifar(n_train=n_train, n_test=n_test, seed=seed)
 
 
+def resolve_kind(kind: str, root: str = DEFAULT_ROOT) -> str:
+    """Turn "auto" into "cifar10" or "synthetic" once, so many local nodes neither race on
+    one download nor end up training on different datasets."""
+    if kind != "auto":
+        return kind
+    try:
+        _load_cifar10_bounded(root, 100, 100, 0)
+        return "cifar10"
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the synthetic set
+        log.warning("CIFAR-10 unavailable (%s); using the synthetic dataset", exc)
+        return "synthetic"
+
+
 def _check_partition_args(n_items: int, n_parts: int, part: int) -> None:
     """Reject arguments that could not give every part at least one item."""
     if n_parts < 1:

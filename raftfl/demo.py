@@ -41,6 +41,9 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
              echo: Any = print, timeout: float | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = timeout or 120 + 40 * rounds
+    from .data import resolve_kind
+
+    dataset = resolve_kind(dataset)
     cluster = LocalCluster(n=nodes, rounds=rounds, dataset=dataset, cluster="demo",
                            lease_ttl=lease_ttl, keep=keep)
     try:
@@ -131,6 +134,7 @@ def _write_outputs(out_dir: Path, summary: dict[str, Any], state: Any) -> None:
         if first_new is not None:
             ax.axvline(first_new - 0.5, color="red", linestyle="--",
                        label=f"failover {fo['failed']} -> {fo['new']} ({fo['recovery_s']} s)")
+    ax.set_xticks(rounds)
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
