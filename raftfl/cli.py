@@ -26,9 +26,16 @@ def _addresses(values: tuple[str, ...]) -> list[NodeAddress]:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _endpoints(nodes: tuple[str, ...], endpoints: str | None) -> list[str]:
+def _endpoints(nodes: tuple[str, ...], endpoints: str | None,
+               option: str = "--endpoints") -> list[str]:
     if endpoints:
-        return [e.strip().split("//", 1)[-1] for e in endpoints.split(",") if e.strip()]
+        eps = [e.strip().split("//", 1)[-1] for e in endpoints.split(",") if e.strip()]
+        for ep in eps or [endpoints]:
+            host, sep, port = ep.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise click.BadParameter(f"invalid etcd endpoint {ep!r}: expected ip:port, "
+                                         "e.g. 127.0.0.1:2379", param_hint=option)
+        return eps
     if not nodes:
         raise click.UsageError("give the nodes (-n host:port ...) or --endpoints")
     return client_endpoints(_addresses(nodes))
@@ -127,7 +134,8 @@ def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes:
         address=me, peers=peers, aggregator=aggregator, rounds=kw["rounds"],
         cluster=kw["cluster"], data_dir=kw["data_dir"], etcd_bin=kw["etcd_bin"],
         allow_unsafe_etcd=kw["allow_unsafe_etcd"],
-        etcd_endpoints=_endpoints((), kw["etcd_endpoints"]) if kw["etcd_endpoints"] else None,
+        etcd_endpoints=_endpoints((), kw["etcd_endpoints"], "--etcd-endpoints")
+        if kw["etcd_endpoints"] else None,
         client_port=kw["client_port"], flower_port=kw["flower_port"], join=join,
         lease_ttl=kw["lease_ttl"], priority=kw["priority"], nofailover=kw["nofailover"],
         rank_step=kw["rank_step"], weights=Weights(), round_timeout=kw["round_timeout"],

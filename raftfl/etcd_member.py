@@ -98,7 +98,10 @@ class MemberSpec:
 
 def prepare_data_dir(spec: MemberSpec) -> bool:
     """Create or validate the data dir. Returns True when it already holds member data."""
-    spec.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        spec.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RaftflError(f"cannot use data dir {spec.data_dir}: {exc.strerror}") from exc
     marker = spec.data_dir / MARKER
     has_data = (spec.data_dir / "member-data" / "member").is_dir()
     if marker.exists():

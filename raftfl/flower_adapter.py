@@ -13,6 +13,7 @@ Strategy code is guarded: an exception in a Flower callback would hang Flower's 
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -74,10 +75,13 @@ class ServerSession:
         quiet_flower()
         self.strategy = _make_strategy(hooks, initial)
         self.server = Server(client_manager=_client_manager(), strategy=self.strategy)
-        # Raises if the port is taken: Flower >= 1.11 refuses a bound port.
-        self.grpc_server = start_grpc_server(
-            client_manager=self.server.client_manager(), server_address=address,
-            keepalive_time_ms=2000)
+        # Flower >= 1.11 refuses a bound port with sys.exit(message), which no except catches.
+        try:
+            self.grpc_server = start_grpc_server(
+                client_manager=self.server.client_manager(), server_address=address,
+                keepalive_time_ms=2000)
+        except SystemExit as exc:  # re-raise as OSError: Node._serve retries, then gives up
+            raise OSError(errno.EADDRINUSE, f"Flower server on {address}: {exc.code}") from None
         self.num_rounds = num_rounds
         self.round_timeout = round_timeout
         self.error: BaseException | None = None

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 LOOP_WAIT_S = 1.0
 EXTRA_ROUNDS = 2  # Flower rounds beyond the remaining ones, for rounds that must be retried
+SERVE_RETRY_S = 10.0  # then give the role up (exit) instead of holding it without serving
 
 
 @dataclass
@@ -92,7 +93,7 @@ class NodeOptions:
         return self.address.ip
 
     @property
-    def client_port_(self) -> int:
+    def etcd_client_port(self) -> int:
         return self.client_port or self.address.client_port
 
     @property
@@ -123,6 +124,7 @@ class Node:
         self.wake = threading.Event()
         self.member: EtcdMember | None = None
         self.store: Store | None = None
+        self.events: EventLog  # set once etcd answers, in run()
         self.session: Session | None = None
         self.server: ServerSession | None = None
         self.recorder: RoundRecorder | None = None
@@ -134,6 +136,7 @@ class Node:
         self.data: Future[Any] | None = None
         self._said: set[str] = set()
         self.signalled = False
+        self._serve_failing_since: float | None = None
 
     # -- output -----------------------------------------------------------------------------
     def emit(self, text: str, once: str | None = None) -> None:
@@ -155,12 +158,16 @@ class Node:
         everyone = {a.name: a for a in [o.address, *o.peers]}
         spec = MemberSpec(
             name=o.name, cluster=o.cluster, data_dir=o.dir, ip=o.ip, peer_port=o.address.port,
-            client_port=o.client_port_, state="existing" if o.join else "new",
+            client_port=o.etcd_client_port, state="existing" if o.join else "new",
             initial_cluster={n: a.peer_url for n, a in sorted(everyone.items())})
-        reused = prepare_data_dir(spec)
-        for port, what in ((spec.peer_port, "etcd peer"), (spec.client_port, "etcd client"),
-                           (int(o.flower_address.rsplit(":", 1)[1]), "Flower")):
+        ports = ((spec.peer_port, "etcd peer"), (spec.client_port, "etcd client"),
+                 (int(o.flower_address.rsplit(":", 1)[1]), "Flower"))
+        if len({port for port, _ in ports}) < len(ports):
+            raise RaftflError("the etcd peer, etcd client and Flower ports must differ: "
+                              + ", ".join(f"{what} {port}" for port, what in ports))
+        for port, what in ports:  # before prepare_data_dir: a failed start claims nothing
             check_port_free(o.ip, port, what)
+        reused = prepare_data_dir(spec)
         self.member = EtcdMember(spec, binary)
         self.member.start()
         self.emit(f"etcd member started (pid {self.member.proc.pid if self.member.proc else '?'}, "
@@ -180,7 +187,7 @@ class Node:
             self.config = self._await_config()
             self.data = ThreadPoolExecutor(1, "data").submit(self._load_data)
             info = MemberInfo(node=self.opts.name, ip=self.opts.ip,
-                              client_port=self.opts.client_port_,
+                              client_port=self.opts.etcd_client_port,
                               flower_address=self.opts.flower_address,
                               priority=self.opts.priority, nofailover=self.opts.nofailover,
                               pid=os.getpid())
@@ -442,11 +449,17 @@ class Node:
                       f" from model {resume.sha256[:12]}")
             self.server = ServerSession(self.opts.flower_address, self.recorder, resume.weights,
                                         remaining + EXTRA_ROUNDS, self.opts.round_timeout).start()
+            self._serve_failing_since = None
         except FencedOut:
             self._step_down("fenced out while resuming")
         except (OSError, RuntimeError) as exc:  # e.g. the Flower port is not free yet
-            self.emit(f"cannot serve yet ({exc}); retrying")
             self.server = None
+            now = time.monotonic()
+            self._serve_failing_since = self._serve_failing_since or now
+            if now - self._serve_failing_since > SERVE_RETRY_S:
+                raise RaftflError(f"cannot serve on {self.opts.flower_address} for "
+                                  f"{SERVE_RETRY_S:.0f}s: {exc}") from exc
+            self.emit(f"cannot serve yet ({exc}); retrying")
 
     def _expected_workers(self) -> int:
         if self.session is None:
