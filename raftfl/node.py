@@ -422,8 +422,10 @@ class Node:
     def _serve(self, term: int, state: FLState) -> None:
         assert self.store is not None and self.worker is not None and self.config is not None
         if self.server is not None and self.recorder is not None and self.recorder.term == term:
-            if self.server.running or self.recorder.done or self.recorder.deposed:
+            if self.server.running or self.recorder.done:
                 return
+            # Still our term, yet the server ended (an etcd outage outlasted the retries,
+            # or every retry round failed): resume again from the log.
             self.emit("Flower server ended before the run completed; restarting it")
         self.worker.follow(None, None)
         fence = Fence(self.keys.aggregator, term)

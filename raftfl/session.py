@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 import psutil
@@ -217,6 +216,3 @@ class Session:
             self.store.revoke(self.lease)
             self.lease = None
 
-
-def member_summary(info: MemberInfo) -> dict[str, Any]:
-    return dict(info.__dict__)

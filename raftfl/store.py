@@ -250,9 +250,6 @@ class Store:
         with _single(leader_endpoint, timeout) as one:
             one.maintenancestub.MoveLeader(etcdrpc.MoveLeaderRequest(targetID=target_id), timeout)
 
-    def compact(self, revision: int) -> None:
-        self.call(lambda: self.client.compact(revision))
-
     # -- watches ----------------------------------------------------------------------------
     def watch(self, prefix: str, start_revision: int, stop: threading.Event,
               idle_check: float = 2.0) -> Iterator[Change]:
