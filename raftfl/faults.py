@@ -124,6 +124,18 @@ def kill_worker(c: LocalCluster, ctx: dict[str, Any]) -> None:
     ctx["killed_worker"] = victim
 
 
+def restart_worker(c: LocalCluster, ctx: dict[str, Any]) -> None:
+    """A worker dies and comes back with the same command: its etcd data dir is reused."""
+    el = first_term(c)
+    at(c, RoundStarted, 2, el.term)
+    node = next(n for n in c.nodes if n.name != el.node)
+    c.kill(node.name)
+    at(c, RoundCommitted, 2)
+    c.start_node(node)  # same args, same data dir
+    del c.kills[node.name]  # it is live again: it must end with the final model too
+    ctx["restarted"] = node
+
+
 def two_failures(c: LocalCluster, ctx: dict[str, Any]) -> None:
     el = first_term(c)
     at(c, RoundStarted, 2, el.term)
@@ -241,6 +253,8 @@ SCENARIOS = [
              worker_hold="fit:2:3", failovers=0),
     Scenario("kill-worker", "SIGKILL a worker during fit", kill_worker, worker_hold="fit:2:3",
              failovers=0, quick=True),
+    Scenario("restart-worker", "SIGKILL a worker, restart it on its data dir", restart_worker,
+             worker_hold="fit:2:2,fit:3:3", failovers=0),
     Scenario("two-failures", "two successive aggregator SIGKILLs, 5 nodes", two_failures,
              nodes=5, rounds=5, worker_hold="fit:2:2,fit:4:2", failovers=2),
     Scenario("quorum-loss", "SIGSTOP 2 of 3 etcd voters for 8 s, then SIGCONT", quorum_loss,
@@ -275,6 +289,8 @@ def scenario_checks(s: Scenario, c: LocalCluster, ctx: dict[str, Any], log: list
         r2 = [e for e in events if isinstance(e, RoundCommitted) and e.round == 2]
         if r2 and r2[0].results < 1:
             problems.append("round 2 committed without results")
+    if "restarted" in ctx and "reusing data dir" not in ctx["restarted"].log_path.read_text():
+        problems.append("the restarted node did not reuse its data dir")
     if ctx.get("paused_commits"):
         problems.append(f"{ctx['paused_commits']} commits while the quorum was lost")
     return problems

@@ -118,6 +118,7 @@ class Store:
         if not endpoints:
             raise RaftflError("no etcd endpoints given")
         self.endpoints = list(endpoints)
+        self.timeout = timeout
         self.retry_for = retry_for
         eps = []
         for ep in self.endpoints:
@@ -256,8 +257,18 @@ class Store:
         """Yield every change under `prefix` from `start_revision` on, until `stop` is set.
 
         The watch is re-created from the last delivered revision + 1 whenever its member
-        dies or stops answering, so no change is lost or delivered twice.
+        dies or stops answering, so no change is lost or delivered twice. Each watch gets a
+        client of its own: python-etcd3 multiplexes the watches of one client on one stream
+        and, after a timed-out creation, can hand one watch another's events.
         """
+        own = Store(self.endpoints, self.timeout, self.retry_for)
+        try:
+            yield from own._watch(prefix, start_revision, stop, idle_check)
+        finally:
+            own.close()
+
+    def _watch(self, prefix: str, start_revision: int, stop: threading.Event,
+               idle_check: float) -> Iterator[Change]:
         next_rev = start_revision
         while not stop.is_set():
             responses: queue.Queue[Any] = queue.Queue()
@@ -277,12 +288,13 @@ class Store:
                     if isinstance(resp, Exception):
                         raise resp
                     # etcd never splits one revision across responses, so resuming from
-                    # the revision after the last full response loses and repeats nothing.
+                    # the revision after the last full response loses and repeats nothing;
+                    # older events come from a superseded, timed-out creation: skip them.
                     changes = [
                         Change(ev.key.decode(),
                                None if isinstance(ev, etcd3.events.DeleteEvent) else ev.value,
                                ev.mod_revision, ev.create_revision)
-                        for ev in resp.events
+                        for ev in resp.events if ev.mod_revision >= next_rev
                     ]
                     if changes:
                         next_rev = changes[-1].revision + 1
