@@ -195,7 +195,7 @@ class RoundRecorder:
         self.on_round("completed", {"rounds": self.rounds, "model": self.base})
 
     def _keep_recent(self, newest: str) -> None:
-        state, _ = self.events.state()
+        state, _ = self.events.current()
         keep = {c.model_sha256 for r, c in state.committed.items()
                 if r > state.last_committed_round - KEEP_CHECKPOINTS} | {newest}
         try:

@@ -37,6 +37,8 @@ class EventLog:
         self.keys = keys
         self._next_hint = 0
         self._warned: set[str] = set()
+        self._seen: dict[int, Logged] = {}  # cache behind current()
+        self._seen_rev = 0
         self._lock = threading.Lock()
 
     def append(self, event: Event, fence: Fence | None = None) -> int:
@@ -67,8 +69,9 @@ class EventLog:
         kvs, _ = self.store.range(self.keys.events, keys_only=True)
         return max((s for kv in kvs if (s := seq_of(kv.key)) is not None), default=0)
 
-    def read(self, revision: int | None = None) -> ReadResult:
-        kvs, rev = self.store.range(self.keys.events, revision=revision)
+    def read(self, revision: int | None = None, since: int | None = None) -> ReadResult:
+        """Every event in log order (as of `revision`; only keys written from `since` on)."""
+        kvs, rev = self.store.range(self.keys.events, revision=revision, min_mod_revision=since)
         result = ReadResult([], rev)
         for kv in kvs:
             item = self._decode(kv.key, kv.value, kv.mod_revision)
@@ -82,6 +85,19 @@ class EventLog:
         """Replay the whole log (as of `revision`); returns the state and the revision read."""
         result = self.read(revision)
         return replay(result.events), result.revision
+
+    def current(self) -> tuple[FLState, int]:
+        """The state now, fetching only what was appended since the previous call.
+
+        Appends are create-only, so an event once read never changes: each call costs the
+        new events, not the whole history, while the fold still runs over every event.
+        """
+        with self._lock:
+            result = self.read(since=self._seen_rev + 1)
+            for item in result.events:
+                self._seen[item.seq] = item
+            self._seen_rev = result.revision
+            return replay(self._seen[seq] for seq in sorted(self._seen)), result.revision
 
     def tail(self, start_revision: int, stop: threading.Event) -> Iterator[Logged]:
         """New events from `start_revision` on, resuming across member failures."""

@@ -302,7 +302,7 @@ class Node:
         """One reconciliation. Returns True when the run has completed."""
         assert self.store is not None and self.session is not None and self.worker is not None
         agg = self.store.get(self.keys.aggregator)
-        state, rev = self.events.state()
+        state, rev = self.events.current()
         if state.done:
             return True
         if self.session.lease is None:
@@ -564,7 +564,7 @@ class Node:
     def _finish(self) -> int:
         """Fetch and verify the final model, write it to the data dir, linger for peers."""
         assert self.store is not None and self.session is not None
-        state, _ = self.events.state()
+        state, _ = self.events.current()
         assert state.completed is not None
         sha = state.completed.model_sha256
         if self.worker is not None:

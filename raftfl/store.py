@@ -161,11 +161,15 @@ class Store:
         return _kv(resp.kvs[0]) if resp.count else None
 
     def range(self, prefix: str, revision: int | None = None, limit: int | None = None,
-              descending: bool = False, keys_only: bool = False) -> tuple[list[KV], int]:
-        """All keys under `prefix` in key order (optionally as of `revision`) and the revision read."""
+              descending: bool = False, keys_only: bool = False,
+              min_mod_revision: int | None = None) -> tuple[list[KV], int]:
+        """Keys under `prefix` in key order (as of `revision`, changed since `min_mod_revision`)
+        and the revision read."""
         kwargs: dict[str, Any] = {"keys_only": keys_only}
         if revision:
             kwargs["revision"] = revision
+        if min_mod_revision:
+            kwargs["min_mod_revision"] = min_mod_revision
         if limit:
             kwargs["limit"] = limit
         if descending:

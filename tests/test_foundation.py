@@ -84,6 +84,14 @@ def test_append_then_state_replays_the_log(etcd_cluster_module: EtcdCluster) -> 
     other = EventLog(etcd_cluster_module.store(etcd_cluster_module.rotated_endpoints(2)), keys)
     assert other.state()[0] == state
 
+    # The incremental view (what the HA loop uses) fetches only new events, same fold.
+    assert other.current()[0] == state
+    more = history(3)[len(events):]
+    for ev in more:
+        log.append(ev)
+    assert more and other.current()[0] == log.state()[0]
+    assert other.current()[0].commit_order == [1, 2, 3]
+
 
 def test_replay_is_pure() -> None:
     logged = [Logged(i + 1, 100 + i, ev) for i, ev in enumerate(history(3))]
