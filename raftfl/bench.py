@@ -118,14 +118,19 @@ def traffic(nodes_list: list[int], rounds: int, out: Path, echo: Any = print) ->
             peer = sum(after[k]["peer"] - before[k]["peer"] for k in after) / done_rounds
             client = sum(after[k]["client"] - before[k]["client"] for k in after) / done_rounds
             flower = MODEL_BYTES * 2 * (n - 1)  # parameters down and up, per worker
+            # The checkpoint goes aggregator -> leader -> every other member: ~n copies a
+            # round. The rest (heartbeats, probes, events) accrues per second, not per round.
+            background = max(0.0, (peer - n * MODEL_BYTES) * done_rounds / elapsed)
             rows.append({"nodes": n, "raft_bytes_per_round": int(peer),
                          "etcd_client_bytes_per_round": int(client),
                          "flower_model_bytes_per_round": flower,
                          "raft_to_model_ratio": round(peer / flower, 2),
+                         "raft_background_bytes_per_s": int(background),
                          "seconds_per_round": round(elapsed / done_rounds, 2), "ok": ok})
             echo(f"{n} nodes: Raft {peer / 1e6:.2f} MB/round, etcd clients {client / 1e6:.2f} "
                  f"MB/round, Flower model traffic {flower / 1e6:.2f} MB/round "
-                 f"(Raft = {peer / flower:.2f}x model traffic)")
+                 f"(Raft = {peer / flower:.2f}x model traffic; {elapsed / done_rounds:.1f} s/round,"
+                 f" of which ~{background / 1e3:.0f} kB/s is per-second background)")
     with open(out / "traffic.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -92,6 +92,8 @@ def _node_options(fn: Any) -> Any:
         click.option("--nofailover", is_flag=True, help="Never take the aggregator role."),
         click.option("--rank-step", type=click.FloatRange(0.1, 30), default=1.0,
                      show_default=True, help="Seconds between campaigns of successive ranks."),
+        click.option("--probe-interval", type=click.FloatRange(0.2, 60), default=1.0,
+                     show_default=True, help="Seconds between latency probe rounds."),
         click.option("--dataset", type=click.Choice(["auto", "cifar10", "synthetic"]),
                      default="auto", show_default=True),
         click.option("--partition", type=click.Choice(["iid", "dirichlet"]), default="iid",
@@ -138,8 +140,8 @@ def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes:
         if kw["etcd_endpoints"] else None,
         client_port=kw["client_port"], flower_port=kw["flower_port"], join=join,
         lease_ttl=kw["lease_ttl"], priority=kw["priority"], nofailover=kw["nofailover"],
-        rank_step=kw["rank_step"], weights=Weights(), round_timeout=kw["round_timeout"],
-        start_timeout=kw["start_timeout"], run=run)
+        rank_step=kw["rank_step"], probe_interval=kw["probe_interval"], weights=Weights(),
+        round_timeout=kw["round_timeout"], start_timeout=kw["start_timeout"], run=run)
 
 
 @node.command("start")
