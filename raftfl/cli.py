@@ -92,6 +92,10 @@ def _node_options(fn: Any) -> Any:
         click.option("--nofailover", is_flag=True, help="Never take the aggregator role."),
         click.option("--rank-step", type=click.FloatRange(0.1, 30), default=1.0,
                      show_default=True, help="Seconds between campaigns of successive ranks."),
+        click.option("--weights", default="", metavar="NAME=VALUE,...",
+                     help="Ranking weights, stored in the cluster config by the node that "
+                          "creates it: priority, rtt, cpu, mem, missing_rtt_ms, stale_penalty, "
+                          "previous_penalty, fresh_s (see README)."),
         click.option("--probe-interval", type=click.FloatRange(0.2, 60), default=1.0,
                      show_default=True, help="Seconds between latency probe rounds."),
         click.option("--dataset", type=click.Choice(["auto", "cifar10", "synthetic"]),
@@ -114,10 +118,28 @@ def _node_options(fn: Any) -> Any:
     return fn
 
 
+def _weights(text: str) -> dict[str, float]:
+    from dataclasses import fields
+
+    from .ranking import Weights
+
+    known = {f.name for f in fields(Weights)}
+    out: dict[str, float] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or name not in known:
+                raise ValueError
+            out[name] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected NAME=NUMBER with NAME one of "
+                                     f"{', '.join(sorted(known))}", param_hint="--weights") from None
+    return out
+
+
 def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...],
                    **kw: Any) -> Any:
     from .node import NodeOptions
-    from .ranking import Weights
     from .runconfig import RunConfig
 
     me = _addresses((address,))[0]
@@ -130,7 +152,7 @@ def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes:
         run = RunConfig(rounds=kw["rounds"], nodes=sorted({me.name, *(p.name for p in peers)}),
                         dataset=kw["dataset"], partition=kw["partition"], alpha=kw["alpha"],
                         n_train=kw["train_size"], n_test=kw["test_size"], epochs=kw["epochs"],
-                        seed=kw["seed"])
+                        seed=kw["seed"], weights=_weights(kw["weights"]))
     me.ip  # noqa: B018 - resolve now: an unresolvable address is a usage error
     return NodeOptions(
         address=me, peers=peers, aggregator=aggregator, rounds=kw["rounds"],
@@ -140,7 +162,7 @@ def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes:
         if kw["etcd_endpoints"] else None,
         client_port=kw["client_port"], flower_port=kw["flower_port"], join=join,
         lease_ttl=kw["lease_ttl"], priority=kw["priority"], nofailover=kw["nofailover"],
-        rank_step=kw["rank_step"], probe_interval=kw["probe_interval"], weights=Weights(),
+        rank_step=kw["rank_step"], probe_interval=kw["probe_interval"],
         round_timeout=kw["round_timeout"], start_timeout=kw["start_timeout"], run=run)
 
 

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from .eventlog import EventLog
 from .events import AggregatorElected, NodeJoined, NodeLeft, RunStarted, StepDown
 from .flower_adapter import ServerSession
 from .keys import Keys
-from .ranking import Ranked, Weights, rank
+from .ranking import Ranked, rank
 from .replay import FLState
 from .runconfig import RunConfig, ensure
 from .session import MemberInfo, Session, candidates, read_members, read_samples
@@ -74,7 +74,6 @@ class NodeOptions:
     priority: float = 0.0
     nofailover: bool = False
     rank_step: float = 1.0
-    weights: Weights = field(default_factory=Weights)
     probe_interval: float = 1.0
     rtt_window: int = 10
     client_wait: float = 10.0
@@ -373,7 +372,9 @@ class Node:
         assert self.store is not None
         members = read_members(self.store, self.keys, revision)
         samples = read_samples(self.store, self.keys, revision)
-        ranking = rank(candidates(members, samples, self.opts.rtt_window), self.opts.weights,
+        assert self.config is not None
+        ranking = rank(candidates(members, samples, self.opts.rtt_window),
+                       self.config.ranking_weights,
                        previous)
         names = [r.node for r in ranking]
         my_rank = names.index(self.opts.name) if self.opts.name in names else len(names)

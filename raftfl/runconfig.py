@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import RaftflError
 from .keys import Keys
+from .ranking import Weights
 from .store import Store
 
 
@@ -28,7 +29,13 @@ class RunConfig:
     lr: float = 0.01
     batch_size: int = 32
     seed: int = 0
+    weights: dict[str, float] = field(default_factory=dict)  # ranking weights (ranking.Weights)
     created: float = field(default_factory=time.time)
+
+    @property
+    def ranking_weights(self) -> Weights:
+        """One set of weights for the whole cluster, or the nodes would rank differently."""
+        return Weights(**self.weights)
 
     def shard_index(self, node: str) -> int:
         ordered = sorted(self.nodes)
