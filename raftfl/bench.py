@@ -22,7 +22,7 @@ from .testhooks import HOLD_ENV
 MODEL_BYTES = 248_024  # 62,006 float32 parameters
 
 
-def _plot(path: Path, title: str, xs: list[Any], ys: list[float], xlabel: str, ylabel: str,
+def plot_bars(path: Path, title: str, xs: list[Any], ys: list[float], xlabel: str, ylabel: str,
           hline: float | None = None) -> None:
     import matplotlib
 
@@ -31,6 +31,7 @@ def _plot(path: Path, title: str, xs: list[Any], ys: list[float], xlabel: str, y
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar([str(x) for x in xs], ys)
+    ax.tick_params(axis="x", labelrotation=30 if len(xs) > 6 else 0, labelsize=7)
     if hline is not None:
         ax.axhline(hline, color="red", linestyle="--", label=f"target {hline:.1f}")
         ax.legend()
@@ -73,7 +74,7 @@ def recovery(runs: int, nodes: int, lease_ttl: int, out: Path, echo: Any = print
         p50 = statistics.median(values)
         echo(f"recovery over {len(values)} kills: p50 {p50:.2f} s, min {min(values):.2f} s, "
              f"max {max(values):.2f} s (target p50 <= TTL + 1 = {lease_ttl + 1} s)")
-        _plot(out / "recovery.png", f"recovery after SIGKILL ({nodes} nodes, TTL {lease_ttl} s)",
+        plot_bars(out / "recovery.png", f"recovery after SIGKILL ({nodes} nodes, TTL {lease_ttl} s)",
               [r["run"] for r in rows], [r["recovery_s"] or 0 for r in rows], "run", "seconds",
               hline=lease_ttl + 1)
     return 0 if len(values) == runs else 1
@@ -135,7 +136,7 @@ def traffic(nodes_list: list[int], rounds: int, out: Path, echo: Any = print) ->
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    _plot(out / "traffic.png", "Raft replication bytes per round", [r["nodes"] for r in rows],
+    plot_bars(out / "traffic.png", "Raft replication bytes per round", [r["nodes"] for r in rows],
           [r["raft_bytes_per_round"] / 1e6 for r in rows], "nodes", "MB per round")
     return 0 if all(r["ok"] for r in rows) else 1
 

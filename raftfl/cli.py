@@ -322,6 +322,11 @@ def faults(mode: str, only: tuple[str, ...], csv_path: Path | None) -> None:
     click.echo("")
     click.echo(format_table(outcomes))
     if csv_path:
+        from .bench import plot_bars
+
+        plot_bars(csv_path.with_suffix(".png"), "recovery time per fault",
+                  [o.name for o in outcomes], [max(o.recovery_s, default=0.0) for o in outcomes],
+                  "scenario", "seconds (0: no failover)")
         with open(csv_path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["scenario", "fault", "ok", "outcome", "recovery_s", "seconds"])

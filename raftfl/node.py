@@ -52,6 +52,7 @@ from .worker import Trainer, WorkerRunner
 log = logging.getLogger(__name__)
 
 LOOP_WAIT_S = 1.0
+LEADER_CHECK_S = 5.0  # how often a serving aggregator makes sure it does not lead etcd
 EXTRA_ROUNDS = 2  # Flower rounds beyond the remaining ones, for rounds that must be retried
 SERVE_RETRY_S = 10.0  # then give the role up (exit) instead of holding it without serving
 
@@ -135,6 +136,7 @@ class Node:
         self.data: Future[Any] | None = None
         self._said: set[str] = set()
         self.signalled = False
+        self._leader_checked = 0.0
         self._serve_failing_since: float | None = None
 
     # -- output -----------------------------------------------------------------------------
@@ -319,6 +321,8 @@ class Node:
         self.vacancy = None
         if holder.get("node") == self.opts.name and agg.lease == self.session.lease:
             self._serve(agg.create_revision, state)
+            if time.monotonic() - self._leader_checked > LEADER_CHECK_S:
+                self._move_leader_away()
             return False
         if self.server is not None:
             self._step_down(f"{holder.get('node')} holds term {agg.create_revision}")
@@ -517,6 +521,7 @@ class Node:
         """
         if not self.opts.move_leader or self.member is None or self.store is None:
             return
+        self._leader_checked = time.monotonic()
         endpoint = self.member.spec.client_endpoint
         try:
             st = Store.endpoint_status(endpoint)

@@ -117,6 +117,7 @@ class Session:
         self.valid_until = 0.0
         self.stop = threading.Event()
         self.prober = Prober()
+        psutil.cpu_percent(interval=None)  # prime: the first reading is always 0.0
         self._seq = 0
         self._lock = threading.Lock()
         self.members: dict[str, MemberInfo] = {}
