@@ -157,6 +157,9 @@ class Node:
         binary = find_etcd(o.etcd_bin)
         check_version(etcd_version(binary), o.allow_unsafe_etcd)
         everyone = {a.name: a for a in [o.address, *o.peers]}
+        if o.ip.startswith("127.") and any(not a.ip.startswith("127.") for a in o.peers):
+            self.emit(f"warning: {o.address.host} resolves to {o.ip}, which peers on other hosts "
+                      "cannot reach; use this host's LAN address in -s")
         spec = MemberSpec(
             name=o.name, cluster=o.cluster, data_dir=o.dir, ip=o.ip, peer_port=o.address.port,
             client_port=o.etcd_client_port, state="existing" if o.join else "new",
