@@ -49,7 +49,7 @@ def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
                     "mean_rtt_ms": rtt[m.name].mean_ms if m.name in rtt else None,
                     "flower_address": ctx.flower_address, "finished": ctx.finished},
             })
-        holder = json.loads(agg.value) if agg else None
+        holder = _json_or_raw(agg.value) if agg else None
         return {
             "cluster": cluster,
             "revision": rev,
@@ -66,11 +66,24 @@ def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
         store.close()
 
 
+def _json_or_raw(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+        if isinstance(value, dict):
+            return value
+    except ValueError:
+        pass
+    return {"node": None, "flower_address": None, "malformed": raw.decode(errors="replace")[:80]}
+
+
 def format_status(info: dict[str, Any]) -> str:
     lines = [f"cluster {info['cluster']} (revision {info['revision']})"]
     agg = info["aggregator"]
-    lines.append("aggregator: " + (f"{agg['node']} term {agg['term']} at {agg['flower_address']}"
-                                   if agg else "none"))
+    if agg and "malformed" in agg:
+        lines.append(f"aggregator: malformed value {agg['malformed']!r} (term {agg['term']})")
+    else:
+        lines.append("aggregator: " + (f"{agg['node']} term {agg['term']} at "
+                                       f"{agg['flower_address']}" if agg else "none"))
     done = info["committed_rounds"]
     lines.append(f"rounds: {len(done)}/{info['rounds'] or '?'} committed"
                  + (" (run completed)" if info["completed"] else ""))

@@ -312,7 +312,7 @@ class Node:
         if self.session.lease is None:
             self.session.open()
             self.emit("rejoined with a new lease")
-        holder = json.loads(agg.value) if agg else None
+        holder = self._holder(agg)
         if agg is None or holder is None:
             self.term = None
             if self.server is not None:
@@ -336,6 +336,20 @@ class Node:
                       once=f"follow{agg.create_revision}")
             self.worker.follow(holder.get("flower_address"), agg.create_revision)
         return False
+
+    def _holder(self, agg: Any) -> dict[str, Any] | None:
+        """The role key's value; a malformed one (written by hand) is reported, not fatal."""
+        if agg is None:
+            return None
+        try:
+            holder = json.loads(agg.value)
+            if isinstance(holder, dict) and isinstance(holder.get("node"), str):
+                return holder
+        except ValueError:
+            pass
+        self.emit(f"the aggregator key holds a malformed value; remove it with `etcdctl del "
+                  f"{self.keys.aggregator}`", once=f"badagg{agg.mod_revision}")
+        return {"node": "?", "flower_address": None}
 
     # -- election ---------------------------------------------------------------------------
     def _consider_campaign(self, state: FLState, rev: int) -> None:

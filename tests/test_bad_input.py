@@ -316,10 +316,18 @@ def test_history_and_status_survive_junk_events(etcd_cluster, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     assert all(ep in proc.stdout for ep in eps)
 
+    # A hand-written, malformed role key is shown as such, not a crash.
+    put_junk(keys.aggregator, "garbage")
+    proc = run_cli(["status", *ep_arg, "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["aggregator"]["malformed"] == "garbage"
+    proc = run_cli(["status", *ep_arg], tmp_path)
+    assert proc.returncode == 0 and "malformed" in proc.stdout, proc.stderr
+
     # Reading never repaired, deleted or rewrote anything.
     assert {k: _etcdctl_get(eps, k) for k in junk} == junk
     keys_now = _etcdctl(eps, "get", "--prefix", keys.events, "--keys-only").stdout.split()
-    assert len(keys_now) == len(junk) + len(valid)
+    assert len(keys_now) == len(junk) + len(valid) - 1  # the role key is not under events/
 
 
 # -- nothing listening --------------------------------------------------------------------------
