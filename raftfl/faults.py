@@ -27,6 +27,7 @@ from .events import (
     StepDown,
 )
 from .invariants import check, failovers
+from .latency import TEST_EXTRA_RTT_ENV
 from .localcluster import LocalCluster
 from .replay import replay
 from .store import Store
@@ -50,6 +51,7 @@ class Scenario:
     agg_hold: str = ""  # RAFTFL_TEST_HOLD for node 0 (the first aggregator)
     worker_hold: str = ""  # RAFTFL_TEST_HOLD for the other nodes
     failovers: int | None = 1  # expected number of failovers (None: any)
+    extra_rtt: dict[int, float] = field(default_factory=dict)  # TEST ONLY latency per node
     setup: Callable[[], dict[str, Any]] | None = None  # e.g. network namespaces
     teardown: Callable[[dict[str, Any]], None] | None = None
 
@@ -134,6 +136,17 @@ def restart_worker(c: LocalCluster, ctx: dict[str, Any]) -> None:
     c.start_node(node)  # same args, same data dir
     del c.kills[node.name]  # it is live again: it must end with the final model too
     ctx["restarted"] = node
+
+
+def kill_agg_and_favourite(c: LocalCluster, ctx: dict[str, Any]) -> None:
+    """The aggregator and the best-ranked survivor die together: the next rank takes over
+    after one rank step, with no second election round."""
+    el = first_term(c)
+    at(c, RoundStarted, 2, el.term)
+    c.kill(el.node)
+    time.sleep(0.5)  # its lease expires first: the favourite is still ranked, but dead
+    c.kill(c.nodes[1].name)  # the nearest node (see extra_rtt)
+    ctx["expect_winner"] = c.nodes[2].name
 
 
 def two_failures(c: LocalCluster, ctx: dict[str, Any]) -> None:
@@ -255,6 +268,9 @@ SCENARIOS = [
              failovers=0, quick=True),
     Scenario("restart-worker", "SIGKILL a worker, restart it on its data dir", restart_worker,
              worker_hold="fit:2:2,fit:3:3", failovers=0),
+    Scenario("kill-favourite-too", "SIGKILL aggregator, then the top-ranked worker 0.5 s later",
+             kill_agg_and_favourite, nodes=5, worker_hold="fit:2:2",
+             extra_rtt={2: 20.0, 3: 40.0, 4: 60.0}),
     Scenario("two-failures", "two successive aggregator SIGKILLs, 5 nodes", two_failures,
              nodes=5, rounds=5, worker_hold="fit:2:2,fit:4:2", failovers=2),
     Scenario("quorum-loss", "SIGSTOP 2 of 3 etcd voters for 8 s, then SIGCONT", quorum_loss,
@@ -289,6 +305,11 @@ def scenario_checks(s: Scenario, c: LocalCluster, ctx: dict[str, Any], log: list
         r2 = [e for e in events if isinstance(e, RoundCommitted) and e.round == 2]
         if r2 and r2[0].results < 1:
             problems.append("round 2 committed without results")
+    if "expect_winner" in ctx:
+        elected = [e for e in events if isinstance(e, AggregatorElected)][1:]
+        if [e.node for e in elected[:1]] != [ctx["expect_winner"]] or elected[0].rank != 1:
+            problems.append(f"expected {ctx['expect_winner']} to take over at rank 1, got "
+                            f"{[(e.node, e.rank) for e in elected]}")
     if "restarted" in ctx and "reusing data dir" not in ctx["restarted"].log_path.read_text():
         problems.append("the restarted node did not reuse its data dir")
     if ctx.get("paused_commits"):
@@ -304,9 +325,14 @@ def run_scenario(s: Scenario, echo: Callable[[str], None] = print) -> Outcome:
             ctx.update(s.setup())
     except Skip as exc:
         return Outcome(s.name, s.fault, True, f"skipped: {exc}", skipped=True)
-    env = {0: {HOLD_ENV: s.agg_hold}} if s.agg_hold else {}
-    if s.worker_hold:
-        env.update({i: {HOLD_ENV: s.worker_hold} for i in range(1, s.nodes)})
+    env: dict[int, dict[str, str]] = {i: {} for i in range(s.nodes)}
+    if s.agg_hold:
+        env[0][HOLD_ENV] = s.agg_hold
+    for i in range(1, s.nodes):
+        if s.worker_hold:
+            env[i][HOLD_ENV] = s.worker_hold
+        if i in s.extra_rtt:
+            env[i][TEST_EXTRA_RTT_ENV] = str(s.extra_rtt[i])
     cluster = LocalCluster(n=s.nodes, rounds=s.rounds, cluster=f"faults-{s.name}",
                            node_env=env, train_size=3000, test_size=500,
                            ips=ctx.get("ips"), wrappers=ctx.get("wrappers"))
