@@ -279,7 +279,14 @@ class Store:
             try:
                 watch_id = self.call(lambda q=responses, r=next_rev: self.client.add_watch_prefix_callback(
                     prefix, q.put, start_revision=r))
-            except EtcdUnavailable:
+            except etcd3.exceptions.RevisionCompactedError as exc:
+                raise RaftflError(f"watch on {prefix} from revision {next_rev}: compacted") from exc
+            except Exception as exc:  # noqa: BLE001 - unavailable, or not etcd at all
+                if stop.is_set():
+                    return
+                if not isinstance(exc, EtcdUnavailable):
+                    log.warning("cannot watch %s (%s); retrying", prefix, type(exc).__name__)
+                    self._fail_current()
                 stop.wait(0.5)
                 continue
             try:
