@@ -82,8 +82,7 @@ class RoundRecorder:
     def __init__(self, *, store: Store, keys: Keys, events: EventLog, fence: Fence, node: str,
                  rounds: int, resume: Resume, test_set: Dataset,
                  expected_workers: Callable[[], int], client_wait_s: float,
-                 no_worker_wait_s: float, on_round: Callable[[str, dict[str, Any]], None],
-                 before_round: Callable[[], None] = lambda: None):
+                 no_worker_wait_s: float, on_round: Callable[[str, dict[str, Any]], None]):
         self.store, self.keys, self.events, self.fence = store, keys, events, fence
         self.node, self.rounds = node, rounds
         self.round, self.weights, self.base = resume.round, resume.weights, resume.sha256
@@ -92,7 +91,6 @@ class RoundRecorder:
         self.client_wait_s = client_wait_s
         self.no_worker_wait_s = no_worker_wait_s
         self.on_round = on_round
-        self.before_round = before_round
         self.deposed = False
         self.done = resume.round > rounds
 
@@ -129,7 +127,6 @@ class RoundRecorder:
             return None
         if not self._wait_for_workers(num_available):
             return None
-        self.before_round()
         hold("round_start", self.round)
         clients = num_available()
         self._append(RoundStarted(node=self.node, term=self.term, round=self.round,

@@ -463,8 +463,7 @@ class Node:
                 store=self.store, keys=self.keys, events=self.events, fence=fence,
                 node=self.opts.name, rounds=cfg.rounds, resume=resume, test_set=test,
                 expected_workers=self._expected_workers, client_wait_s=self.opts.client_wait,
-                no_worker_wait_s=self.opts.start_timeout, on_round=self._on_round,
-                before_round=self._move_leader_away)
+                no_worker_wait_s=self.opts.start_timeout, on_round=self._on_round)
             if self.recorder.done:  # every round committed, completion not yet recorded
                 self.recorder.complete()
                 return
