@@ -1,5 +1,5 @@
 """`python -m raftfl` is the `raftfl` command."""
 
-from .cli import main
+from raftfl.cli import main
 
 main()

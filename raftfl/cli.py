@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .config import NodeAddress, client_endpoints, parse_address
-from .errors import RaftflError
+from raftfl import __version__
+from raftfl.core.address import NodeAddress, client_endpoints, parse_address
+from raftfl.core.errors import RaftflError
 
 
 def _addresses(values: tuple[str, ...]) -> list[NodeAddress]:
@@ -121,7 +121,7 @@ def _node_options(fn: Any) -> Any:
 def _weights(text: str) -> dict[str, float]:
     from dataclasses import fields
 
-    from .ranking import Weights
+    from raftfl.core.ranking import Weights
 
     known = {f.name for f in fields(Weights)}
     out: dict[str, float] = {}
@@ -139,8 +139,8 @@ def _weights(text: str) -> dict[str, float]:
 
 def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...],
                    **kw: Any) -> Any:
-    from .node import NodeOptions
-    from .runconfig import RunConfig
+    from raftfl.core.runconfig import RunConfig
+    from raftfl.node.ha import NodeOptions
 
     me = _addresses((address,))[0]
     peers = [p for p in _addresses(nodes + more_nodes) if p.name != me.name]
@@ -177,7 +177,7 @@ def node_start(**kw: Any) -> None:
       raftfl node start -a localhost:5000 -s localhost:5001 -n localhost:5000 localhost:5002
       raftfl node start -a localhost:5000 -s localhost:5002 -n localhost:5000 localhost:5001
     """
-    from .node import Node
+    from raftfl.node.ha import Node
 
     sys.exit(Node(_build_options(False, **kw)).run())
 
@@ -189,8 +189,8 @@ def node_join(**kw: Any) -> None:
 
     -n names running nodes; the new member learns the full membership from them.
     """
-    from .membership import add_member
-    from .node import Node
+    from raftfl.etcd.membership import add_member
+    from raftfl.node.ha import Node
 
     opts = _build_options(True, **kw)
     if opts.etcd_endpoints is None:
@@ -208,7 +208,7 @@ def node_join(**kw: Any) -> None:
 def node_leave(address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...],
                endpoints: str | None, cluster: str) -> None:
     """Remove a node's etcd member from the cluster; the node then stops by itself."""
-    from .membership import remove_member
+    from raftfl.etcd.membership import remove_member
 
     leaving = _addresses((address,))[0]
     click.echo(remove_member(leaving, _endpoints(nodes + more_nodes, endpoints), cluster))
@@ -223,7 +223,7 @@ def node_leave(address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...]
 def status(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
            cluster: str, as_json: bool) -> None:
     """Members, their context, the aggregator, the etcd leader and health."""
-    from .inspect import cluster_status, format_status
+    from raftfl.inspection import cluster_status, format_status
 
     info = cluster_status(_endpoints(nodes + more_nodes, endpoints), cluster)
     click.echo(json.dumps(info, indent=2) if as_json else format_status(info))
@@ -239,7 +239,7 @@ def status(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str |
 def history(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
             cluster: str, as_json: bool, summary: bool) -> None:
     """Replay the event log: one JSON object per line (seq, type, ts, node, ...)."""
-    from .inspect import history_lines
+    from raftfl.inspection import history_lines
 
     for line in history_lines(_endpoints(nodes + more_nodes, endpoints), cluster, summary):
         click.echo(line)
@@ -289,7 +289,7 @@ def main() -> None:
 def demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, summary_json: Path | None,
          out: Path, lease_ttl: int, keep: bool) -> None:
     """Run a local cluster, kill the aggregator mid-round, verify the outcome."""
-    from .demo import run_demo
+    from raftfl.lab.demo import run_demo
 
     if kill_at is not None and kill_at > rounds:
         raise click.BadParameter(f"round {kill_at} > --rounds {rounds}",
@@ -309,7 +309,7 @@ def faults(mode: str, only: tuple[str, ...], csv_path: Path | None) -> None:
     """Run the fault-injection matrix and print one table."""
     import csv
 
-    from .faults import format_table, run_scenario, select
+    from raftfl.lab.faults import format_table, run_scenario, select
 
     chosen = select(mode == "quick", list(only))
     outcomes = []
@@ -322,7 +322,7 @@ def faults(mode: str, only: tuple[str, ...], csv_path: Path | None) -> None:
     click.echo("")
     click.echo(format_table(outcomes))
     if csv_path:
-        from .bench import plot_bars
+        from raftfl.lab.bench import plot_bars
 
         plot_bars(csv_path.with_suffix(".png"), "recovery time per fault",
                   [o.name for o in outcomes], [max(o.recovery_s, default=0.0) for o in outcomes],
@@ -349,7 +349,7 @@ def bench() -> None:
               show_default=True)
 def bench_recovery(runs: int, nodes: int, lease_ttl: int, out: Path) -> None:
     """Recovery time (kill -> first fit of the resumed round) over repeated kills."""
-    from .bench import recovery
+    from raftfl.lab.bench import recovery
 
     sys.exit(recovery(runs, nodes, lease_ttl, out, echo=click.echo))
 
@@ -362,6 +362,6 @@ def bench_recovery(runs: int, nodes: int, lease_ttl: int, out: Path) -> None:
               show_default=True)
 def bench_traffic(nodes_list: tuple[int, ...], rounds: int, out: Path) -> None:
     """Replication bytes per round (etcd Raft and clients) against Flower's model bytes."""
-    from .bench import traffic
+    from raftfl.lab.bench import traffic
 
     sys.exit(traffic(list(nodes_list), rounds, out, echo=click.echo))

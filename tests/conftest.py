@@ -1,7 +1,7 @@
 """Shared fixtures: real etcd members on 127.0.0.1, started and always stopped by PID.
 
 `etcd_cluster` (per test) and `etcd_cluster_module` (per test module) start a 3-member etcd
-cluster with `raftfl.etcd_member`, the same code a node uses. Teardown stops every member it
+cluster with `raftfl.etcd.member`, the same code a node uses. Teardown stops every member it
 started through `EtcdMember.stop` (SIGTERM, then SIGKILL, always reaped) and removes the data
 dirs, also when startup or the test failed. Nothing here ever signals a process by name.
 """
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from raftfl.config import check_port_free
-from raftfl.errors import RaftflError
-from raftfl.etcd_member import EtcdMember, MemberSpec, find_etcd, prepare_data_dir, wait_healthy
-from raftfl.store import Store
+from raftfl.core.address import check_port_free
+from raftfl.core.errors import RaftflError
+from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd, prepare_data_dir, wait_healthy
+from raftfl.etcd.store import Store
 
 HOST = "127.0.0.1"
-PORT_RANGE = (20000, 40000)
+PORT_RANGE = (20000, 32000)
 START_ATTEMPTS = 5
 HEALTHY_DEADLINE_S = 20.0
 
@@ -170,3 +170,11 @@ def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
 def etcd_cluster_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     with running_cluster(tmp_path_factory.mktemp("etcd")) as cluster:
         yield cluster
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier (the folder it lives in): `pytest -m unit` runs alone."""
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in ("unit", "etcd", "e2e"):
+            item.add_marker(getattr(pytest.mark, tier))

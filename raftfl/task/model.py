@@ -2,7 +2,7 @@
 
 Why this module is shaped the way it is:
 
-* torch is imported lazily inside functions, so ``import raftfl.model`` (and
+* torch is imported lazily inside functions, so ``import raftfl.task.model`` (and
   therefore the CLI) starts fast; only code that really trains pays the
   multi-second torch import.
 * Weights travel as ``list[np.ndarray]`` in ``state_dict`` order, which is what
@@ -27,7 +27,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from raftfl.data import Dataset
+    from raftfl.task.data import Dataset
 
 # Blob layout: MAGIC | uint32-LE header length | JSON header | raw LE payload.
 MAGIC = b"RAFTFLW1\n"

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RaftflError
-from .events import (
+from raftfl.core.errors import RaftflError
+from raftfl.core.events import (
     AggregatorElected,
     CheckpointFallback,
     FitResults,
@@ -26,12 +26,12 @@ from .events import (
     RoundStarted,
     StepDown,
 )
-from .invariants import check, failovers
-from .latency import TEST_EXTRA_RTT_ENV
-from .localcluster import LocalCluster
-from .replay import replay
-from .store import Store
-from .testhooks import HOLD_ENV
+from raftfl.core.invariants import check, failovers
+from raftfl.core.latency import TEST_EXTRA_RTT_ENV
+from raftfl.core.replay import replay
+from raftfl.etcd.store import Store
+from raftfl.lab.localcluster import LocalCluster
+from raftfl.lab.testhooks import HOLD_ENV
 
 WAIT_S = 120.0
 

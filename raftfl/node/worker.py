@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RaftflError
-from .flower_adapter import ClientSession, is_connection_error
-from .testhooks import hold
+from raftfl.core.errors import RaftflError
+from raftfl.flower.legacy import ClientSession, is_connection_error
+from raftfl.lab.testhooks import hold
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Trainer:
 
     def fit(self, params: list[np.ndarray], config: dict[str, Any]) -> tuple[
             list[np.ndarray], int, dict[str, Any]]:
-        from .model import weights_sha256
+        from raftfl.task.model import weights_sha256
 
         term, rnd = int(config["term"]), int(config["round"])
         current = self.current_term()

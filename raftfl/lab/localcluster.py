@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, check_port_free
-from .errors import RaftflError
-from .eventlog import EventLog
-from .keys import Keys
-from .replay import FLState, Logged, replay
-from .store import Store
+from raftfl.core.address import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, check_port_free
+from raftfl.core.errors import RaftflError
+from raftfl.core.keys import Keys
+from raftfl.core.replay import FLState, Logged, replay
+from raftfl.etcd.eventlog import EventLog
+from raftfl.etcd.store import Store
 
 
 @dataclass
@@ -70,7 +70,7 @@ class NodeProc:
             return None
 
 
-def free_base_port(n: int, start: int = 21000, stop: int = 40000) -> int:
+def free_base_port(n: int, start: int = 21000, stop: int = 32000) -> int:
     """A base port such that base..base+n-1 and their +100/+200 ports are all free."""
     rng = range(start, stop, 10)
     offset = (os.getpid() * 7) % len(rng)

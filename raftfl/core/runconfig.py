@@ -10,10 +10,10 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from .errors import RaftflError
-from .keys import Keys
-from .ranking import Weights
-from .store import Store
+from raftfl.core.errors import RaftflError
+from raftfl.core.keys import Keys
+from raftfl.core.ranking import Weights
+from raftfl.etcd.store import Store
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .events import RoundStarted
-from .replay import FLState, Logged
+from raftfl.core.events import RoundStarted
+from raftfl.core.replay import FLState, Logged
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import random
 import selectors
 import shutil
 import signal
@@ -17,25 +16,22 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import EtcdCluster, free_port_base, running_cluster
 
-from raftfl.config import check_port_free
-from raftfl.errors import FencedOut, RaftflError
-from raftfl.etcd_member import MemberSpec, check_version, find_etcd, prepare_data_dir
-from raftfl.eventlog import EventLog
-from raftfl.events import RoundCommitted, RoundStarted, RunStarted
-from raftfl.keys import Keys
-from raftfl.latency import Sample, summarize
-from raftfl.ranking import Candidate, rank
-from raftfl.replay import Logged, replay
-from raftfl.session import MemberInfo, Session, read_members, read_samples
-from raftfl.store import CreateResult, Fence, wait_until
+from raftfl.core.address import check_port_free
+from raftfl.core.errors import FencedOut, RaftflError
+from raftfl.core.events import RoundCommitted, RoundStarted, RunStarted
+from raftfl.core.keys import Keys
+from raftfl.core.latency import Sample
+from raftfl.etcd.eventlog import EventLog
+from raftfl.etcd.member import MemberSpec, check_version, find_etcd, prepare_data_dir
+from raftfl.etcd.store import CreateResult, Fence, wait_until
+from raftfl.node.session import MemberInfo, Session, read_members, read_samples
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fresh_keys(cluster: EtcdCluster) -> Keys:
@@ -91,26 +87,6 @@ def test_append_then_state_replays_the_log(etcd_cluster_module: EtcdCluster) -> 
         log.append(ev)
     assert more and other.current()[0] == log.state()[0]
     assert other.current()[0].commit_order == [1, 2, 3]
-
-
-def test_replay_is_pure() -> None:
-    logged = [Logged(i + 1, 100 + i, ev) for i, ev in enumerate(history(3))]
-    snapshot = list(logged)
-    first, second = replay(logged), replay(logged)
-    assert first == second
-    assert first is not second and first.committed is not second.committed
-    assert logged == snapshot  # the input is not mutated
-    assert first.commit_order == [1, 2, 3] and first.last_model == "m3"
-
-    # And it records invariant violations instead of hiding them.
-    dup = RoundCommitted(node="b", term=7, round=3, model_sha256="x", base_model="m2",
-                         loss=0.0, accuracy=0.0, results=1)
-    stale = RoundCommitted(node="c", term=3, round=4, model_sha256="y", base_model="m3",
-                           loss=0.0, accuracy=0.0, results=1)
-    state = replay([*logged, Logged(8, 200, dup), Logged(9, 201, stale)])
-    assert state.duplicate_commits == [8]
-    assert state.stale_commits == [9]
-    assert state.committed[3].model_sha256 == "m3" and 4 not in state.committed
 
 
 # -- never overwrite -------------------------------------------------------------------------
@@ -350,30 +326,6 @@ def test_close_during_probe_cycle_leaks_nothing(etcd_cluster_module: EtcdCluster
         store.delete_prefix(keys.root)
 
 
-def test_summarize_counts_unreachable_and_drops_departed() -> None:
-    samples = [
-        Sample("a", 1, 10.0, {"b": 2.0, "c": None, "gone": 0.1}, "tcp"),
-        Sample("a", 2, 11.0, {"b": 4.0, "c": None, "gone": 0.1}, "tcp"),
-        Sample("b", 1, 10.5, {"a": 3.0, "c": 5.0, "b": 0.0}, "tcp"),
-        Sample("c", 1, 9.0, {"a": None, "b": None}, "tcp"),
-        Sample("gone", 1, 8.0, {"a": 0.5, "b": 0.5}, "tcp"),
-    ]
-    live = {"a", "b", "c"}
-    out = summarize(samples, live, window=10)
-    # None is unreachable, never 0 ms; a departed peer ("gone") does not count at all.
-    assert out["a"].mean_ms == pytest.approx(3.0)
-    assert out["a"].unreachable == 2 and out["a"].samples == 2 and out["a"].last_ts == 11.0
-    assert out["b"].mean_ms == pytest.approx(4.0) and out["b"].unreachable == 0  # self ignored
-    assert out["c"].mean_ms is None and out["c"].unreachable == 2
-    # Pure and order-independent.
-    assert summarize(list(reversed(samples)), live, 10) == out
-    # Sliding window: only the newest sample of "a" counts.
-    assert summarize(samples, live, window=1)["a"].mean_ms == pytest.approx(4.0)
-    # Once "b" departs, its RTTs no longer enter anyone's mean.
-    without_b = summarize(samples, {"a", "c"}, 10)
-    assert without_b["a"].mean_ms is None and without_b["a"].unreachable == 2
-
-
 # -- malformed data --------------------------------------------------------------------------
 def test_malformed_values_are_skipped_and_counted(etcd_cluster_module: EtcdCluster) -> None:
     store = etcd_cluster_module.store()
@@ -437,41 +389,6 @@ def test_mistyped_event_fields_are_skipped(etcd_cluster_module: EtcdCluster) -> 
 
 
 # -- ranking ---------------------------------------------------------------------------------
-def test_ranking_is_deterministic_and_penalises_correctly() -> None:
-    now = 1000.0
-    base = Candidate(node="x", priority=1.0, cpu_free=0.5, mem_free_mb=4096, mean_rtt_ms=2.0,
-                     last_sample_ts=now)
-    cands = [
-        replace(base, node="c0"),
-        replace(base, node="b1"),  # ties with c0 and d2: the name decides
-        replace(base, node="d2"),
-        replace(base, node="a", mean_rtt_ms=1.0),  # best: lowest RTT
-        replace(base, node="prev"),  # held the role last time
-        replace(base, node="old", last_sample_ts=now - 60),  # stale samples
-        replace(base, node="nortt", mean_rtt_ms=None),  # counted as missing_rtt_ms
-        replace(base, node="top", priority=5.0, nofailover=True),  # never a candidate
-    ]
-    expected = rank(cands, previous="prev")
-    names = [r.node for r in expected]
-    assert names == ["a", "b1", "c0", "d2", "old", "nortt", "prev"]
-    assert "top" not in names
-    by = {r.node: r for r in expected}
-    assert by["prev"].previous and by["b1"].score - by["prev"].score == pytest.approx(100.0)
-    assert by["old"].stale and not by["b1"].stale
-    assert by["b1"].score - by["old"].score == pytest.approx(20.0)
-    assert by["nortt"].rtt_ms is None and by["b1"].score - by["nortt"].score == pytest.approx(48.0)
-
-    rng = random.Random(1234)
-    for _ in range(50):
-        shuffled = cands[:]
-        rng.shuffle(shuffled)
-        assert rank(shuffled, previous="prev") == expected
-
-    # Without a previous holder nobody is penalised for it; nofailover only ever drops out.
-    assert [r.node for r in rank(cands)][:4] == ["a", "b1", "c0", "d2"]
-    assert rank([replace(base, nofailover=True)]) == []
-
-
 # -- the etcd member -------------------------------------------------------------------------
 def _spec(data_dir: Path, cluster: str, name: str = "m0") -> MemberSpec:
     return MemberSpec(name=name, cluster=cluster, data_dir=data_dir, ip="127.0.0.1",
@@ -537,7 +454,7 @@ def test_killed_member_leaves_no_zombie_and_frees_its_ports(tmp_path: Path) -> N
 CHILD = """
 import sys, time
 from pathlib import Path
-from raftfl.etcd_member import EtcdMember, MemberSpec, find_etcd, prepare_data_dir
+from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd, prepare_data_dir
 port = int(sys.argv[3])
 spec = MemberSpec(name="solo", cluster=sys.argv[1], data_dir=Path(sys.argv[2]), ip="127.0.0.1",
                   peer_port=port, client_port=port + 1,

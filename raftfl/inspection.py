@@ -6,12 +6,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from .eventlog import EventLog
-from .events import to_dict
-from .keys import Keys
-from .latency import summarize
-from .session import read_members, read_samples
-from .store import Store
+from raftfl.core.events import to_dict
+from raftfl.core.keys import Keys
+from raftfl.core.latency import summarize
+from raftfl.etcd.eventlog import EventLog
+from raftfl.etcd.store import Store
+from raftfl.node.session import read_members, read_samples
 
 
 def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def history_lines(endpoints: list[str], cluster: str, summary: bool) -> Iterator
         log = EventLog(store, Keys(cluster))
         result = log.read()
         if summary:
-            from .replay import replay
+            from raftfl.core.replay import replay
 
             state = replay(result.events)
             yield json.dumps({

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from raftfl.localcluster import free_base_port
+from raftfl.lab.localcluster import free_base_port
 
 HOST = "localhost"
 RAFTFL = [sys.executable, "-m", "raftfl"]

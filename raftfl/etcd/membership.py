@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import NodeAddress, parse_address
-from .errors import RaftflError
-from .keys import Keys
-from .store import Store
+from raftfl.core.address import NodeAddress, parse_address
+from raftfl.core.errors import RaftflError
+from raftfl.core.keys import Keys
+from raftfl.etcd.store import Store
 
 
 def add_member(opts: Any) -> list[NodeAddress]:

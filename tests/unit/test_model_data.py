@@ -1,4 +1,4 @@
-"""Fast tests for raftfl.model and raftfl.data (no network, a few seconds on 2 cores).
+"""Fast tests for raftfl.task.model and raftfl.task.data (no network, a few seconds on 2 cores).
 
 They pin down the properties the federated code relies on: a fixed model
 shape, a stable and strict wire format for weights, data that every process
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from raftfl import data, model
+from raftfl.task import data, model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,7 +46,7 @@ def synthetic() -> tuple[data.Dataset, data.Dataset]:
 def test_modules_import_without_torch() -> None:
     """The CLI imports these modules; pulling in torch would cost seconds per start."""
     code = (
-        "import sys, raftfl.model, raftfl.data; "
+        "import sys, raftfl.task.model, raftfl.task.data; "
         "sys.exit(1 if 'torch' in sys.modules or 'torchvision' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

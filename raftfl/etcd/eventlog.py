@@ -13,11 +13,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .errors import FencedOut, RaftflError
-from .events import Event, MalformedEvent, decode
-from .keys import Keys, seq_of
-from .replay import FLState, Logged, replay
-from .store import CreateResult, Fence, Store
+from raftfl.core.errors import FencedOut, RaftflError
+from raftfl.core.events import Event, MalformedEvent, decode
+from raftfl.core.keys import Keys, seq_of
+from raftfl.core.replay import FLState, Logged, replay
+from raftfl.etcd.store import CreateResult, Fence, Store
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from .errors import RaftflError
+from raftfl.core.errors import RaftflError
 
 CLIENT_PORT_OFFSET = 100
 FLOWER_PORT_OFFSET = 200

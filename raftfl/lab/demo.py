@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .events import AggregatorElected, RoundCommitted, RoundStarted, RunCompleted, StepDown
-from .invariants import check, failovers
-from .localcluster import LocalCluster
-from .replay import replay
+from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, RunCompleted, StepDown
+from raftfl.core.invariants import check, failovers
+from raftfl.core.replay import replay
+from raftfl.lab.localcluster import LocalCluster
 
 KILL_DELAY_S = 0.1  # after the round's start: the workers are mid-fit
 
@@ -41,7 +41,7 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
              echo: Any = print, timeout: float | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = timeout or 120 + 40 * rounds
-    from .data import resolve_kind
+    from raftfl.task.data import resolve_kind
 
     dataset = resolve_kind(dataset)
     cluster = LocalCluster(n=nodes, rounds=rounds, dataset=dataset, cluster="demo",

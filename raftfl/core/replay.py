@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .events import (
+from raftfl.core.events import (
     AggregatorElected,
     CheckpointFallback,
     CheckpointSaved,

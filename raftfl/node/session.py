@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import grpc
 import psutil
 
-from .keys import Keys, seq_of
-from .latency import Prober, Sample, parse_sample
-from .ranking import Candidate
-from .store import EtcdUnavailable, Store
+from raftfl.core.keys import Keys, seq_of
+from raftfl.core.latency import Prober, Sample, parse_sample
+from raftfl.core.ranking import Candidate
+from raftfl.etcd.store import EtcdUnavailable, Store
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def read_samples(store: Store, keys: Keys, revision: int | None = None) -> list[
 def candidates(members: dict[str, MemberInfo], samples: list[Sample],
                window: int) -> list[Candidate]:
     """Context of every live member, from replicated data only."""
-    from .latency import summarize
+    from raftfl.core.latency import summarize
 
     rtt = summarize(samples, set(members), window)
     return [

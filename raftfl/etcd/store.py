@@ -29,7 +29,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from .errors import RaftflError
+from raftfl.core.errors import RaftflError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -15,11 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint
-from .data import Dataset
-from .errors import FencedOut, RaftflError
-from .eventlog import EventLog
-from .events import (
+from raftfl.core.errors import FencedOut, RaftflError
+from raftfl.core.events import (
     CheckpointFallback,
     CheckpointSaved,
     FitResults,
@@ -27,10 +24,13 @@ from .events import (
     RoundStarted,
     RunCompleted,
 )
-from .keys import Keys
-from .replay import FLState
-from .store import Fence, Store
-from .testhooks import hold
+from raftfl.core.keys import Keys
+from raftfl.core.replay import FLState
+from raftfl.etcd import checkpoint
+from raftfl.etcd.eventlog import EventLog
+from raftfl.etcd.store import Fence, Store
+from raftfl.lab.testhooks import hold
+from raftfl.task.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Resume:
 def resume_point(store: Store, keys: Keys, events: EventLog, state: FLState, fence: Fence,
                  node: str, initial: Callable[[], list[np.ndarray]]) -> Resume:
     """The last committed model that verifies; older ones (recorded as a fallback) if not."""
-    from .model import weights_from_bytes, weights_sha256
+    from raftfl.task.model import weights_from_bytes, weights_sha256
 
     bad: tuple[str, int, str] | None = None
     for rnd in sorted(state.committed, reverse=True):
@@ -158,7 +158,7 @@ class RoundRecorder:
         """Count, checkpoint, commit. No result at all: the round is retried."""
         if self.deposed or self.done:
             return None
-        from .model import evaluate, weights_to_bytes
+        from raftfl.task.model import evaluate, weights_to_bytes
 
         self._append(FitResults(node=self.node, term=self.term, round=self.round,
                                 results=results, failures=failures, num_examples=num_examples))

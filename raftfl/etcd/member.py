@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RaftflError
+from raftfl.core.errors import RaftflError
 
 UNSAFE_VERSIONS = ((3, 5, 0), (3, 5, 5))  # known data-inconsistency bugs
 MARKER = "raftfl-member.json"
@@ -63,7 +63,7 @@ def check_version(version: tuple[int, int, int], allow_unsafe: bool = False) -> 
 
 def template_path() -> Path:
     """The member template: in the source tree, or where setup.cfg installs it."""
-    for base in (Path(__file__).resolve().parents[1], Path(sys.prefix) / "share" / "raftfl"):
+    for base in (Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "raftfl"):
         path = base / "etcd" / "member.yml.tmpl"
         if path.is_file():
             return path

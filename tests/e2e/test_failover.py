@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from raftfl.events import AggregatorElected, RoundCommitted, RoundStarted, StepDown
-from raftfl.faults import at, first_term, new_term_commit
-from raftfl.invariants import check, failovers
-from raftfl.latency import TEST_EXTRA_RTT_ENV
-from raftfl.localcluster import LocalCluster
-from raftfl.testhooks import HOLD_ENV
+from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, StepDown
+from raftfl.core.invariants import check, failovers
+from raftfl.core.latency import TEST_EXTRA_RTT_ENV
+from raftfl.lab.faults import at, first_term, new_term_commit
+from raftfl.lab.localcluster import LocalCluster
+from raftfl.lab.testhooks import HOLD_ENV
 
 pytestmark = pytest.mark.slow
 WAIT = 150

@@ -13,11 +13,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .events import RoundCommitted, RoundStarted, RunCompleted
-from .faults import at, first_term
-from .invariants import check, failovers
-from .localcluster import LocalCluster
-from .testhooks import HOLD_ENV
+from raftfl.core.events import RoundCommitted, RoundStarted, RunCompleted
+from raftfl.core.invariants import check, failovers
+from raftfl.lab.faults import at, first_term
+from raftfl.lab.localcluster import LocalCluster
+from raftfl.lab.testhooks import HOLD_ENV
 
 MODEL_BYTES = 248_024  # 62,006 float32 parameters
 
@@ -111,7 +111,7 @@ def traffic(nodes_list: list[int], rounds: int, out: Path, echo: Any = print) ->
                          "the last commit")
             after = {x.name: _etcd_bytes(x.client_endpoint) for x in c.nodes}
             elapsed = time.time() - t0
-            from .replay import replay
+            from raftfl.core.replay import replay
 
             state = replay(list(c.log))
             ok = check(state, rounds, {"x": state.last_model or ""}).ok

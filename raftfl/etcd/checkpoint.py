@@ -11,9 +11,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from .errors import FencedOut, RaftflError
-from .keys import Keys
-from .store import CreateResult, Fence, Store
+from raftfl.core.errors import FencedOut, RaftflError
+from raftfl.core.keys import Keys
+from raftfl.etcd.store import CreateResult, Fence, Store
 
 CHUNK_BYTES = 1024 * 1024
 

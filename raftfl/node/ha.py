@@ -25,11 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint
-from .aggregator import RoundRecorder, resume_point
-from .config import NodeAddress, check_port_free
-from .errors import FencedOut, RaftflError
-from .etcd_member import (
+from raftfl.core.address import NodeAddress, check_port_free
+from raftfl.core.errors import FencedOut, RaftflError
+from raftfl.core.events import AggregatorElected, NodeJoined, NodeLeft, RunStarted, StepDown
+from raftfl.core.keys import Keys
+from raftfl.core.ranking import Ranked, rank
+from raftfl.core.replay import FLState
+from raftfl.core.runconfig import RunConfig, ensure
+from raftfl.etcd import checkpoint
+from raftfl.etcd.eventlog import EventLog
+from raftfl.etcd.member import (
     EtcdMember,
     MemberSpec,
     check_version,
@@ -38,16 +43,11 @@ from .etcd_member import (
     prepare_data_dir,
     wait_healthy,
 )
-from .eventlog import EventLog
-from .events import AggregatorElected, NodeJoined, NodeLeft, RunStarted, StepDown
-from .flower_adapter import ServerSession
-from .keys import Keys
-from .ranking import Ranked, rank
-from .replay import FLState
-from .runconfig import RunConfig, ensure
-from .session import MemberInfo, Session, candidates, read_members, read_samples
-from .store import EtcdUnavailable, Fence, Store
-from .worker import Trainer, WorkerRunner
+from raftfl.etcd.store import EtcdUnavailable, Fence, Store
+from raftfl.flower.legacy import ServerSession
+from raftfl.node.aggregator import RoundRecorder, resume_point
+from raftfl.node.session import MemberInfo, Session, candidates, read_members, read_samples
+from raftfl.node.worker import Trainer, WorkerRunner
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class Node:
     def _load_data(self) -> tuple[Any, Any]:
         import torch
 
-        from .data import load_dataset, partition, subset
+        from raftfl.task.data import load_dataset, partition, subset
 
         torch.set_num_threads(int(os.environ.get("RAFTFL_TORCH_THREADS", "1")))
         cfg = self.config
@@ -427,7 +427,7 @@ class Node:
                 previous=state.aggregator, vacant_since=vacancy.seen_ts if vacancy else None),
                 fence=fence)
             if state.rounds is None:
-                from .model import initial_weights, weights_sha256
+                from raftfl.task.model import initial_weights, weights_sha256
 
                 assert self.config is not None
                 self.events.append(RunStarted(
@@ -454,7 +454,7 @@ class Node:
         cfg = self.config
         assert self.data is not None
         _, test = self.data.result()
-        from .model import initial_weights
+        from raftfl.task.model import initial_weights
 
         try:
             resume = resume_point(self.store, self.keys, self.events, state, fence,
@@ -569,7 +569,7 @@ class Node:
         return kv.create_revision if kv else None
 
     def _train(self, params: list[Any], rnd: int) -> tuple[list[Any], int]:
-        from .model import train
+        from raftfl.task.model import train
 
         assert self.data is not None and self.config is not None
         shard, _ = self.data.result()

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from conftest import free_port_base
 
-from raftfl.eventlog import EventLog
-from raftfl.events import NodeJoined, RunStarted, StepDown
-from raftfl.keys import Keys
-from raftfl.localcluster import free_base_port
+from raftfl.core.events import NodeJoined, RunStarted, StepDown
+from raftfl.core.keys import Keys
+from raftfl.etcd.eventlog import EventLog
+from raftfl.lab.localcluster import free_base_port
 
 TIMEOUT_S = 60
 RAFTFL_SCRIPT = Path(sys.executable).parent / "raftfl"
