@@ -7,3 +7,7 @@ class RaftflError(RuntimeError):
 
 class FencedOut(RaftflError):
     """A guarded write was rejected because the writer no longer holds the role it claims."""
+
+
+class NodeFatal(RaftflError):
+    """A decided stop (the node cannot do its job as configured), not a loop error to retry."""

@@ -1,14 +1,18 @@
-"""One raftfl node and its HA loop.
+"""One raftfl node and its HA loop: observe, decide, act.
 
-Like Patroni's `ha.py`, the loop is level-triggered: each cycle reads the role key and
-replays the event log, then makes this node's role match what etcd says. Watches only wake
-the loop early; missing one costs at most one `LOOP_WAIT_S`.
+Like Patroni's `ha.py`, the loop is level-triggered. Each cycle `observe()`s etcd at one
+revision into a frozen `View`, asks the pure `decide()` (raftfl/core/decide.py) what to do,
+logs its sentence when it changes, and `act()`s on it:
 
     role vacant     -> rank candidates at the vacancy's revision; the node at rank k
                        campaigns after k * rank_step seconds (create-if-absent)
-    role is mine    -> serve the rounds that remain, resuming from the last checkpoint
+    role is mine    -> record the election if missing, then serve the rounds that remain
     role is theirs  -> train for them (and stop serving, if this node still was)
     run completed   -> fetch and verify the final model, then leave
+
+One thread owns the node's state: this loop. Watch threads only queue changes and wake it;
+the keepalive thread swaps in an immutable lease state (and stops a server whose lease ran
+out, before etcd says so). Missing a wake-up costs at most one `LOOP_WAIT_S`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -26,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from raftfl.core.address import NodeAddress, check_port_free
-from raftfl.core.errors import FencedOut, RaftflError
+from raftfl.core.decide import Action, Decision, Local, View, decide
+from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
 from raftfl.core.events import AggregatorElected, NodeJoined, NodeLeft, RunStarted, StepDown
 from raftfl.core.keys import Keys
 from raftfl.core.ranking import Ranked, rank
 from raftfl.core.replay import FLState
+from raftfl.core.role import MalformedRole, parse_role
 from raftfl.core.runconfig import RunConfig, ensure
 from raftfl.etcd import checkpoint
 from raftfl.etcd.eventlog import EventLog
@@ -43,15 +50,17 @@ from raftfl.etcd.member import (
     prepare_data_dir,
     wait_healthy,
 )
-from raftfl.etcd.store import EtcdUnavailable, Fence, Store
+from raftfl.etcd.store import Compacted, EtcdUnavailable, Store
 from raftfl.flower.legacy import ServerSession
 from raftfl.node.aggregator import RoundRecorder, resume_point
+from raftfl.node.election import Election
 from raftfl.node.session import MemberInfo, Session, candidates, read_members, read_samples
 from raftfl.node.worker import Trainer, WorkerRunner
 
 log = logging.getLogger(__name__)
 
 LOOP_WAIT_S = 1.0
+MAX_BACKOFF_S = 10.0  # a failing cycle is retried after 1, 2, 4, 8, then every 10 s
 LEADER_CHECK_S = 5.0  # how often a serving aggregator makes sure it does not lead etcd
 EXTRA_ROUNDS = 2  # Flower rounds beyond the remaining ones, for rounds that must be retried
 SERVE_RETRY_S = 10.0  # then give the role up (exit) instead of holding it without serving
@@ -106,15 +115,6 @@ class NodeOptions:
         return (self.data_dir or default).expanduser().resolve()
 
 
-@dataclass
-class Vacancy:
-    revision: int
-    seen_ts: float
-    seen_mono: float
-    ranking: list[Ranked]
-    my_rank: int
-
-
 class Node:
     def __init__(self, opts: NodeOptions, out: Any = None):
         self.opts = opts
@@ -129,9 +129,15 @@ class Node:
         self.server: ServerSession | None = None
         self.recorder: RoundRecorder | None = None
         self.worker: WorkerRunner | None = None
-        self.vacancy: Vacancy | None = None
-        self.vacancy_rev: int | None = None
-        self.term: int | None = None  # current aggregator term as last seen
+        self.election: Election  # set once etcd answers, in run()
+        self.role_changes: queue.Queue[Any] = queue.Queue()  # from the role watch
+        self._vacancy_rev: int | None = None  # delete revision of the role key (from the watch)
+        self._vacancy_seen: float | None = None
+        self._malformed_seen: float | None = None
+        self._ranked: tuple[tuple[Ranked, ...], int] | None = None
+        self._campaigns: dict[int, tuple[Decision, View]] = {}
+        self._last_topic: Any = None
+        self.next_wait = LOOP_WAIT_S
         self.config: RunConfig | None = None
         self.data: Future[Any] | None = None
         self._said: set[str] = set()
@@ -184,6 +190,8 @@ class Node:
         try:
             endpoints = self.start_member()
             self.store = Store(endpoints)
+            self.election = Election(self.store, self.keys.aggregator, self.opts.name,
+                                     self.opts.flower_address)
             if self.member is not None:
                 wait_healthy(self.member, self._healthy, self.opts.start_timeout, self.emit)
             self.emit(f"etcd healthy; client endpoints {','.join(endpoints)}")
@@ -245,20 +253,16 @@ class Node:
 
     # -- watches ----------------------------------------------------------------------------
     def _watch(self) -> None:
+        """Watches only hand changes over (a queue) and wake the loop; they decide nothing."""
         assert self.store is not None
         _, rev = self.store.range(self.keys.aggregator, keys_only=True)
 
         def role() -> None:
             assert self.store is not None
             for change in self.store.watch(self.keys.aggregator, rev + 1, self.stop):
-                if change.key != self.keys.aggregator:
-                    continue
-                if change.value is None:
-                    self.vacancy_rev = change.revision
-                    self.emit(f"aggregator role vacant at revision {change.revision}")
-                else:
-                    self.vacancy_rev, self.vacancy = None, None
-                self.wake.set()
+                if change.key == self.keys.aggregator:
+                    self.role_changes.put(change)
+                    self.wake.set()
 
         def events() -> None:
             for _ in self.events.tail(rev + 1, self.stop):
@@ -278,13 +282,30 @@ class Node:
 
     # -- HA loop ----------------------------------------------------------------------------
     def _loop(self) -> int:
+        """Observe, decide, act, until the run completes or the node is stopped.
+
+        A cycle that fails is logged and retried with bounded backoff: a loop error never
+        stops the embedded etcd member (only shutdown and `node leave` do).
+        """
+        failures = 0
         while not self.stop.is_set():
             self.next_wait = LOOP_WAIT_S
             try:
                 if self.cycle():
                     return self._finish()
+                failures = 0
+            except NodeFatal:
+                raise
             except (EtcdUnavailable, FencedOut) as exc:
-                self.emit(f"{exc}")
+                failures += 1
+                if failures == 1:
+                    self.emit(f"{exc}")
+            except Exception:  # noqa: BLE001 - logged with its traceback, then retried
+                failures += 1
+                log.exception("HA cycle failed (%d in a row); retrying", failures)
+                self.emit(f"HA cycle failed ({failures} in a row); retrying")
+            if failures:
+                self.next_wait = min(MAX_BACKOFF_S, LOOP_WAIT_S * 2 ** min(failures - 1, 4))
             if self.member is not None and not self.member.alive():
                 if self._removed():
                     self.emit("removed from the etcd cluster (node leave); stopping")
@@ -304,128 +325,153 @@ class Node:
 
     def cycle(self) -> bool:
         """One reconciliation. Returns True when the run has completed."""
-        assert self.store is not None and self.session is not None and self.worker is not None
-        agg = self.store.get(self.keys.aggregator)
-        state, rev = self.events.current()
-        if state.done:
-            return True
-        if self.session.lease is None:
-            self.session.open()
-            self.emit("rejoined with a new lease")
-        holder = self._holder(agg)
-        if agg is None or holder is None:
-            self.term = None
-            if self.server is not None:
-                self._step_down("the role key is gone")
-            self.worker.follow(None, None)
-            self._consider_campaign(state, rev)
-            return False
-        self.term = agg.create_revision
-        self.vacancy = None
-        if holder.get("node") == self.opts.name and agg.lease == self.session.lease:
-            self._serve(agg.create_revision, state)
-            if time.monotonic() - self._leader_checked > LEADER_CHECK_S:
-                self._move_leader_away()
-            return False
-        if self.server is not None:
-            self._step_down(f"{holder.get('node')} holds term {agg.create_revision}")
-        if holder.get("node") == self.opts.name:
-            self.worker.follow(None, None)  # our old key, on a lost lease: it will expire
+        view = self.observe()
+        decision = decide(view, self._local())
+        if decision.topic != self._last_topic:
+            self._last_topic = decision.topic
+            self.emit(decision.sentence)
+        return self.act(decision, view)
+
+    def observe(self) -> View:
+        """Read everything a cycle needs at one revision (the vacancy's, for the ranking)."""
+        assert self.store is not None
+        self._drain_role_changes()
+        kvs, rev = self.store.range(self.keys.aggregator)
+        kv = next((k for k in kvs if k.key == self.keys.aggregator), None)
+        role = parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision) if kv else None
+        state, _ = self.events.current(revision=rev)
+        now = time.monotonic()
+        if role is None:
+            self._vacancy_seen = self._vacancy_seen or now
         else:
-            self.emit(f"worker for {holder.get('node')} (term {agg.create_revision})",
-                      once=f"follow{agg.create_revision}")
-            self.worker.follow(holder.get("flower_address"), agg.create_revision)
+            self._vacancy_seen, self._vacancy_rev = None, None
+        self._malformed_seen = (self._malformed_seen or now) if isinstance(role, MalformedRole) \
+            else None
+        if role is not None or state.done or self.opts.nofailover:
+            return View(rev, role, state)
+        at = self._vacancy_rev or rev
+        ranking, ranked_at = self._ranking(at, state)
+        measured = True
+        if not state.elections and self.opts.aggregator == "auto":
+            measured = self._peers_measured(rev)
+        return View(rev, role, state, ranking, ranked_at, self._vacancy_rev, measured)
+
+    def _drain_role_changes(self) -> None:
+        while True:
+            try:
+                change = self.role_changes.get_nowait()
+            except queue.Empty:
+                return
+            if change.value is None:  # deleted at this revision: a vacancy everyone ranks at
+                if change.revision != self._vacancy_rev:
+                    self._vacancy_rev = change.revision
+                    self._vacancy_seen = self._vacancy_seen or time.monotonic()
+                    self.emit(f"aggregator role vacant at revision {change.revision}")
+            else:
+                self._vacancy_rev, self._vacancy_seen = None, None
+
+    def _ranking(self, revision: int, state: FLState) -> tuple[tuple[Ranked, ...], int]:
+        """Every node's ranking of the candidates at `revision` (cached: it never changes)."""
+        if self._ranked is not None and self._ranked[1] == revision:
+            return self._ranked
+        assert self.store is not None and self.config is not None
+        try:
+            members = read_members(self.store, self.keys, revision)
+            samples = read_samples(self.store, self.keys, revision)
+        except Compacted:
+            log.warning("revision %d compacted; ranking at the current revision", revision)
+            members, samples = read_members(self.store, self.keys), read_samples(self.store, self.keys)
+        previous = next((e.node for e in reversed(state.elections) if e.term <= revision), None)
+        ranking = tuple(rank(candidates(members, samples, self.opts.rtt_window),
+                             self.config.ranking_weights, previous))
+        self._ranked = (ranking, revision)
+        return self._ranked
+
+    def _local(self) -> Local:
+        assert self.session is not None
+        serving = self.election.term if self.server is not None else None
+        return Local(name=self.opts.name, now=time.monotonic(), lease=self.session.lease,
+                     lease_valid=self.session.valid, serving_term=serving,
+                     bootstrap=self.opts.aggregator, nofailover=self.opts.nofailover,
+                     rank_step=self.opts.rank_step, lease_ttl=float(self.opts.lease_ttl),
+                     vacancy_seen=self._vacancy_seen, malformed_seen=self._malformed_seen)
+
+    def act(self, d: Decision, view: View) -> bool:
+        """Carry a decision out. Returns True when the run has completed."""
+        assert self.worker is not None and self.session is not None and self.store is not None
+        match d.action:
+            case Action.FINISH:
+                return True
+            case Action.OPEN_LEASE:
+                self.session.open()
+            case Action.STEP_DOWN:
+                self._step_down(d.sentence)
+            case Action.RECORD_ELECTION:
+                assert d.term is not None and self.session.lease is not None
+                self.election.adopt(d.term, self.session.lease)
+                self._record_election(d.term, view)
+            case Action.SERVE:
+                assert d.term is not None
+                self._serve(d.term)
+                if time.monotonic() - self._leader_checked > LEADER_CHECK_S:
+                    self._move_leader_away()
+            case Action.FOLLOW:
+                assert d.holder is not None
+                self.worker.follow(d.holder.flower_address, d.term)
+            case Action.CLEAR_MALFORMED:
+                role = view.role
+                assert isinstance(role, MalformedRole)
+                self.store.delete_if_unchanged(self.keys.aggregator, role.mod_revision)
+            case Action.CAMPAIGN:
+                self.worker.follow(None, None)
+                self._campaign(d, view)
+            case Action.WAIT_RANK:
+                self.worker.follow(None, None)
+                self.next_wait = min(self.next_wait, d.wait_s or LOOP_WAIT_S)
+            case _:  # waiting: nothing to serve, nobody to train for
+                self.worker.follow(None, None)
         return False
 
-    def _holder(self, agg: Any) -> dict[str, Any] | None:
-        """The role key's value; a malformed one (written by hand) is reported, not fatal."""
-        if agg is None:
-            return None
-        try:
-            holder = json.loads(agg.value)
-            if isinstance(holder, dict) and isinstance(holder.get("node"), str):
-                return holder
-        except ValueError:
-            pass
-        self.emit(f"the aggregator key holds a malformed value; remove it with `etcdctl del "
-                  f"{self.keys.aggregator}`", once=f"badagg{agg.mod_revision}")
-        return {"node": "?", "flower_address": None}
+    def _peers_measured(self, revision: int) -> bool:
+        """With -a auto, the first election waits until every expected node has samples."""
+        assert self.store is not None and self.config is not None
+        members = read_members(self.store, self.keys, revision)
+        sampled = {s.node for s in read_samples(self.store, self.keys, revision)}
+        expected = set(self.config.nodes) | {self.opts.name}
+        return expected <= (set(members) & sampled)
 
     # -- election ---------------------------------------------------------------------------
-    def _consider_campaign(self, state: FLState, rev: int) -> None:
-        o = self.opts
-        if o.nofailover:
-            self.emit("role vacant; this node is nofailover and will not campaign", once="nofo")
-            return
-        if not state.elections:  # bootstrap: the seed's -a flag decides
-            if o.aggregator in ("self", o.name):
-                self._campaign(None, rev, state)
-                return
-            if o.aggregator != "auto":
-                self.emit(f"waiting for bootstrap aggregator {o.aggregator}", once="boot")
-                return
-            if not self._peers_measured():
-                return
-        if self.vacancy is None:
-            self.vacancy = self._rank(self.vacancy_rev or rev, state.aggregator)
-            top = ", ".join(f"{r.node}={r.score:.2f}" for r in self.vacancy.ranking[:5])
-            self.emit(f"election at revision {self.vacancy.revision}: my rank "
-                      f"{self.vacancy.my_rank} [{top}]")
-        due = self.vacancy.seen_mono + self.vacancy.my_rank * o.rank_step
-        wait = due - time.monotonic()
-        if wait <= 0:
-            self._campaign(self.vacancy, rev, state)
-        else:
-            self.next_wait = min(self.next_wait, wait)
-
-    def _peers_measured(self) -> bool:
-        """With -a auto, rank only once every expected peer has published samples."""
-        assert self.store is not None and self.config is not None
-        members = read_members(self.store, self.keys)
-        sampled = {s.node for s in read_samples(self.store, self.keys)}
-        expected = set(self.config.nodes) | {self.opts.name}
-        ready = expected <= (set(members) & sampled)
-        if not ready:
-            self.emit("waiting for every node to publish latency samples", once="measure")
-        return ready
-
-    def _rank(self, revision: int, previous: str | None) -> Vacancy:
-        assert self.store is not None
-        members = read_members(self.store, self.keys, revision)
-        samples = read_samples(self.store, self.keys, revision)
-        assert self.config is not None
-        ranking = rank(candidates(members, samples, self.opts.rtt_window),
-                       self.config.ranking_weights,
-                       previous)
-        names = [r.node for r in ranking]
-        my_rank = names.index(self.opts.name) if self.opts.name in names else len(names)
-        return Vacancy(revision, time.time(), time.monotonic(), ranking, my_rank)
-
-    def _campaign(self, vacancy: Vacancy | None, rev: int, state: FLState) -> None:
-        assert self.store is not None and self.session is not None
+    def _campaign(self, d: Decision, view: View) -> None:
+        assert self.session is not None
         lease = self.session.lease
         if lease is None or not self.session.valid:
             return
-        value = {"node": self.opts.name, "flower_address": self.opts.flower_address, "term": 0}
-        self.store.create(self.keys.aggregator, json.dumps(value), lease=lease)
-        # Judge by the key, not the reply: a retried create that had landed answers EXISTS.
-        kv = self.store.get(self.keys.aggregator)
-        if kv is None or kv.lease != lease or json.loads(kv.value).get("term") != 0:
+        term = self.election.campaign(lease)
+        if term is None:
             return
-        term = kv.create_revision
-        fence = Fence(self.keys.aggregator, term)
-        value["term"] = term
+        self._campaigns[term] = (d, view)
+        self.emit(f"won the election: term {term}")
+        self._record_election(term, view)
+
+    def _record_election(self, term: int, view: View) -> None:
+        """Append `aggregator_elected` (and `run_started` on the first term), fenced.
+
+        Also the repair for a term held without its record (a crash or an outage between
+        the create and the append): without it, replay would not accept the term's commits.
+        """
+        fence = self.election.fence
+        assert fence is not None and fence.create_revision == term
+        d, at = self._campaigns.pop(term, (None, view))
+        me = next((r for r in at.ranking if r.node == self.opts.name), None)
+        state = at.state
         try:
-            self.store.put_fenced(self.keys.aggregator, json.dumps(value), fence, lease=lease)
-            me = next((r for r in vacancy.ranking if r.node == self.opts.name), None) \
-                if vacancy else None
             self.events.append(AggregatorElected(
                 node=self.opts.name, term=term, flower_address=self.opts.flower_address,
-                rank=vacancy.my_rank if vacancy else 0, score=me.score if me else None,
-                revision=vacancy.revision if vacancy else rev,
-                ranking=[r.to_dict() for r in vacancy.ranking] if vacancy else [],
-                previous=state.aggregator, vacant_since=vacancy.seen_ts if vacancy else None),
-                fence=fence)
+                rank=(d.rank or 0) if d else 0, score=me.score if me else None,
+                revision=at.ranked_at or at.revision,
+                ranking=[r.to_dict() for r in at.ranking], previous=state.aggregator,
+                vacant_since=time.time() - (time.monotonic() - self._vacancy_seen)
+                if self._vacancy_seen else None), fence=fence)
             if state.rounds is None:
                 from raftfl.task.model import initial_weights, weights_sha256
 
@@ -436,21 +482,32 @@ class Node:
         except FencedOut:
             return
         self.emit(f"elected aggregator, term {term}"
-                  + (f" (rank {vacancy.my_rank}, score {me.score:.2f})" if vacancy and me else ""))
+                  + (f" (rank {d.rank}, score {me.score:.2f})" if d and me else ""))
         self._move_leader_away()
         self.wake.set()
 
     # -- aggregator role --------------------------------------------------------------------
-    def _serve(self, term: int, state: FLState) -> None:
+    def _serve(self, term: int) -> None:
+        """Make sure a Flower server runs for `term`, resuming from the log.
+
+        A server that ended within the same term (an etcd outage outlasted its retries, or
+        every retry round failed) is joined first, and only then is the log re-read, so a
+        round the old server committed is never committed again.
+        """
         assert self.store is not None and self.worker is not None and self.config is not None
+        fence = self.election.fence
+        assert fence is not None and fence.create_revision == term
         if self.server is not None and self.recorder is not None and self.recorder.term == term:
             if self.server.running or self.recorder.done:
                 return
-            # Still our term, yet the server ended (an etcd outage outlasted the retries,
-            # or every retry round failed): resume again from the log.
             self.emit("Flower server ended before the run completed; restarting it")
+            self.server.stop()
+            self.server.thread.join(timeout=self.opts.round_timeout)
+            if self.server.running:
+                raise RaftflError("the previous Flower server thread did not stop")
+            self.server = None
         self.worker.follow(None, None)
-        fence = Fence(self.keys.aggregator, term)
+        state, _ = self.events.current()
         cfg = self.config
         assert self.data is not None
         _, test = self.data.result()
@@ -480,8 +537,10 @@ class Node:
             now = time.monotonic()
             self._serve_failing_since = self._serve_failing_since or now
             if now - self._serve_failing_since > SERVE_RETRY_S:
-                raise RaftflError(f"cannot serve on {self.opts.flower_address} for "
-                                  f"{SERVE_RETRY_S:.0f}s: {exc}") from exc
+                self._serve_failing_since = None
+                self.election.resign()
+                raise NodeFatal(f"cannot serve on {self.opts.flower_address} for "
+                                  f"{SERVE_RETRY_S:.0f}s ({exc}): resigned the role") from exc
             self.emit(f"cannot serve yet ({exc}); retrying")
 
     def _expected_workers(self) -> int:
@@ -509,24 +568,28 @@ class Node:
         """Stop serving at once. Fencing already guarantees nothing more commits."""
         server, recorder = self.server, self.recorder
         self.server = None
-        if server is not None:
-            if recorder is not None:
-                recorder.deposed = True
-            server.stop()
-            self.emit(f"stepped down: {reason}")
-            if self.store is not None and recorder is not None:
-                try:
-                    self.events.append(StepDown(node=self.opts.name, term=recorder.term,
-                                                reason=reason))
-                except (EtcdUnavailable, RaftflError):
-                    pass
+        self.election.fence = None
+        if server is None:
+            return
+        if recorder is not None:
+            recorder.deposed = True
+        server.stop()
+        self.emit(f"stepped down: {reason}")
+        if recorder is not None:
+            try:
+                self.events.append(StepDown(node=self.opts.name, term=recorder.term,
+                                            reason=reason))
+            except RaftflError:
+                pass
 
     def _lease_lost(self) -> None:
-        """Called from the keepalive thread: stop serving before anything else happens."""
-        if self.server is not None:
-            self.server.stop()
-            if self.recorder is not None:
-                self.recorder.deposed = True
+        """Called from the keepalive thread: stop serving before etcd expires the lease.
+
+        It only stops the server (thread-safe) and wakes the loop; the loop steps down.
+        """
+        server = self.server
+        if server is not None:
+            server.stop()
         self.wake.set()
 
     def _move_leader_away(self) -> None:

@@ -101,6 +101,13 @@ def local_resources() -> tuple[float, float]:
     return round(1.0 - busy, 2), round(psutil.virtual_memory().available / 2**20, 0)
 
 
+@dataclass(frozen=True)
+class LeaseState:
+    lease: int | None
+    valid_until: float  # monotonic deadline by our own clock
+    abandoned: int | None = None  # a lease given up locally, to revoke when etcd is back
+
+
 class Session:
     """Lease + keepalive + member record + latency prober for one node."""
 
@@ -112,9 +119,7 @@ class Session:
         self.ttl = ttl
         self.on_lost = on_lost
         self.probe_interval = probe_interval
-        self.lease: int | None = None
-        self._abandoned: int | None = None
-        self.valid_until = 0.0
+        self._state = LeaseState(None, 0.0)
         self.stop = threading.Event()
         self.prober = Prober()
         psutil.cpu_percent(interval=None)  # prime: the first reading is always 0.0
@@ -123,6 +128,17 @@ class Session:
         self.members: dict[str, MemberInfo] = {}
 
     # -- lease ------------------------------------------------------------------------------
+    # The HA loop alone grants leases (`open`); the keepalive thread only refreshes them and,
+    # when one is lost, swaps in an immutable `LeaseState` that says so. Nothing else is shared.
+    @property
+    def lease(self) -> int | None:
+        return self._state.lease
+
+    @property
+    def valid(self) -> bool:
+        st = self._state
+        return st.lease is not None and time.monotonic() < st.valid_until
+
     def open(self) -> None:
         """Grant a fresh lease and publish the member record on it.
 
@@ -130,17 +146,12 @@ class Session:
         lease); revoke it so the role it may carry is freed now rather than a TTL later.
         """
         with self._lock:
-            if self._abandoned is not None:
-                self.store.revoke(self._abandoned)
-                self._abandoned = None
+            if self._state.abandoned is not None:
+                self.store.revoke(self._state.abandoned)
             started = time.monotonic()
-            self.lease = self.store.grant(self.ttl)
-            self.valid_until = started + self.ttl
+            lease = self.store.grant(self.ttl)
+            self._state = LeaseState(lease, started + self.ttl)
             self.publish()
-
-    @property
-    def valid(self) -> bool:
-        return self.lease is not None and time.monotonic() < self.valid_until
 
     def publish(self, lease: int | None = None) -> None:
         """Write the member record; never without a lease, or a dead node would look alive."""
@@ -154,21 +165,35 @@ class Session:
     def _keepalive_loop(self) -> None:
         interval = min(0.5, self.ttl / 4)
         while not self.stop.wait(interval):
-            lease = self.lease
-            if lease is None:
-                continue
-            sent = time.monotonic()
-            try:
-                ttl = self.store.keepalive(lease, retry_for=interval)
-            except EtcdUnavailable:
-                ttl = None
+            self.refresh(interval)
+
+    def refresh(self, budget: float) -> None:
+        """One keepalive. Any failure counts as a missed refresh, never as a dead thread; a
+        lease not refreshed within its TTL (by our own clock) is given up and reported."""
+        st = self._state
+        if st.lease is None:
+            return
+        sent = time.monotonic()
+        try:
+            ttl: int | None = self.store.keepalive(st.lease, retry_for=budget)
+        except Exception as exc:  # noqa: BLE001 - any failure is a missed refresh
+            log.debug("keepalive of lease %x failed: %s", st.lease, exc)
+            ttl = None
+        with self._lock:
+            if self._state.lease != st.lease:  # the loop replaced it meanwhile
+                return
             if ttl:
-                self.valid_until = sent + ttl
-            if ttl == 0 or time.monotonic() >= self.valid_until:
-                log.warning("lease %x lost (%s)", lease,
-                            "expired in etcd" if ttl == 0 else "no refresh within TTL")
-                self.lease, self._abandoned = None, lease
-                self.on_lost()
+                self._state = LeaseState(st.lease, sent + ttl)
+                return
+            if ttl is None and time.monotonic() < self._state.valid_until:
+                return
+            log.warning("lease %x lost (%s)", st.lease,
+                        "expired in etcd" if ttl == 0 else "no refresh within TTL")
+            self._state = LeaseState(None, 0.0, abandoned=st.lease)
+        try:
+            self.on_lost()
+        except Exception:  # noqa: BLE001 - the loop notices the lost lease by itself too
+            log.exception("lease-lost callback failed")
 
     # -- latency ----------------------------------------------------------------------------
     def _probe_loop(self) -> None:
@@ -213,7 +238,8 @@ class Session:
 
     def close(self, revoke: bool = True) -> None:
         self.stop.set()
-        if revoke and self.lease is not None:
-            self.store.revoke(self.lease)
-            self.lease = None
+        with self._lock:
+            lease, self._state = self.lease, LeaseState(None, 0.0)
+        if revoke and lease is not None:
+            self.store.revoke(lease)
 

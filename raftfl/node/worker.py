@@ -81,12 +81,11 @@ class WorkerRunner:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._changed.clear()  # before reading the target: a later follow() sets it again
             target = self._target
             if target is None:
                 self._changed.wait(1.0)
-                self._changed.clear()
                 continue
-            self._changed.clear()
             session = self._session = ClientSession(target[0], self.trainer.fit)
             try:
                 session.run()

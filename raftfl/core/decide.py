@@ -1,0 +1,167 @@
+"""`decide(view, local) -> Decision`: what a node should do this cycle, as a pure function.
+
+Like Patroni's `ha.py`, a node's HA loop is level-triggered: each cycle observes etcd at one
+revision (`View`), adds what only this node knows (`Local`), and this function returns one
+action and one readable sentence. The node carries the action out and logs the sentence when
+it changes. Keeping the decision pure means every branch is a table row in
+`tests/unit/test_decide.py`, and no thread can change the inputs half-way through a cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from raftfl.core.ranking import Ranked
+from raftfl.core.replay import FLState
+from raftfl.core.role import MalformedRole, RoleHolder
+
+
+class Action(Enum):
+    FINISH = "finish"  # the run completed: fetch the final model and leave
+    OPEN_LEASE = "open_lease"  # no lease (first cycle, or lost): grant one, publish presence
+    STEP_DOWN = "step_down"  # stop serving now
+    RECORD_ELECTION = "record_election"  # our term has no aggregator_elected yet: append it
+    SERVE = "serve"  # make sure our Flower server runs for our term
+    FOLLOW = "follow"  # train for the holder
+    WAIT_OWN_KEY = "wait_own_key"  # the key names us on a lease we lost: it will expire
+    WAIT_MALFORMED = "wait_malformed"  # a malformed role key: report, give it one TTL
+    CLEAR_MALFORMED = "clear_malformed"  # ...then delete it, guarded by its revisions
+    NOFAILOVER = "nofailover"  # vacant, but this node never campaigns
+    WAIT_BOOTSTRAP = "wait_bootstrap"  # first election: the -a flag names another node
+    WAIT_SAMPLES = "wait_samples"  # first election with -a auto: not every peer measured yet
+    NOT_CANDIDATE = "not_candidate"  # vacant, but this node is not in the ranking
+    WAIT_RANK = "wait_rank"  # vacant: a better-ranked node goes first
+    CAMPAIGN = "campaign"  # vacant and our turn: create-if-absent
+
+
+@dataclass(frozen=True)
+class View:
+    """Everything etcd says, read at one revision."""
+
+    revision: int
+    role: RoleHolder | MalformedRole | None
+    state: FLState
+    ranking: tuple[Ranked, ...] = ()  # when vacant: every node's ranking at `ranked_at`
+    ranked_at: int = 0
+    vacancy_revision: int | None = None  # the role key's delete revision, once a watch saw it
+    peers_measured: bool = True  # -a auto bootstrap: every expected node has samples
+
+
+@dataclass(frozen=True)
+class Local:
+    """What only this node knows, owned by its HA loop."""
+
+    name: str
+    now: float  # monotonic seconds
+    lease: int | None
+    lease_valid: bool  # refreshed within its TTL, as this node measures it
+    serving_term: int | None  # the term our Flower server runs for, if it runs
+    bootstrap: str = "auto"  # -a: "self", "auto" or the name of the bootstrap aggregator
+    nofailover: bool = False
+    rank_step: float = 1.0
+    lease_ttl: float = 3.0
+    vacancy_seen: float | None = None  # monotonic time this node first saw the vacancy
+    malformed_seen: float | None = None  # monotonic time this node first saw a malformed key
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    sentence: str
+    term: int | None = None
+    holder: RoleHolder | None = None
+    rank: int | None = None
+    wait_s: float | None = None
+
+    @property
+    def topic(self) -> tuple[Action, int | None, int | None]:
+        """What makes two decisions 'the same' for logging (the wait figure ticks down)."""
+        return self.action, self.term, self.rank
+
+
+def decide(view: View, local: Local) -> Decision:
+    state, role = view.state, view.role
+    if state.done:
+        assert state.completed is not None
+        return Decision(Action.FINISH, f"run completed (term {state.completed.term}, model "
+                        f"{state.completed.model_sha256[:12]}): fetching the final model")
+    if local.serving_term is not None and not local.lease_valid:
+        return Decision(Action.STEP_DOWN, f"lease not refreshed within its TTL: stepping down "
+                        f"from term {local.serving_term}", term=local.serving_term)
+    if local.lease is None:
+        return Decision(Action.OPEN_LEASE, "no lease: opening one and publishing this node")
+    if isinstance(role, MalformedRole):
+        return _malformed(role, local)
+    if isinstance(role, RoleHolder):
+        return _held(role, view, local)
+    return _vacant(view, local)
+
+
+def _malformed(role: MalformedRole, local: Local) -> Decision:
+    if local.serving_term is not None:
+        return Decision(Action.STEP_DOWN, f"the role key was replaced by a malformed value "
+                        f"({role.reason}): stepping down", term=local.serving_term)
+    seen = local.malformed_seen if local.malformed_seen is not None else local.now
+    if local.now - seen >= local.lease_ttl:
+        return Decision(Action.CLEAR_MALFORMED, f"role key malformed for {local.lease_ttl:.0f}s "
+                        f"({role.reason}): deleting it (guarded by revision {role.mod_revision})",
+                        term=role.term)
+    return Decision(Action.WAIT_MALFORMED, f"role key malformed ({role.reason}): deleting it "
+                    f"in {local.lease_ttl - (local.now - seen):.1f}s unless it changes",
+                    term=role.term)
+
+
+def _held(role: RoleHolder, view: View, local: Local) -> Decision:
+    mine = role.node == local.name and role.lease == local.lease
+    if mine:
+        if not any(e.term == role.term for e in view.state.elections):
+            return Decision(Action.RECORD_ELECTION, f"holding term {role.term} without its "
+                            "election record: recording it", term=role.term, holder=role)
+        rounds = view.state.rounds
+        nxt = view.state.next_round
+        where = f"round {nxt} of {rounds}" if rounds else "the first round"
+        return Decision(Action.SERVE, f"aggregator for term {role.term}: serving {where}",
+                        term=role.term, holder=role)
+    if local.serving_term is not None:
+        return Decision(Action.STEP_DOWN, f"{role.node} holds term {role.term}: stepping down "
+                        f"from term {local.serving_term}", term=local.serving_term, holder=role)
+    if role.node == local.name:
+        return Decision(Action.WAIT_OWN_KEY, f"the role key names this node on lease "
+                        f"{role.lease:x}, which it lost: waiting for it to expire",
+                        term=role.term, holder=role)
+    return Decision(Action.FOLLOW, f"worker for {role.node} (term {role.term})",
+                    term=role.term, holder=role)
+
+
+def _vacant(view: View, local: Local) -> Decision:
+    if local.serving_term is not None:
+        return Decision(Action.STEP_DOWN, f"the role key is gone: stepping down from term "
+                        f"{local.serving_term}", term=local.serving_term)
+    if local.nofailover:
+        return Decision(Action.NOFAILOVER, "role vacant; this node is nofailover and will not "
+                        "campaign")
+    if not view.state.elections:  # the first election: the seed's -a flag decides
+        if local.bootstrap in ("self", local.name):
+            return Decision(Action.CAMPAIGN, "bootstrap: campaigning for the first term", rank=0)
+        if local.bootstrap != "auto":
+            return Decision(Action.WAIT_BOOTSTRAP,
+                            f"waiting for bootstrap aggregator {local.bootstrap}")
+        if not view.peers_measured:
+            return Decision(Action.WAIT_SAMPLES, "waiting for every node to publish latency "
+                            "samples before the first election")
+    where = (f"vacancy at rev {view.vacancy_revision}" if view.vacancy_revision is not None
+             else f"vacancy seen by polling at rev {view.revision}")
+    names = [r.node for r in view.ranking]
+    if local.name not in names:
+        return Decision(Action.NOT_CANDIDATE, f"{where}: this node is not among the "
+                        f"{len(names)} candidates")
+    my_rank = names.index(local.name)
+    top = ", ".join(f"{r.node}={r.score:.2f}" for r in view.ranking[:3])
+    seen = local.vacancy_seen if local.vacancy_seen is not None else local.now
+    wait = seen + my_rank * local.rank_step - local.now
+    if wait <= 0:
+        return Decision(Action.CAMPAIGN, f"{where}: my rank {my_rank} [{top}], campaigning now",
+                        rank=my_rank)
+    return Decision(Action.WAIT_RANK, f"{where}: my rank {my_rank} [{top}], campaigning in "
+                    f"{wait:.1f}s", rank=my_rank, wait_s=wait)

@@ -1,0 +1,57 @@
+"""The aggregator election, in the shape of etcd's `client/v3/concurrency/election.go`.
+
+An `Election` owns the role key and, once won, the key's create revision: the **term**. The
+term is read from the create transaction's own header, so it names exactly the key this
+node created. `fence` guards every write the aggregator makes (`proclaim`, `resign`, events,
+checkpoints): once the key is gone or re-created, each of them fails instead of landing.
+"""
+
+from __future__ import annotations
+
+from raftfl.core.role import role_value
+from raftfl.etcd.store import Fence, Store
+
+
+class Election:
+    def __init__(self, store: Store, key: str, node: str, flower_address: str):
+        self.store = store
+        self.key = key
+        self.node = node
+        self.flower_address = flower_address
+        self.fence: Fence | None = None
+        self.lease: int | None = None
+
+    @property
+    def term(self) -> int | None:
+        return self.fence.create_revision if self.fence else None
+
+    def campaign(self, lease: int) -> int | None:
+        """Create the role key on `lease` if it is absent; returns the term won, or None."""
+        term = self.store.create_revision(self.key, role_value(self.node, self.flower_address, 0),
+                                          lease=lease)
+        if term is None:
+            # A retried create that had landed answers "exists": the lease says whose key it is.
+            kv = self.store.get(self.key)
+            if kv is None or kv.lease != lease:
+                return None
+            term = kv.create_revision
+        self.fence, self.lease = Fence(self.key, term), lease
+        self.proclaim()
+        return term
+
+    def adopt(self, term: int, lease: int) -> None:
+        """Take over a term this node already holds (its key on its current lease)."""
+        self.fence, self.lease = Fence(self.key, term), lease
+
+    def proclaim(self) -> bool:
+        """Write the term into the role value; False when the term is no longer ours."""
+        if self.fence is None:
+            return False
+        return self.store.put_fenced(
+            self.key, role_value(self.node, self.flower_address, self.fence.create_revision),
+            self.fence, lease=self.lease)
+
+    def resign(self) -> bool:
+        """Give the role up at once (planned handover, shutdown); guarded by the term."""
+        fence, self.fence = self.fence, None
+        return fence is not None and self.store.delete(self.key, fence=fence)

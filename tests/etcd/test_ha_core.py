@@ -1,0 +1,309 @@
+"""The HA core on a real 3-member etcd cluster: election, lease hand-over, and the defects
+issue 7 lists (vacancy race, ranking at the delete revision, a term without its record, a
+keepalive that dies, a server restarted within its term).
+
+Nodes here are real `Node` objects against the real cluster (external-etcd mode, so no
+member of their own); their cycles are driven by the test so each step can be asserted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import EtcdCluster
+
+from raftfl.core.address import NodeAddress
+from raftfl.core.decide import Action, decide
+from raftfl.core.events import AggregatorElected, RunStarted
+from raftfl.core.keys import Keys
+from raftfl.core.runconfig import RunConfig, ensure
+from raftfl.etcd.eventlog import EventLog
+from raftfl.etcd.store import Change, Fence, wait_until
+from raftfl.node import ha
+from raftfl.node.election import Election
+from raftfl.node.ha import Node, NodeOptions
+from raftfl.node.session import MemberInfo, Session
+from raftfl.node.worker import Trainer, WorkerRunner
+
+
+def make_node(cluster: EtcdCluster, keys: Keys, port: int, priority: float = 0.0,
+              **opts: Any) -> Node:
+    """A node wired to the cluster the way `Node.run` wires it, minus process start-up."""
+    address = NodeAddress("127.0.0.1", port)
+    o = NodeOptions(address=address, peers=[], cluster=keys.cluster,
+                    etcd_endpoints=cluster.endpoints, priority=priority, **opts)
+    node = Node(o, out=io.StringIO())
+    node.store = cluster.store()
+    node.events = EventLog(node.store, keys)
+    node.keys = keys
+    node.election = Election(node.store, keys.aggregator, o.name, o.flower_address)
+    node.config = ensure(node.store, keys, RunConfig(rounds=3, nodes=[o.name]))
+    info = MemberInfo(node=o.name, ip="127.0.0.1", client_port=port + 100,
+                      flower_address=o.flower_address, priority=priority)
+    node.session = Session(node.store, keys, info, o.lease_ttl, node._lease_lost, 3600)
+    node.worker = WorkerRunner(Trainer(o.name, lambda: None, lambda p, r: (p, 1)))
+    return node
+
+
+@pytest.fixture
+def keys(etcd_cluster_module: EtcdCluster) -> Keys:
+    return Keys(f"ha-{os.urandom(4).hex()}")
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    made: list[Node] = []
+    yield made
+    for node in made:
+        node.stop.set()
+        if node.worker is not None:
+            node.worker.stop()
+        if node.session is not None:
+            node.session.close(revoke=True)
+
+
+def test_election_term_is_the_create_revision_and_fences(etcd_cluster_module: EtcdCluster,
+                                                         keys: Keys) -> None:
+    store = etcd_cluster_module.store()
+    a, b = Election(store, keys.aggregator, "a", "h:1"), Election(store, keys.aggregator, "b", "h:2")
+    la, lb = store.grant(30), store.grant(30)
+    term = a.campaign(la)
+    kv = store.get(keys.aggregator)
+    assert term is not None and kv is not None and kv.create_revision == term and kv.lease == la
+    assert json.loads(kv.value) == {"node": "a", "flower_address": "h:1", "term": term}
+    assert b.campaign(lb) is None and b.fence is None  # occupied: no term, no fence
+    assert a.campaign(la) == term  # a retried campaign that had landed is recognised
+    assert a.resign() and store.get(keys.aggregator) is None
+    assert not a.proclaim()  # resigned: nothing more lands
+    term_b = b.campaign(lb)
+    assert term_b is not None and term_b > term
+    stale = Election(store, keys.aggregator, "a", "h:1")
+    stale.adopt(term, la)
+    assert not stale.proclaim() and not stale.resign()  # the old term is fenced out
+    assert store.get(keys.aggregator).create_revision == term_b  # type: ignore[union-attr]
+
+
+def test_a_term_without_its_election_record_is_repaired(etcd_cluster_module: EtcdCluster,
+                                                        keys: Keys, nodes: list[Node]) -> None:
+    """Defect 4: the create landed but the append did not (crash or outage in between)."""
+    node = make_node(etcd_cluster_module, keys, 23100)
+    nodes.append(node)
+    node.session.open()  # type: ignore[union-attr]
+    term = node.election.campaign(node.session.lease)  # type: ignore[union-attr,arg-type]
+    assert term is not None
+    node.election.fence = None  # as after a restart of the loop: nothing in memory
+    view = node.observe()
+    decision = decide(view, node._local())
+    assert decision.action is Action.RECORD_ELECTION and decision.term == term
+    node.act(decision, view)
+    state, _ = node.events.current()
+    assert [e.term for e in state.elections] == [term] and state.rounds == 3
+    assert decide(node.observe(), node._local()).action is Action.SERVE
+
+
+def test_polled_vacancy_is_reranked_at_the_delete_revision(etcd_cluster_module: EtcdCluster,
+                                                           keys: Keys, nodes: list[Node]) -> None:
+    """Defect 2: everyone ranks at R, including a node that first saw the vacancy by polling."""
+    store = etcd_cluster_module.store()
+    me = make_node(etcd_cluster_module, keys, 23110, rank_step=60.0)
+    nodes.append(me)
+    me.session.open()  # type: ignore[union-attr]
+    EventLog(store, keys).append(AggregatorElected(
+        node="old", term=1, flower_address="h:1", rank=0, score=0.0, revision=1, ranking=[]))
+    holder = store.grant(30)
+    store.create(keys.aggregator, '{"node": "old", "flower_address": "h:1"}', lease=holder)
+    store.revoke(holder)  # the vacancy: the key is deleted at revision R
+    _, after = store.range(keys.aggregator)
+    deleted_at = after  # nothing else was written in between
+    # A better candidate joins after R: it must not count in the election at R.
+    late = MemberInfo(node="127.0.0.1:23119", ip="127.0.0.1", client_port=1,
+                      flower_address="h:9", priority=50.0)
+    store.put(keys.member(late.node), late.to_json(), lease=store.grant(30))
+
+    polled = me.observe()
+    assert polled.vacancy_revision is None
+    assert [r.node for r in polled.ranking][0] == late.node  # by polling: ranked now
+    assert decide(polled, me._local()).action is Action.WAIT_RANK
+
+    me.role_changes.put(Change(keys.aggregator, None, deleted_at, 0))  # the watch reports R
+    at_r = me.observe()
+    assert at_r.vacancy_revision == deleted_at and at_r.ranked_at == deleted_at
+    assert [r.node for r in at_r.ranking] == [me.opts.name]
+    decision = decide(at_r, me._local())
+    assert decision.action is Action.CAMPAIGN and f"vacancy at rev {deleted_at}" in decision.sentence
+
+
+def test_role_churn_never_breaks_a_cycle(etcd_cluster_module: EtcdCluster, keys: Keys,
+                                         nodes: list[Node]) -> None:
+    """Defect 1: the role watch flips the vacancy while the loop is mid-cycle."""
+    store = etcd_cluster_module.store()
+    node = make_node(etcd_cluster_module, keys, 23120, rank_step=600.0)
+    nodes.append(node)
+    node.session.open()  # type: ignore[union-attr]
+    node.session.start()  # type: ignore[union-attr]  # keepalive: the test outlasts the TTL
+    EventLog(store, keys).append(AggregatorElected(
+        node="x", term=1, flower_address="h:1", rank=0, score=0.0, revision=1, ranking=[]))
+    rival = MemberInfo(node="127.0.0.1:23129", ip="127.0.0.1", client_port=1,
+                       flower_address="h:9", priority=50.0)  # ranks first: we only wait
+    lease = store.grant(60)
+    store.put(keys.member(rival.node), rival.to_json(), lease=lease)
+    node._watch()
+    done = threading.Event()
+
+    def churn() -> None:
+        while not done.is_set():
+            store.create(keys.aggregator, '{"node": "x", "flower_address": "h:1"}', lease=lease)
+            store.delete(keys.aggregator)
+
+    threading.Thread(target=churn, daemon=True).start()
+    actions = []
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            view = node.observe()
+            decision = decide(view, node._local())
+            node.act(decision, view)
+            actions.append(decision.action)
+    finally:
+        done.set()
+    assert len(actions) > 20
+    assert set(actions) <= {Action.FOLLOW, Action.WAIT_RANK}, set(actions)
+    assert Action.WAIT_RANK in actions and Action.FOLLOW in actions
+
+
+def test_keepalive_survives_any_exception(etcd_cluster_module: EtcdCluster, keys: Keys) -> None:
+    """Defect 6: an unexpected error in a refresh is a lost lease, never a dead thread."""
+    store = etcd_cluster_module.store()
+    lost = threading.Event()
+    info = MemberInfo(node="k", ip="127.0.0.1", client_port=1, flower_address="h:1")
+    session = Session(store, keys, info, 2, lost.set, 3600)
+    session.open()
+    first = session.lease
+    real = store.keepalive
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise ValueError("boom")
+
+    store.keepalive = broken  # type: ignore[method-assign]
+    session.start()
+    try:
+        assert lost.wait(5) and session.lease is None and not session.valid
+        store.keepalive = real  # type: ignore[method-assign]
+        session.open()  # what the loop does on OPEN_LEASE
+        assert session.lease not in (None, first)
+        time.sleep(3)  # longer than the TTL: only a live keepalive thread keeps it
+        assert session.valid and store.get(keys.member("k")) is not None
+    finally:
+        session.close()
+
+
+def test_server_restarted_in_its_term_resumes_after_the_old_one(
+        etcd_cluster_module: EtcdCluster, keys: Keys, nodes: list[Node],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 5: the log is re-read after the old server thread has been joined."""
+    from raftfl.task.data import load_dataset
+
+    node = make_node(etcd_cluster_module, keys, 23130)
+    nodes.append(node)
+    node.session.open()  # type: ignore[union-attr]
+    started: list[int] = []
+
+    class SlowServer:
+        """Stands in for Flower: commits round `r` while it is being stopped, then ends."""
+
+        def __init__(self, address: str, recorder: Any, weights: Any, rounds: int,
+                     timeout: float) -> None:
+            started.append(recorder.round)
+            self.recorder = recorder
+            self.thread = threading.Thread(target=self._run)
+            self._stop = threading.Event()
+
+        def start(self) -> SlowServer:
+            self.thread.start()
+            return self
+
+        def _run(self) -> None:
+            self._stop.wait(30)
+            time.sleep(0.5)  # a commit that lands after stop() was called
+            self.recorder.commit(self.recorder.weights, 1, 0, 10)
+
+        def stop(self) -> None:
+            self._stop.set()
+
+        @property
+        def running(self) -> bool:
+            return self.thread.is_alive() and not self._stop.is_set()
+
+    monkeypatch.setattr(ha, "ServerSession", SlowServer)
+    test = load_dataset("synthetic", n_train=50, n_test=50, seed=0)[1]
+    node.data = _done((None, test))
+    term = node.election.campaign(node.session.lease)  # type: ignore[union-attr,arg-type]
+    assert term is not None
+    for _ in range(3):  # record the election, then serve
+        view = node.observe()
+        node.act(decide(view, node._local()), view)
+    assert started == [1]
+    node.server.stop()  # type: ignore[union-attr]  # the server "ends" within its term
+    view = node.observe()
+    node.act(decide(view, node._local()), view)  # restart: join the old thread, then re-read
+    state, _ = node.events.current()
+    assert started == [1, 2] and state.commit_order == [1] and not state.duplicate_commits
+    node.server.stop()  # type: ignore[union-attr]
+    node.server.thread.join(5)  # type: ignore[union-attr]
+    state, _ = node.events.current()
+    assert state.commit_order == [1, 2] and not state.duplicate_commits
+
+
+def _done(value: Any) -> Any:
+    from concurrent.futures import Future
+
+    f: Future[Any] = Future()
+    f.set_result(value)
+    return f
+
+
+def test_malformed_role_key_is_cleared_after_one_ttl(etcd_cluster_module: EtcdCluster,
+                                                     keys: Keys, nodes: list[Node]) -> None:
+    store = etcd_cluster_module.store()
+    node = make_node(etcd_cluster_module, keys, 23140, lease_ttl=2, aggregator="self")
+    nodes.append(node)
+    node.session.open()  # type: ignore[union-attr]
+    store.put(keys.aggregator, "[" * 1500 + "]" * 1500)  # no lease: it would never expire
+    seen = []
+
+    def step() -> bool:
+        view = node.observe()
+        d = decide(view, node._local())
+        seen.append(d.action)
+        node.act(d, view)
+        return d.action is Action.CLEAR_MALFORMED
+
+    assert wait_until(step, timeout=6, interval=0.3)
+    assert seen[0] is Action.WAIT_MALFORMED and store.get(keys.aggregator) is None
+    view = node.observe()
+    assert view.role is None and decide(view, node._local()).action is Action.CAMPAIGN
+
+
+def test_fence_rejects_a_deposed_term(etcd_cluster_module: EtcdCluster, keys: Keys) -> None:
+    store = etcd_cluster_module.store()
+    old = Election(store, keys.aggregator, "a", "h:1")
+    term = old.campaign(store.grant(30))
+    assert term is not None
+    store.delete(keys.aggregator)
+    new = Election(store, keys.aggregator, "b", "h:2")
+    assert new.campaign(store.grant(30))
+    log = EventLog(store, keys)
+    from raftfl.core.errors import FencedOut
+
+    with pytest.raises(FencedOut):
+        log.append(RunStarted(node="a", term=term, rounds=1, initial_model="m"),
+                   fence=Fence(keys.aggregator, term))
+    role = store.get(keys.aggregator)
+    assert role is not None and json.loads(role.value)["node"] == "b"

@@ -1,0 +1,138 @@
+"""Table tests of the pure HA decision (Patroni's tests/test_ha.py checks its sentences so).
+
+Each row is one situation a node can be in; the test asserts the action and the sentence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from raftfl.core.decide import Action, Local, View, decide
+from raftfl.core.events import AggregatorElected, RunCompleted
+from raftfl.core.ranking import Ranked
+from raftfl.core.replay import FLState, Logged, replay
+from raftfl.core.role import MalformedRole, RoleHolder, parse_role
+
+ME, OTHER = "10.0.0.1:5000", "10.0.0.2:5000"
+LEASE = 0xA1
+
+
+def elected(node: str, term: int) -> AggregatorElected:
+    return AggregatorElected(node=node, term=term, flower_address="x:1", rank=0, score=1.0,
+                             revision=term, ranking=[])
+
+
+def state(*events: object) -> FLState:
+    return replay(Logged(i + 1, 100 + i, ev) for i, ev in enumerate(events))  # type: ignore[misc]
+
+
+def ranked(*names: str) -> tuple[Ranked, ...]:
+    return tuple(Ranked(node=n, score=10.0 - i, rtt_ms=1.0, stale=False, previous=False)
+                 for i, n in enumerate(names))
+
+
+HELD_BY_ME = RoleHolder(ME, "a:1", term=7, lease=LEASE, mod_revision=8)
+HELD_BY_OTHER = RoleHolder(OTHER, "b:1", term=9, lease=0xB2, mod_revision=9)
+MY_OLD_KEY = RoleHolder(ME, "a:1", term=5, lease=0xDEAD, mod_revision=5)
+MALFORMED = MalformedRole("not JSON (JSONDecodeError)", term=11, lease=0, mod_revision=12)
+ELECTED = state(elected(OTHER, 3))
+LOCAL = Local(name=ME, now=100.0, lease=LEASE, lease_valid=True, serving_term=None,
+              rank_step=1.0, lease_ttl=3.0)
+DONE = state(elected(ME, 7), RunCompleted(node=ME, term=7, rounds=3, model_sha256="ab" * 32))
+
+CASES = [
+    # (id, view, local, action, words in the sentence)
+    ("completed", View(50, HELD_BY_ME, DONE), LOCAL,
+     Action.FINISH, "run completed (term 7, model abababababab)"),
+    ("lease-lost-while-serving", View(50, HELD_BY_ME, state(elected(ME, 7))),
+     replace(LOCAL, serving_term=7, lease_valid=False),
+     Action.STEP_DOWN, "lease not refreshed within its TTL: stepping down from term 7"),
+    ("no-lease", View(50, None, ELECTED), replace(LOCAL, lease=None, lease_valid=False),
+     Action.OPEN_LEASE, "no lease"),
+    ("malformed-fresh", View(50, MALFORMED, ELECTED), replace(LOCAL, malformed_seen=99.0),
+     Action.WAIT_MALFORMED, "role key malformed (not JSON (JSONDecodeError)): deleting it in 2.0s"),
+    ("malformed-old", View(50, MALFORMED, ELECTED), replace(LOCAL, malformed_seen=90.0),
+     Action.CLEAR_MALFORMED, "guarded by revision 12"),
+    ("malformed-while-serving", View(50, MALFORMED, ELECTED), replace(LOCAL, serving_term=7),
+     Action.STEP_DOWN, "malformed value"),
+    ("mine-without-record", View(50, HELD_BY_ME, ELECTED), LOCAL,
+     Action.RECORD_ELECTION, "holding term 7 without its election record"),
+    ("mine-serve", View(50, HELD_BY_ME, state(elected(ME, 7))), LOCAL,
+     Action.SERVE, "aggregator for term 7: serving the first round"),
+    ("other-while-serving", View(50, HELD_BY_OTHER, ELECTED), replace(LOCAL, serving_term=7),
+     Action.STEP_DOWN, f"{OTHER} holds term 9: stepping down from term 7"),
+    ("my-key-old-lease", View(50, MY_OLD_KEY, ELECTED), LOCAL,
+     Action.WAIT_OWN_KEY, "which it lost: waiting for it to expire"),
+    ("follow", View(50, HELD_BY_OTHER, ELECTED), LOCAL,
+     Action.FOLLOW, f"worker for {OTHER} (term 9)"),
+    ("vacant-while-serving", View(50, None, ELECTED), replace(LOCAL, serving_term=7),
+     Action.STEP_DOWN, "the role key is gone: stepping down from term 7"),
+    ("nofailover", View(50, None, ELECTED, ranked(OTHER)), replace(LOCAL, nofailover=True),
+     Action.NOFAILOVER, "nofailover"),
+    ("bootstrap-self", View(50, None, FLState()), replace(LOCAL, bootstrap="self"),
+     Action.CAMPAIGN, "bootstrap: campaigning"),
+    ("bootstrap-named-me", View(50, None, FLState()), replace(LOCAL, bootstrap=ME),
+     Action.CAMPAIGN, "bootstrap"),
+    ("bootstrap-other", View(50, None, FLState()), replace(LOCAL, bootstrap=OTHER),
+     Action.WAIT_BOOTSTRAP, f"waiting for bootstrap aggregator {OTHER}"),
+    ("bootstrap-auto-unmeasured", View(50, None, FLState(), ranked(ME), peers_measured=False),
+     replace(LOCAL, bootstrap="auto"), Action.WAIT_SAMPLES, "latency samples"),
+    ("bootstrap-auto-measured", View(50, None, FLState(), ranked(ME, OTHER), 50),
+     replace(LOCAL, bootstrap="auto"), Action.CAMPAIGN, "my rank 0"),
+    ("not-candidate", View(50, None, ELECTED, ranked(OTHER), 44, 44), LOCAL,
+     Action.NOT_CANDIDATE, "vacancy at rev 44: this node is not among the 1 candidates"),
+    ("rank0-now", View(50, None, ELECTED, ranked(ME, OTHER), 44, 44), LOCAL,
+     Action.CAMPAIGN, "vacancy at rev 44: my rank 0"),
+    ("rank1-waits", View(50, None, ELECTED, ranked(OTHER, ME), 44, 44),
+     replace(LOCAL, vacancy_seen=99.6), Action.WAIT_RANK, "my rank 1 [10.0.0.2:5000=10.00, "
+     "10.0.0.1:5000=9.00], campaigning in 0.6s"),
+    ("rank1-due", View(50, None, ELECTED, ranked(OTHER, ME), 44, 44),
+     replace(LOCAL, vacancy_seen=98.9), Action.CAMPAIGN, "my rank 1"),
+    ("polled-vacancy", View(50, None, ELECTED, ranked(ME), 50), LOCAL,
+     Action.CAMPAIGN, "vacancy seen by polling at rev 50"),
+]
+
+
+@pytest.mark.parametrize("view,local,action,words", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_decide(view: View, local: Local, action: Action, words: str) -> None:
+    decision = decide(view, local)
+    assert decision.action is action, decision.sentence
+    assert words in decision.sentence
+
+
+def test_every_action_has_a_row() -> None:
+    seen = {decide(c[1], c[2]).action for c in CASES}
+    assert seen == set(Action)
+
+
+def test_wait_rank_topic_is_stable_while_the_wait_ticks_down() -> None:
+    view = View(50, None, ELECTED, ranked(OTHER, ME), 44, 44)
+    a = decide(view, replace(LOCAL, vacancy_seen=99.6))
+    b = decide(view, replace(LOCAL, vacancy_seen=99.6, now=100.2))
+    assert a.sentence != b.sentence and a.topic == b.topic and b.wait_s == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("raw,lease,reason", [
+    (b'{"node": "n", "flower_address": "h:1", "term": 3}', 5, None),
+    (b"garbage", 5, "not JSON"),
+    (b"[" * 1500 + b"]" * 1500, 5, "not JSON"),
+    (b'["n"]', 5, "not a JSON object"),
+    (b'{"node": 3}', 5, "no node name"),
+    (b'{"node": "n", "flower_address": 7}', 5, "flower_address"),
+    (b'{"node": "n", "flower_address": "h:1"}', 0, "not bound to a lease"),
+    (b'{"node": "n", "pad": "' + b"x" * 5000 + b'"}', 5, "bytes"),
+])
+def test_parse_role(raw: bytes, lease: int, reason: str | None) -> None:
+    role = parse_role(raw, create_revision=42, lease=lease, mod_revision=43)
+    if reason is None:
+        assert role == RoleHolder("n", "h:1", term=42, lease=5, mod_revision=43)
+    else:
+        assert isinstance(role, MalformedRole) and reason in role.reason and role.term == 42
+
+
+def test_term_is_the_create_revision_not_the_value() -> None:
+    role = parse_role(b'{"node": "n", "flower_address": null, "term": 999}', 42, 5, 50)
+    assert isinstance(role, RoleHolder) and role.term == 42
