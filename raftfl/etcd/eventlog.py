@@ -86,18 +86,21 @@ class EventLog:
         result = self.read(revision)
         return replay(result.events), result.revision
 
-    def current(self) -> tuple[FLState, int]:
-        """The state now, fetching only what was appended since the previous call.
+    def current(self, revision: int | None = None) -> tuple[FLState, int]:
+        """The state now (or as of `revision`, not older than the previous call's), fetching
+        only what was appended since the previous call.
 
         Appends are create-only, so an event once read never changes: each call costs the
         new events, not the whole history, while the fold still runs over every event.
         """
         with self._lock:
-            result = self.read(since=self._seen_rev + 1)
+            if revision is not None and revision <= self._seen_rev:
+                revision = None  # never older than what we already folded
+            result = self.read(revision, since=self._seen_rev + 1)
             for item in result.events:
                 self._seen[item.seq] = item
-            self._seen_rev = result.revision
-            return replay(self._seen[seq] for seq in sorted(self._seen)), result.revision
+            self._seen_rev = revision or result.revision  # a pinned read: the header says "now"
+            return replay(self._seen[seq] for seq in sorted(self._seen)), self._seen_rev
 
     def tail(self, start_revision: int, stop: threading.Event) -> Iterator[Logged]:
         """New events from `start_revision` on, resuming across member failures."""

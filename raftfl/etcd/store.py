@@ -70,6 +70,9 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and exc.code() in _RETRYABLE_CODES  # type: ignore[attr-defined]
 
 
+Compacted = etcd3.exceptions.RevisionCompactedError  # a read or watch of a compacted revision
+
+
 class EtcdUnavailable(RaftflError):
     """No endpoint answered within the retry budget."""
 
@@ -200,6 +203,17 @@ class Store:
                 return CreateResult.FENCED
         return CreateResult.EXISTS
 
+    def create_revision(self, key: str, value: str | bytes, lease: int | None = None) -> int | None:
+        """Create-if-absent; returns the revision the key was created at (its create revision,
+        read from the transaction's own header), or None when the key already exists."""
+        put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
+            key=key.encode(), value=value.encode() if isinstance(value, str) else value,
+            lease=lease or 0))
+        request = etcdrpc.TxnRequest(compare=[(self.tx.create(key) == 0).build_message()],
+                                     success=[put], failure=[])
+        resp = self.call(lambda: self.client.kvstub.Txn(request, self.timeout))
+        return int(resp.header.revision) if resp.succeeded else None
+
     def put_fenced(self, key: str, value: str | bytes, fence: Fence,
                    lease: int | None = None) -> bool:
         ok, _ = self.call(lambda: self.client.transaction(
@@ -213,6 +227,12 @@ class Store:
         ok, _ = self.call(lambda: self.client.transaction(
             compare=[self.tx.create(fence.key) == fence.create_revision],
             success=[self.tx.delete(key)], failure=[]))
+        return bool(ok)
+
+    def delete_if_unchanged(self, key: str, mod_revision: int) -> bool:
+        """Delete `key` only if nobody has written it since `mod_revision`."""
+        ok, _ = self.call(lambda: self.client.transaction(
+            compare=[self.tx.mod(key) == mod_revision], success=[self.tx.delete(key)], failure=[]))
         return bool(ok)
 
     def delete_prefix(self, prefix: str) -> None:
