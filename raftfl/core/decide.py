@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from raftfl.core.evidence import confirmed, rank_step
 from raftfl.core.ranking import Ranked
 from raftfl.core.replay import FLState
 from raftfl.core.role import MalformedRole, RoleHolder
@@ -24,6 +25,8 @@ class Action(Enum):
     RECORD_ELECTION = "record_election"  # our term has no aggregator_elected yet: append it
     SERVE = "serve"  # make sure our Flower server runs for our term
     FOLLOW = "follow"  # train for the holder
+    SUSPECT = "suspect"  # the holder is evidently gone: publish it, keep following
+    TAKEOVER = "takeover"  # ...and a majority agrees: delete the role key, fenced on its term
     WAIT_OWN_KEY = "wait_own_key"  # the key names us on a lease we lost: it will expire
     WAIT_MALFORMED = "wait_malformed"  # a malformed role key: report, give it one TTL
     CLEAR_MALFORMED = "clear_malformed"  # ...then delete it, guarded by its revisions
@@ -46,6 +49,10 @@ class View:
     ranked_at: int = 0
     vacancy_revision: int | None = None  # the role key's delete revision, once a watch saw it
     peers_measured: bool = True  # -a auto bootstrap: every expected node has samples
+    max_rtt_ms: float | None = None  # largest mean RTT in the ranking: paces the rank steps
+    holder_gone: bool = False  # this node's probes say the holder's host is gone
+    suspected_by: frozenset[str] = frozenset()  # nodes that published the same evidence
+    live_members: frozenset[str] = frozenset()  # nodes with a member record
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,17 @@ def _held(role: RoleHolder, view: View, local: Local) -> Decision:
         return Decision(Action.WAIT_OWN_KEY, f"the role key names this node on lease "
                         f"{role.lease:x}, which it lost: waiting for it to expire",
                         term=role.term, holder=role)
+    if view.holder_gone:
+        agree = view.suspected_by | {local.name}
+        others = view.live_members - {role.node}
+        tally = f"{len(agree & others)} of {len(others)} other members agree"
+        if confirmed(agree, view.live_members, role.node):
+            return Decision(Action.TAKEOVER, f"{role.node} is evidently gone (its etcd and Flower "
+                            f"endpoints fail) and {tally}: ending term {role.term}",
+                            term=role.term, holder=role)
+        return Decision(Action.SUSPECT, f"{role.node} is evidently gone (its etcd and Flower "
+                        f"endpoints fail); {tally}, waiting for a majority",
+                        term=role.term, holder=role)
     return Decision(Action.FOLLOW, f"worker for {role.node} (term {role.term})",
                     term=role.term, holder=role)
 
@@ -159,7 +177,7 @@ def _vacant(view: View, local: Local) -> Decision:
     my_rank = names.index(local.name)
     top = ", ".join(f"{r.node}={r.score:.2f}" for r in view.ranking[:3])
     seen = local.vacancy_seen if local.vacancy_seen is not None else local.now
-    wait = seen + my_rank * local.rank_step - local.now
+    wait = seen + my_rank * rank_step(view.max_rtt_ms, local.rank_step) - local.now
     if wait <= 0:
         return Decision(Action.CAMPAIGN, f"{where}: my rank {my_rank} [{top}], campaigning now",
                         rank=my_rank)

@@ -5,13 +5,19 @@
     latency/<node>/<seq:012d>  RTT samples, one writer per node, bound to the writer's lease
     members/<node>             liveness and context, bound to the node's lease
     aggregator                 the role; bound to the holder's lease; create revision = term
+    suspects/<term>/<node>     a node's evidence that term's holder is gone; on its lease
     checkpoints/<sha256>/meta  checkpoint manifest (round, size, chunk count)
     checkpoints/<sha256>/<i>   checkpoint chunks (<= 1 MiB each)
+
+The cluster name is checked here too, so no code path can build keys (or the data dirs named
+after them) from an unsafe name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from raftfl.core.address import check_cluster_name
 
 SEQ_WIDTH = 12
 
@@ -19,6 +25,9 @@ SEQ_WIDTH = 12
 @dataclass(frozen=True)
 class Keys:
     cluster: str
+
+    def __post_init__(self) -> None:
+        check_cluster_name(self.cluster)
 
     @property
     def root(self) -> str:
@@ -55,6 +64,12 @@ class Keys:
     @property
     def aggregator(self) -> str:
         return self.root + "aggregator"
+
+    def suspects(self, term: int) -> str:
+        return f"{self.root}suspects/{term}/"
+
+    def suspect(self, term: int, node: str) -> str:
+        return self.suspects(term) + node
 
     @property
     def checkpoints(self) -> str:

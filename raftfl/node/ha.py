@@ -34,10 +34,11 @@ from raftfl.core.address import NodeAddress, check_port_free
 from raftfl.core.decide import Action, Decision, Local, View, decide
 from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
 from raftfl.core.events import AggregatorElected, NodeJoined, NodeLeft, RunStarted, StepDown
+from raftfl.core.evidence import gone
 from raftfl.core.keys import Keys
 from raftfl.core.ranking import Ranked, rank
 from raftfl.core.replay import FLState
-from raftfl.core.role import MalformedRole, parse_role
+from raftfl.core.role import MalformedRole, RoleHolder, parse_role
 from raftfl.core.runconfig import RunConfig, ensure
 from raftfl.etcd import checkpoint
 from raftfl.etcd.eventlog import EventLog
@@ -50,10 +51,11 @@ from raftfl.etcd.member import (
     prepare_data_dir,
     wait_healthy,
 )
-from raftfl.etcd.store import Compacted, EtcdUnavailable, Store
+from raftfl.etcd.store import Compacted, EtcdUnavailable, Fence, Store
 from raftfl.flower.legacy import ServerSession
 from raftfl.node.aggregator import RoundRecorder, resume_point
 from raftfl.node.election import Election
+from raftfl.node.holder_probe import HolderProbe
 from raftfl.node.session import MemberInfo, Session, candidates, read_members, read_samples
 from raftfl.node.worker import Trainer, WorkerRunner
 
@@ -134,9 +136,11 @@ class Node:
         self._vacancy_rev: int | None = None  # delete revision of the role key (from the watch)
         self._vacancy_seen: float | None = None
         self._malformed_seen: float | None = None
-        self._ranked: tuple[tuple[Ranked, ...], int] | None = None
+        self._ranked: tuple[tuple[Ranked, ...], int, float | None] | None = None
+        self.holder_probe = HolderProbe(float(opts.lease_ttl), self.wake.set)
         self._campaigns: dict[int, tuple[Decision, View]] = {}
         self._last_topic: Any = None
+        self._predecessor: str | None = None  # the aggregator before our term
         self.next_wait = LOOP_WAIT_S
         self.config: RunConfig | None = None
         self.data: Future[Any] | None = None
@@ -347,14 +351,47 @@ class Node:
             self._vacancy_seen, self._vacancy_rev = None, None
         self._malformed_seen = (self._malformed_seen or now) if isinstance(role, MalformedRole) \
             else None
+        if isinstance(role, RoleHolder) and role.node != self.opts.name and not state.done:
+            return self._observe_holder(rev, role, state)
+        self.holder_probe.follow(None)
         if role is not None or state.done or self.opts.nofailover:
             return View(rev, role, state)
         at = self._vacancy_rev or rev
-        ranking, ranked_at = self._ranking(at, state)
+        ranking, ranked_at, max_rtt = self._ranking(at, state)
         measured = True
         if not state.elections and self.opts.aggregator == "auto":
             measured = self._peers_measured(rev)
-        return View(rev, role, state, ranking, ranked_at, self._vacancy_rev, measured)
+        return View(rev, role, state, ranking, ranked_at, self._vacancy_rev, measured, max_rtt)
+
+    def _observe_holder(self, rev: int, role: RoleHolder, state: FLState) -> View:
+        """Another node holds the role: probe its host, and read who else suspects it."""
+        assert self.store is not None
+        if self.holder_probe.latest is None or self.holder_probe.latest.term != role.term:
+            self.holder_probe.follow(role.term, role.node, self._endpoints_of(role))
+        ev = self.holder_probe.latest
+        if ev is None or ev.term != role.term or not gone(ev, time.monotonic(),
+                                                          self.opts.lease_ttl):
+            return View(rev, role, state)
+        kvs, _ = self.store.range(self.keys.suspects(role.term), revision=rev)
+        suspecting = frozenset(kv.key.rsplit("/", 1)[-1] for kv in kvs)
+        members = frozenset(read_members(self.store, self.keys, rev))
+        return View(rev, role, state, holder_gone=True, suspected_by=suspecting,
+                    live_members=members)
+
+    def _endpoints_of(self, role: RoleHolder) -> tuple[tuple[str, int], ...]:
+        """The holder's Flower endpoint and, when it runs one of our members, its etcd one."""
+        assert self.store is not None
+        out: list[tuple[str, int]] = []
+        if role.flower_address and ":" in role.flower_address:
+            host, _, port = role.flower_address.rpartition(":")
+            out.append((host, int(port)))
+        record = read_members(self.store, self.keys).get(role.node)
+        if record is not None:
+            etcd_clients = {url.split("//", 1)[-1] for m in self.store.members()
+                            for url in m.client_urls}
+            if f"{record.ip}:{record.client_port}" in etcd_clients:
+                out.append((record.ip, record.client_port))
+        return tuple(out)
 
     def _drain_role_changes(self) -> None:
         while True:
@@ -370,8 +407,10 @@ class Node:
             else:
                 self._vacancy_rev, self._vacancy_seen = None, None
 
-    def _ranking(self, revision: int, state: FLState) -> tuple[tuple[Ranked, ...], int]:
-        """Every node's ranking of the candidates at `revision` (cached: it never changes)."""
+    def _ranking(self, revision: int, state: FLState
+                 ) -> tuple[tuple[Ranked, ...], int, float | None]:
+        """Every node's ranking of the candidates at `revision` (cached: it never changes),
+        and the largest mean RTT in it (which paces the rank steps)."""
         if self._ranked is not None and self._ranked[1] == revision:
             return self._ranked
         assert self.store is not None and self.config is not None
@@ -384,7 +423,8 @@ class Node:
         previous = next((e.node for e in reversed(state.elections) if e.term <= revision), None)
         ranking = tuple(rank(candidates(members, samples, self.opts.rtt_window),
                              self.config.ranking_weights, previous))
-        self._ranked = (ranking, revision)
+        max_rtt = max((r.rtt_ms for r in ranking if r.rtt_ms is not None), default=None)
+        self._ranked = (ranking, revision, max_rtt)
         return self._ranked
 
     def _local(self) -> Local:
@@ -418,6 +458,18 @@ class Node:
             case Action.FOLLOW:
                 assert d.holder is not None
                 self.worker.follow(d.holder.flower_address, d.term)
+            case Action.SUSPECT | Action.TAKEOVER:
+                assert d.holder is not None and d.term is not None and self.session.lease
+                self.worker.follow(d.holder.flower_address, d.term)
+                ev = self.holder_probe.latest
+                self.store.create(self.keys.suspect(d.term, self.opts.name), json.dumps(
+                    {"node": self.opts.name, "holder": d.holder.node, "ts": time.time(),
+                     "refused": ev.refused if ev else 0, "failed": ev.failed if ev else 0}),
+                    lease=self.session.lease)
+                if d.action is Action.TAKEOVER and self.store.delete(
+                        self.keys.aggregator, fence=Fence(self.keys.aggregator, d.term)):
+                    self.emit(f"freed the role of {d.holder.node} (term {d.term}) on evidence")
+                self.next_wait = min(self.next_wait, 0.1)
             case Action.CLEAR_MALFORMED:
                 role = view.role
                 assert isinstance(role, MalformedRole)
@@ -508,6 +560,7 @@ class Node:
             self.server = None
         self.worker.follow(None, None)
         state, _ = self.events.current()
+        self._predecessor = next((e.node for e in reversed(state.elections) if e.term < term), None)
         cfg = self.config
         assert self.data is not None
         _, test = self.data.result()
@@ -544,10 +597,13 @@ class Node:
             self.emit(f"cannot serve yet ({exc}); retrying")
 
     def _expected_workers(self) -> int:
+        """Live workers to wait for: every member record but ours and our predecessor's
+        (taken over on evidence, its record outlives it by up to one TTL)."""
         if self.session is None:
             return 0
+        skip = {self.opts.name, self._predecessor}
         return sum(1 for m in self.session.members.values()
-                   if m.node != self.opts.name and not m.finished)
+                   if m.node not in skip and not m.finished)
 
     def _on_round(self, what: str, info: dict[str, Any]) -> None:
         if what == "committed":
@@ -706,6 +762,7 @@ class Node:
 
     def _shutdown(self) -> None:
         self.stop.set()
+        self.holder_probe.stop()
         if self.worker is not None:
             self.worker.stop()
         if self.server is not None:

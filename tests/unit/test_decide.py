@@ -67,6 +67,20 @@ CASES = [
      Action.WAIT_OWN_KEY, "which it lost: waiting for it to expire"),
     ("follow", View(50, HELD_BY_OTHER, ELECTED), LOCAL,
      Action.FOLLOW, f"worker for {OTHER} (term 9)"),
+    ("holder-gone-unconfirmed", View(50, HELD_BY_OTHER, ELECTED, holder_gone=True,
+                                     live_members=frozenset({ME, OTHER, "c"})), LOCAL,
+     Action.SUSPECT, "1 of 2 other members agree, waiting for a majority"),
+    ("holder-gone-confirmed", View(50, HELD_BY_OTHER, ELECTED, holder_gone=True,
+                                   suspected_by=frozenset({"c"}),
+                                   live_members=frozenset({ME, OTHER, "c"})), LOCAL,
+     Action.TAKEOVER, "2 of 2 other members agree: ending term 9"),
+    ("holder-gone-two-nodes", View(50, HELD_BY_OTHER, ELECTED, holder_gone=True,
+                                   live_members=frozenset({ME, OTHER})), LOCAL,
+     Action.TAKEOVER, "1 of 1 other members agree"),
+    ("holder-gone-five-nodes", View(50, HELD_BY_OTHER, ELECTED, holder_gone=True,
+                                    suspected_by=frozenset({"c"}),
+                                    live_members=frozenset({ME, OTHER, "c", "d", "e"})), LOCAL,
+     Action.SUSPECT, "2 of 4 other members agree"),
     ("vacant-while-serving", View(50, None, ELECTED), replace(LOCAL, serving_term=7),
      Action.STEP_DOWN, "the role key is gone: stepping down from term 7"),
     ("nofailover", View(50, None, ELECTED, ranked(OTHER)), replace(LOCAL, nofailover=True),
@@ -90,6 +104,10 @@ CASES = [
      "10.0.0.1:5000=9.00], campaigning in 0.6s"),
     ("rank1-due", View(50, None, ELECTED, ranked(OTHER, ME), 44, 44),
      replace(LOCAL, vacancy_seen=98.9), Action.CAMPAIGN, "my rank 1"),
+    ("rank1-fast-step", View(50, None, ELECTED, ranked(OTHER, ME), 44, 44, max_rtt_ms=1.0),
+     replace(LOCAL, vacancy_seen=99.75), Action.CAMPAIGN, "my rank 1"),
+    ("rank1-slow-links", View(50, None, ELECTED, ranked(OTHER, ME), 44, 44, max_rtt_ms=200.0),
+     replace(LOCAL, vacancy_seen=99.8), Action.WAIT_RANK, "campaigning in 0.5s"),
     ("polled-vacancy", View(50, None, ELECTED, ranked(ME), 50), LOCAL,
      Action.CAMPAIGN, "vacancy seen by polling at rev 50"),
 ]
@@ -136,3 +154,38 @@ def test_parse_role(raw: bytes, lease: int, reason: str | None) -> None:
 def test_term_is_the_create_revision_not_the_value() -> None:
     role = parse_role(b'{"node": "n", "flower_address": null, "term": 999}', 42, 5, 50)
     assert isinstance(role, RoleHolder) and role.term == 42
+
+
+@pytest.mark.parametrize("refused,failed,since,now,gone_", [
+    (0, 0, None, 10.0, False),
+    (2, 2, 9.8, 10.0, False),
+    (3, 3, 9.7, 10.0, True),  # three refusals in a row: nothing listens there any more
+    (0, 5, 9.0, 10.0, False),  # silent for 1 s: not yet (half of a 3 s TTL)
+    (0, 15, 8.4, 10.0, True),  # silent for 1.6 s
+])
+def test_evidence_gone(refused: int, failed: int, since: float | None, now: float,
+                       gone_: bool) -> None:
+    from raftfl.core.evidence import Evidence, gone
+
+    assert gone(Evidence(7, "h", refused, failed, since), now, lease_ttl=3.0) is gone_
+
+
+def test_evidence_fold_resets_on_any_answer() -> None:
+    from raftfl.core.evidence import Evidence, Probe, fold
+
+    ev = Evidence(7, "h")
+    ev = fold(ev, [Probe.REFUSED, Probe.REFUSED], 1.0)
+    ev = fold(ev, [Probe.REFUSED, Probe.FAILED], 1.1)
+    assert (ev.refused, ev.failed, ev.since) == (0, 2, 1.0)
+    ev = fold(ev, [Probe.REFUSED, Probe.REFUSED], 1.2)
+    assert (ev.refused, ev.failed) == (1, 3)
+    assert fold(ev, [Probe.OK, Probe.REFUSED], 1.3) == Evidence(7, "h")  # one answer: alive
+    assert fold(ev, [], 1.3) == Evidence(7, "h")  # nothing probed: no evidence
+
+
+@pytest.mark.parametrize("rtt,cap,step", [(None, 1.0, 1.0), (1.0, 1.0, 0.2), (100.0, 1.0, 0.4),
+                                          (500.0, 1.0, 1.0), (100.0, 0.3, 0.3)])
+def test_rank_step_adapts_to_rtt(rtt: float | None, cap: float, step: float) -> None:
+    from raftfl.core.evidence import rank_step
+
+    assert rank_step(rtt, cap) == pytest.approx(step)

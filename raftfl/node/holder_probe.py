@@ -1,0 +1,66 @@
+"""Probe the aggregator's endpoints from a follower, for early takeover (core/evidence.py).
+
+A thread of its own, because evidence must arrive in tenths of a second while the HA loop
+may sleep for a second: it connects to the holder's etcd client and Flower ports every
+`PROBE_INTERVAL_S`, folds the outcomes with the pure `evidence.fold`, publishes the result
+as an immutable value, and wakes the loop when the holder turns out to be gone. It decides
+nothing itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from raftfl.core.evidence import Evidence, Probe, fold, gone
+
+PROBE_INTERVAL_S = 0.05
+CONNECT_TIMEOUT_S = 0.25
+
+
+def probe(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> Probe:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return Probe.OK
+    except ConnectionRefusedError:
+        return Probe.REFUSED
+    except OSError as exc:
+        return Probe.REFUSED if exc.errno == errno.ECONNREFUSED else Probe.FAILED
+
+
+class HolderProbe:
+    def __init__(self, lease_ttl: float, wake: Callable[[], None]):
+        self.lease_ttl = lease_ttl
+        self.wake = wake
+        self._target: tuple[int, str, tuple[tuple[str, int], ...]] | None = None
+        self.latest: Evidence | None = None  # replaced whole, never mutated
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="holder-probe", daemon=True)
+        self._thread.start()
+
+    def follow(self, term: int | None, holder: str | None = None,
+               endpoints: tuple[tuple[str, int], ...] = ()) -> None:
+        """Probe these endpoints of `holder` for `term`; None stops probing."""
+        target = (term, holder or "", endpoints) if term is not None and endpoints else None
+        if target != self._target:
+            self._target = target
+            self.latest = Evidence(term, holder or "") if target else None  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROBE_INTERVAL_S):
+            target, ev = self._target, self.latest
+            if target is None or ev is None or ev.term != target[0]:
+                continue
+            now = time.monotonic()
+            new = fold(ev, [probe(h, p) for h, p in target[2]], now)
+            if self._target is not target:
+                continue  # retargeted while probing: these outcomes belong to the old holder
+            self.latest = new
+            if gone(new, time.monotonic(), self.lease_ttl) and not gone(ev, now, self.lease_ttl):
+                self.wake()
