@@ -1,0 +1,517 @@
+"""The fleet transport: opaque instruction and reply bytes between one server and its workers.
+
+Why our own small HTTP transport rather than Flower's SuperLink: a node that loses the
+aggregator role must stop serving at once, and a worker must notice a vanished server within
+about a second; both are one call here. It is stdlib only (`http.server` on the server,
+`http.client` on the workers) and knows nothing of Flower or etcd: payloads are bytes.
+
+Protocol (HTTP/1.0, one request per connection; `token` names a worker's session):
+
+    POST /register?node=ID&name=N  -> 200 {"token": T}   (a re-registering node replaces its
+                                                          old session; that session's pending
+                                                          messages are reported lost)
+    GET  /poll?token=T&hold=S      -> 200 payload (header X-Raftfl-Message: id), or 204 after
+                                      holding the request up to S seconds with nothing to send
+    POST /reply?token=T&msg=ID     -> 200; 409 when the message is not pending for this session
+    POST /heartbeat?token=T        -> 200
+    410 = the session is gone (timed out or replaced); 503 = the server is stopping.
+
+Liveness: a worker heartbeats every `HEARTBEAT_S` from its own thread, also while its ClientApp
+runs; the server drops a worker silent for `node_timeout` and reports its pending messages lost.
+`FleetServer.stop()` wakes every held poll and shuts down every open connection.
+`FleetClient.abort()` cuts the session from any thread; a worker whose server refuses or resets
+connections fails at its next heartbeat (within `HEARTBEAT_S`), a silent one after
+`silence_limit`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+log = logging.getLogger(__name__)
+
+NODE_TIMEOUT_S = 3.0
+HEARTBEAT_S = 0.5
+CONNECT_TIMEOUT_S = 1.0
+SILENCE_LIMIT_S = 3.0
+POLL_HOLD_S = 1.0
+MAX_POLL_HOLD_S = 5.0
+MAX_BODY = 256 << 20
+MAX_NODE_ID = (1 << 63) - 1  # node ids are positive int64; 1 is the server's own id
+MESSAGE_HEADER = "X-Raftfl-Message"
+
+
+class FleetError(ConnectionError):
+    """The fleet session or server is gone (stopped, unreachable, timed out or replaced)."""
+
+
+class FleetAborted(FleetError):
+    """`FleetClient.abort()` ended the session."""
+
+
+class FleetStopped(FleetError):
+    """The server was stopped."""
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A pending message whose reply can no longer come, and why."""
+
+    reason: str
+
+
+@dataclass
+class _Session:
+    node_id: int
+    name: str
+    token: str
+    last_seen: float
+    outbox: deque[tuple[str, bytes]] = field(default_factory=deque)
+    pending: set[str] = field(default_factory=set)  # queued or delivered, not yet replied
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+class FleetServer:
+    """The aggregator's end: workers register, poll for messages and post replies.
+
+    Thread-safe; `push`, `collect` and `node_ids` are called by the ServerApp's thread.
+    """
+
+    def __init__(self, host: str, port: int, *, node_timeout: float = NODE_TIMEOUT_S,
+                 max_body: int = MAX_BODY):
+        self.node_timeout = node_timeout
+        self.max_body = max_body
+        self._cond = threading.Condition()
+        self._sessions: dict[int, _Session] = {}
+        self._by_token: dict[str, _Session] = {}
+        self._owner: dict[str, _Session] = {}  # pending message id -> session
+        self._done: dict[str, bytes | Lost] = {}  # message id -> reply, or why none comes
+        self._stopped = False
+        try:
+            self._httpd = _HttpServer((host, port), self)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve the Flower fleet on {host}:{port}: "
+                                     f"{exc.strerror or exc}") from None
+        self.address = f"{host}:{self._httpd.server_address[1]}"
+        self._threads = [threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
+                                          name=f"fleet-{self.address}", daemon=True),
+                         threading.Thread(target=self._reap, name="fleet-reaper", daemon=True)]
+
+    def start(self) -> FleetServer:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop now, from any thread: wake held polls, cut open connections, close the port."""
+        with self._cond:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._cond.notify_all()
+        if self._threads[0].is_alive():
+            self._httpd.shutdown()
+        self._httpd.cut_connections()
+        self._httpd.server_close()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    # ---- used by the grid
+
+    def node_ids(self) -> list[int]:
+        with self._cond:
+            self._check_running()
+            return sorted(self._sessions)
+
+    def push(self, node_id: int, msg_id: str, payload: bytes) -> bool:
+        """Queue `payload` for `node_id`; False (and the message recorded lost) if the node is
+        not connected."""
+        with self._cond:
+            self._check_running()
+            session = self._sessions.get(node_id)
+            if session is None:
+                self._done[msg_id] = Lost(f"node {node_id} is not connected")
+                return False
+            session.outbox.append((msg_id, payload))
+            session.pending.add(msg_id)
+            self._owner[msg_id] = session
+            self._cond.notify_all()
+            return True
+
+    def collect(self, msg_ids: Iterable[str], timeout: float = 0.0) -> dict[str, bytes | Lost]:
+        """Take the replies (or losses) among `msg_ids`, waiting up to `timeout` s (None:
+        forever) for at least one. Raises FleetStopped once the server is stopped."""
+        wanted = set(msg_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._check_running()
+                ready = {m: self._done.pop(m) for m in wanted & self._done.keys()}
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if ready or not wanted or (remaining is not None and remaining <= 0):
+                    return ready
+                self._cond.wait(remaining)
+
+    def forget(self, msg_ids: Iterable[str]) -> None:
+        """Drop messages nobody waits for any more (their replies are discarded)."""
+        with self._cond:
+            for msg_id in msg_ids:
+                self._done.pop(msg_id, None)
+                session = self._owner.pop(msg_id, None)
+                if session is not None:
+                    session.pending.discard(msg_id)
+                    session.outbox = deque(m for m in session.outbox if m[0] != msg_id)
+
+    # ---- used by the HTTP handler
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise FleetStopped(f"fleet server {self.address} stopped")
+
+    def _session(self, token: str) -> _Session:
+        if self._stopped:
+            raise _HttpError(503, "stopping")
+        session = self._by_token.get(token)
+        if session is None:
+            raise _HttpError(410, "unknown or expired session")
+        session.last_seen = time.monotonic()
+        return session
+
+    def register(self, node_id: int, name: str) -> str:
+        with self._cond:
+            if self._stopped:
+                raise _HttpError(503, "stopping")
+            old = self._sessions.get(node_id)
+            if old is not None:
+                self._drop(old, f"node {node_id} registered again")
+            session = _Session(node_id, name, secrets.token_hex(16), time.monotonic())
+            self._sessions[node_id] = session
+            self._by_token[session.token] = session
+            self._cond.notify_all()
+            log.info("fleet %s: node %s (%d) connected", self.address, name or "?", node_id)
+            return session.token
+
+    def next_for(self, token: str, hold: float) -> tuple[str, bytes] | None:
+        deadline = time.monotonic() + min(max(hold, 0.0), MAX_POLL_HOLD_S)
+        with self._cond:
+            while True:
+                session = self._session(token)
+                if session.outbox:
+                    return session.outbox.popleft()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def requeue(self, token: str, msg_id: str, payload: bytes) -> None:
+        """A poll response was not delivered: send the message again on the next poll."""
+        with self._cond:
+            session = self._by_token.get(token)
+            if session is not None and msg_id in session.pending:
+                session.outbox.appendleft((msg_id, payload))
+
+    def reply(self, token: str, msg_id: str, payload: bytes) -> None:
+        with self._cond:
+            session = self._session(token)
+            if msg_id not in session.pending:
+                raise _HttpError(409, f"message {msg_id} is not pending for this session")
+            session.pending.discard(msg_id)
+            self._owner.pop(msg_id, None)
+            self._done[msg_id] = payload
+            self._cond.notify_all()
+
+    def touch(self, token: str) -> None:
+        with self._cond:
+            self._session(token)
+
+    def _drop(self, session: _Session, reason: str) -> None:
+        """Forget a session (lock held); its pending messages get `Lost(reason)`."""
+        self._sessions.pop(session.node_id, None)
+        self._by_token.pop(session.token, None)
+        for msg_id in session.pending:
+            self._owner.pop(msg_id, None)
+            self._done[msg_id] = Lost(reason)
+        session.pending.clear()
+        session.outbox.clear()
+        self._cond.notify_all()
+
+    def _reap(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                for session in list(self._sessions.values()):
+                    if now - session.last_seen > self.node_timeout:
+                        log.info("fleet %s: node %s (%d) silent for %.1f s, dropped",
+                                 self.address, session.name or "?", session.node_id,
+                                 now - session.last_seen)
+                        self._drop(session, f"node {session.node_id} unavailable: no heartbeat "
+                                            f"for {self.node_timeout:g} s")
+                self._cond.wait(0.2)
+
+
+class _HttpServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer that tracks open connections so `stop()` can cut them all."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], fleet: FleetServer):
+        self.fleet = fleet
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves our own name (a reverse DNS lookup that can stall
+        # offline); the handler needs neither server_name nor the lookup.
+        TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            self._conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HttpServer
+    protocol_version = "HTTP/1.0"
+    timeout = 30.0  # per socket operation: a stalled peer cannot pin a handler thread
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("fleet %s: " + format, self.server.fleet.address, *args)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._dispatch()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        fleet = self.server.fleet
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        route = (self.command, url.path)
+        try:
+            if route == ("POST", "/register"):
+                self._register(fleet, query)
+            elif route == ("GET", "/poll"):
+                self._poll(fleet, query)
+            elif route == ("POST", "/reply"):
+                fleet.reply(query.get("token", ""), query.get("msg", ""), self._body())
+                self._send(200)
+            elif route == ("POST", "/heartbeat"):
+                fleet.touch(query.get("token", ""))
+                self._send(200)
+            else:
+                raise _HttpError(404, "no such endpoint")
+        except _HttpError as exc:
+            self._send(exc.status, str(exc).encode())
+        except OSError:
+            pass  # the peer went away, or stop() cut the connection
+
+    def _register(self, fleet: FleetServer, query: dict[str, str]) -> None:
+        try:
+            node_id = int(query.get("node", ""))
+        except ValueError:
+            raise _HttpError(400, "node must be an integer") from None
+        if not 2 <= node_id <= MAX_NODE_ID:
+            raise _HttpError(400, f"node id must be in [2, {MAX_NODE_ID}]")
+        token = fleet.register(node_id, query.get("name", "")[:200])
+        self._send(200, json.dumps({"token": token}).encode())
+
+    def _poll(self, fleet: FleetServer, query: dict[str, str]) -> None:
+        try:
+            hold = float(query.get("hold", POLL_HOLD_S))
+        except ValueError:
+            raise _HttpError(400, "hold must be a number") from None
+        token = query.get("token", "")
+        item = fleet.next_for(token, hold)
+        if item is None:
+            self._send(204)
+            return
+        msg_id, payload = item
+        try:
+            self._send(200, payload, {MESSAGE_HEADER: msg_id})
+        except OSError:
+            fleet.requeue(token, msg_id, payload)
+
+    def _body(self) -> bytes:
+        try:
+            size = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise _HttpError(411, "Content-Length required") from None
+        if not 0 <= size <= self.server.fleet.max_body:
+            raise _HttpError(413, f"body of {size} bytes exceeds {self.server.fleet.max_body}")
+        body = self.rfile.read(size)
+        if len(body) != size:
+            raise _HttpError(400, "truncated body")
+        return body
+
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class FleetClient:
+    """A worker's session with one fleet server; `abort()` ends it from any thread."""
+
+    def __init__(self, address: str, node_id: int, name: str = "", *,
+                 connect_timeout: float = CONNECT_TIMEOUT_S, heartbeat: float = HEARTBEAT_S,
+                 silence_limit: float = SILENCE_LIMIT_S, poll_hold: float = POLL_HOLD_S):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"fleet address must be host:port, got {address!r}")
+        self.address = address
+        self._host, self._port = host.strip("[]"), int(port)
+        self.node_id = node_id
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self.heartbeat = heartbeat
+        self.silence_limit = silence_limit
+        self.poll_hold = poll_hold
+        self._token = ""
+        self._lock = threading.Lock()
+        self._conns: set[http.client.HTTPConnection] = set()
+        self._ended: FleetError | None = None
+        self._done = threading.Event()
+
+    def run(self, handle: Callable[[bytes], bytes]) -> None:
+        """Register, then answer each instruction with `handle(payload)`. Returns only by
+        raising FleetError (FleetAborted after `abort()`, FleetStopped when the server stops).
+
+        `handle` runs in this thread and is never interrupted: an abort during it takes
+        effect when it returns, and its reply is then dropped."""
+        status, _, body = self._request("POST", f"/register?node={self.node_id}"
+                                                f"&name={quote(self.name)}", b"")
+        self._expect(status, body, "register")
+        try:
+            self._token = json.loads(body)["token"]
+        except (ValueError, KeyError, TypeError):
+            raise FleetError(f"fleet {self.address}: malformed register reply") from None
+        beat = threading.Thread(target=self._beat, name=f"fleet-heartbeat-{self.node_id}",
+                                daemon=True)
+        beat.start()
+        try:
+            while True:
+                status, headers, body = self._request(
+                    "GET", f"/poll?token={self._token}&hold={self.poll_hold:g}", None,
+                    timeout=self.poll_hold + self.connect_timeout)
+                if status == 204:
+                    continue
+                self._expect(status, body, "poll")
+                msg_id = headers.get(MESSAGE_HEADER, "")
+                reply = handle(body)
+                self._raise_if_ended()
+                status, _, answer = self._request("POST", f"/reply?token={self._token}"
+                                                          f"&msg={quote(msg_id)}", reply)
+                if status == 409:
+                    log.info("fleet %s: reply to %s not wanted any more", self.address, msg_id)
+                else:
+                    self._expect(status, answer, "reply")
+        finally:
+            self._done.set()
+
+    def abort(self) -> None:
+        self._end(FleetAborted(f"fleet session with {self.address} aborted"))
+
+    def _end(self, error: FleetError) -> None:
+        with self._lock:
+            if self._ended is None:
+                self._ended = error
+            conns = list(self._conns)
+        self._done.set()
+        for conn in conns:
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _raise_if_ended(self) -> None:
+        if self._ended is not None:
+            raise self._ended
+
+    def _expect(self, status: int, body: bytes, what: str) -> None:
+        if status == 200:
+            return
+        detail = body.decode(errors="replace")[:200]
+        if status == 503:
+            raise FleetStopped(f"fleet {self.address}: server stopping ({what})")
+        if status == 410:
+            raise FleetError(f"fleet {self.address}: session gone ({what}: {detail})")
+        raise FleetError(f"fleet {self.address}: {what} failed with HTTP {status}: {detail}")
+
+    def _request(self, method: str, path: str, body: bytes | None,
+                 timeout: float | None = None) -> tuple[int, Any, bytes]:
+        self._raise_if_ended()
+        conn = http.client.HTTPConnection(self._host, self._port,
+                                          timeout=timeout or self.connect_timeout)
+        with self._lock:
+            self._conns.add(conn)
+        try:
+            conn.connect()
+            self._raise_if_ended()  # abort() may have run before the socket existed
+            conn.request(method, path, body=body)
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._raise_if_ended()
+            raise FleetError(f"fleet {self.address}: {exc or type(exc).__name__}") from exc
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def _beat(self) -> None:
+        """Heartbeat until the session ends; end it when the server is gone."""
+        last_ok = time.monotonic()
+        while not self._done.wait(self.heartbeat):
+            try:
+                status, _, body = self._request("POST", f"/heartbeat?token={self._token}", b"")
+                self._expect(status, body, "heartbeat")
+                last_ok = time.monotonic()
+            except FleetAborted:
+                return
+            except FleetError as exc:
+                timed_out = isinstance(exc.__cause__, TimeoutError)
+                if not timed_out or time.monotonic() - last_ok > self.silence_limit:
+                    self._end(exc)
+                    return
