@@ -83,9 +83,14 @@ class _Writer:
 
 def _tag(value: Any) -> str:
     for tag, kind in _SCALARS.items():  # bool before int: bool is an int subclass
-        if type(value) is kind:
+        if isinstance(value, kind):
             return tag
     raise CodecError(f"unsupported record value of type {type(value).__name__}")
+
+
+def _scalar_out(tag: str, value: Any, out: _Writer) -> Any:
+    # Flower accepts subclasses (numpy.float64 is a float): send the plain Python value.
+    return out.blob(value) if tag == "y" else _SCALARS[tag](value)
 
 
 def _encode_value(value: Any, out: _Writer) -> list[Any]:
@@ -93,11 +98,9 @@ def _encode_value(value: Any, out: _Writer) -> list[Any]:
         tag = _tag(value[0]) if value else "i"
         if any(_tag(v) != tag for v in value):
             raise CodecError("a list value mixes element types")
-        if tag == "y":
-            return ["l" + tag, [out.blob(v) for v in value]]
-        return ["l" + tag, list(value)]
+        return ["l" + tag, [_scalar_out(tag, v, out) for v in value]]
     tag = _tag(value)
-    return [tag, out.blob(value) if tag == "y" else value]
+    return [tag, _scalar_out(tag, value, out)]
 
 
 def _encode_arrays(record: ArrayRecord, out: _Writer) -> list[list[Any]]:

@@ -321,27 +321,31 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
+        try:
+            try:
+                self._route()
+            except _HttpError as exc:
+                self._send(exc.status, str(exc).encode())
+        except OSError:
+            pass  # the peer went away, or stop() cut the connection
+
+    def _route(self) -> None:
         fleet = self.server.fleet
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         route = (self.command, url.path)
-        try:
-            if route == ("POST", "/register"):
-                self._register(fleet, query)
-            elif route == ("GET", "/poll"):
-                self._poll(fleet, query)
-            elif route == ("POST", "/reply"):
-                fleet.reply(query.get("token", ""), query.get("msg", ""), self._body())
-                self._send(200)
-            elif route == ("POST", "/heartbeat"):
-                fleet.touch(query.get("token", ""))
-                self._send(200)
-            else:
-                raise _HttpError(404, "no such endpoint")
-        except _HttpError as exc:
-            self._send(exc.status, str(exc).encode())
-        except OSError:
-            pass  # the peer went away, or stop() cut the connection
+        if route == ("POST", "/register"):
+            self._register(fleet, query)
+        elif route == ("GET", "/poll"):
+            self._poll(fleet, query)
+        elif route == ("POST", "/reply"):
+            fleet.reply(query.get("token", ""), query.get("msg", ""), self._body())
+            self._send(200)
+        elif route == ("POST", "/heartbeat"):
+            fleet.touch(query.get("token", ""))
+            self._send(200)
+        else:
+            raise _HttpError(404, "no such endpoint")
 
     def _register(self, fleet: FleetServer, query: dict[str, str]) -> None:
         try:
@@ -413,9 +417,10 @@ class FleetClient:
         self._ended: FleetError | None = None
         self._done = threading.Event()
 
-    def run(self, handle: Callable[[bytes], bytes]) -> None:
-        """Register, then answer each instruction with `handle(payload)`. Returns only by
-        raising FleetError (FleetAborted after `abort()`, FleetStopped when the server stops).
+    def run(self, handle: Callable[[str, bytes], bytes]) -> None:
+        """Register, then answer each instruction with `handle(message_id, payload)`. Returns
+        only by raising FleetError (FleetAborted after `abort()`, FleetStopped when the server
+        stops).
 
         `handle` runs in this thread and is never interrupted: an abort during it takes
         effect when it returns, and its reply is then dropped."""
@@ -438,7 +443,7 @@ class FleetClient:
                     continue
                 self._expect(status, body, "poll")
                 msg_id = headers.get(MESSAGE_HEADER, "")
-                reply = handle(body)
+                reply = handle(msg_id, body)
                 self._raise_if_ended()
                 status, _, answer = self._request("POST", f"/reply?token={self._token}"
                                                           f"&msg={quote(msg_id)}", reply)

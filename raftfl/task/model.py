@@ -133,8 +133,12 @@ def train(
     lr: float = 0.01,
     batch_size: int = 32,
     seed: int = 0,
+    proximal_mu: float = 0.0,
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Run local SGD (momentum 0.9) from ``weights`` and return the new weights.
+
+    ``proximal_mu > 0`` adds FedProx's proximal term ``mu/2 * ||w - weights||^2``
+    to the loss (the reported ``train_loss`` stays the data loss).
 
     Batches are sliced from pre-built tensors with a seeded permutation rather
     than a DataLoader: no worker processes on a 2-core box, and the same seed
@@ -152,6 +156,7 @@ def train(
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     criterion = torch.nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
+    anchor = [p.detach().clone() for p in net.parameters()] if proximal_mu > 0 else []
     n = len(data)
     total_loss = 0.0
     seen = 0
@@ -162,7 +167,11 @@ def train(
             xb, yb = data.x[idx], data.y[idx]
             optimizer.zero_grad()
             loss = criterion(net(xb), yb)
-            loss.backward()
+            objective = loss
+            if anchor:
+                objective = loss + proximal_mu / 2 * sum(
+                    ((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor, strict=True))
+            objective.backward()
             optimizer.step()
             total_loss += loss.item() * len(idx)
             seen += len(idx)

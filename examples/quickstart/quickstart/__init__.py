@@ -1,0 +1,1 @@
+"""raftfl's quick-start task as a Flower app."""

@@ -1,0 +1,210 @@
+"""RaftGrid: Flower's public `Grid`, over the fleet transport, for one aggregator term.
+
+A user's ServerApp and its strategy talk to workers only through this Grid, as they would to
+Flower's SuperLink. What it adds is invisible to them:
+
+* every instruction carries raftfl's `Stamp` (run, term, global round, base-model hash)
+  beside the Message, so a worker can refuse a stale instruction before its ClientApp runs;
+* it carries where the run resumes (`Resume`) and the `RoundHooks` that record each step,
+  which `raftfl.start` reads;
+* once the fleet server is stopped (the node lost the role), every Grid call raises
+  `AggregatorStopped`, which unwinds the ServerApp's thread.
+
+Replies that cannot come (the worker disconnected, went silent, or was never connected) are
+returned as error replies with Flower's `NODE_UNAVAILABLE` code, as Flower's SuperLink does;
+replies still missing at the timeout are simply absent, as in Flower's own grids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flwr.app import ArrayRecord, Error, Message, Metadata, RecordDict
+from flwr.serverapp import Grid
+
+from raftfl.flower.codec import CodecError, decode_message, encode_message
+from raftfl.flower.fleet import FleetServer, FleetStopped, Lost
+from raftfl.flower.identity import SERVER_NODE_ID, adopt_server_identity
+
+if TYPE_CHECKING:
+    from raftfl.flower.start import RoundHooks
+
+log = logging.getLogger(__name__)
+
+# Flower's ErrorCode values (flwr.common.constant is not a public module).
+UNKNOWN = 0
+CLIENT_APP_RAISED_EXCEPTION = 2
+NODE_UNAVAILABLE = 5
+MOD_FAILED_PRECONDITION = 6  # raftfl: a worker refused a stale instruction
+
+
+class AggregatorStopped(BaseException):  # noqa: N818 - a control-flow signal like SystemExit
+    """This node no longer serves the run (fleet stopped, or a hook reported it deposed).
+
+    A BaseException so that a ServerApp's `except Exception` does not swallow it."""
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """raftfl's instruction header: who sent it, for which global round, from which model."""
+
+    run_id: int
+    term: int
+    round: int = 0  # global round (0: outside raftfl.start)
+    base: str = ""  # sha256 of the arrays the round starts from ("" outside raftfl.start)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "term": self.term, "round": self.round, "base": self.base}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Stamp:
+        fields = {"run_id": int, "term": int, "round": int, "base": str}
+        if not (isinstance(raw, dict) and set(raw) == set(fields)
+                and all(type(raw[k]) is t for k, t in fields.items())):
+            raise CodecError(f"malformed raftfl stamp: {str(raw)[:200]}")
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a new aggregator picks the run up: the next global round and the arrays
+    committed before it."""
+
+    next_round: int
+    arrays: ArrayRecord
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What `Grid.run` reports (Flower's own `Run` class is not public)."""
+
+    run_id: int
+
+
+@dataclass(frozen=True)
+class _Sent:
+    dst_node_id: int
+    message_type: str
+    group_id: str
+    deadline: float  # wall-clock end of the message's TTL
+
+
+class RaftGrid(Grid):
+    """A `Grid` whose nodes are the workers connected to `fleet`."""
+
+    def __init__(self, fleet: FleetServer, *, run_id: int, term: int, hooks: RoundHooks,
+                 resume: Resume | None = None):
+        adopt_server_identity(run_id)  # see identity.py: Flower's Message() needs it
+        self.fleet = fleet
+        self.run_id = run_id
+        self.term = term
+        self.hooks = hooks
+        self.resume = resume
+        self.stamp = Stamp(run_id, term)
+        self._run: Any = RunInfo(run_id)
+        self._sent: dict[str, _Sent] = {}
+
+    def set_round(self, server_round: int, base: str) -> None:
+        """Stamp the instructions that follow with this global round and base model."""
+        self.stamp = Stamp(self.run_id, self.term, server_round, base)
+
+    # ---- flwr.serverapp.Grid
+
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        with _fleet_call():
+            return self.fleet.node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        stamp = self.stamp.to_json()
+        ids = []
+        for message in messages:
+            md = message.metadata
+            if md.reply_to_message_id or not message.has_content():
+                raise ValueError(f"not an instruction message: {md}")
+            msg_id = uuid.uuid4().hex
+            payload = encode_message(message, stamp, {"message_id": msg_id, "run_id": self.run_id,
+                                                      "src_node_id": SERVER_NODE_ID})
+            self._sent[msg_id] = _Sent(md.dst_node_id, md.message_type, md.group_id,
+                                       md.created_at + md.ttl)
+            with _fleet_call():
+                self.fleet.push(md.dst_node_id, msg_id, payload)
+            ids.append(msg_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        with _fleet_call():
+            ready = self.fleet.collect(message_ids, 0.0)
+        return [self._reply(msg_id, item) for msg_id, item in ready.items()]
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        waiting = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while waiting:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            with _fleet_call():
+                ready = self.fleet.collect(waiting, remaining)
+            replies.extend(self._reply(msg_id, item) for msg_id, item in ready.items())
+            waiting -= ready.keys()
+        if waiting:
+            log.info("grid: %d of %d replies missing after %.0f s", len(waiting),
+                     len(waiting) + len(replies), timeout)
+            self.fleet.forget(waiting)
+            for msg_id in waiting:
+                self._sent.pop(msg_id, None)
+        return replies
+
+    # ---- replies
+
+    def _reply(self, msg_id: str, item: bytes | Lost) -> Message:
+        sent = self._sent.pop(msg_id)
+        if isinstance(item, Lost):
+            return self._error_reply(msg_id, sent, NODE_UNAVAILABLE, item.reason)
+        try:
+            reply, _ = decode_message(item, {"message_id": uuid.uuid4().hex})
+        except CodecError as exc:
+            return self._error_reply(msg_id, sent, UNKNOWN, f"node {sent.dst_node_id}: {exc}")
+        md = reply.metadata
+        if (md.reply_to_message_id, md.src_node_id, md.run_id) != (msg_id, sent.dst_node_id,
+                                                                    self.run_id):
+            return self._error_reply(msg_id, sent, UNKNOWN,
+                                     f"node {sent.dst_node_id}: reply metadata does not match "
+                                     f"the instruction ({md})")
+        return reply
+
+    def _error_reply(self, msg_id: str, sent: _Sent, code: int, reason: str) -> Message:
+        """An error reply in the form Flower's SuperLink gives one it makes itself."""
+        now = time.time()
+        metadata = Metadata(run_id=self.run_id, message_id=uuid.uuid4().hex,
+                            src_node_id=SERVER_NODE_ID, dst_node_id=SERVER_NODE_ID,
+                            reply_to_message_id=msg_id, group_id=sent.group_id, created_at=now,
+                            ttl=max(sent.deadline - now, 0.0), message_type=sent.message_type)
+        return Message(metadata=metadata, error=Error(code=code, reason=reason))
+
+
+@contextmanager
+def _fleet_call() -> Iterator[None]:
+    try:
+        yield
+    except FleetStopped as exc:
+        raise AggregatorStopped(str(exc)) from None

@@ -1,0 +1,223 @@
+"""`raftfl.start`: the one line a user changes in a ServerApp.
+
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=n, evaluate_fn=f, ...)
+becomes
+    result = raftfl.start(strategy, grid=grid, initial_arrays=arrays, num_rounds=n, evaluate_fn=f, ...)
+
+Under plain Flower (any Grid but a `RaftGrid`) it is exactly `strategy.start(...)`.
+
+Under a `RaftGrid` it runs Flower's own round loop (train, federated evaluation, central
+`evaluate_fn`, as in `Strategy.start` of flwr 1.42.0) through the strategy's public methods
+only, but resumable: it starts at the grid's resume round from the grid's resume arrays, so
+`configure_train` and `evaluate_fn` see GLOBAL round numbers, and it reports every step to the
+grid's `RoundHooks`, which record it (fenced) in etcd:
+
+* a fresh run commits round 0 (the initial arrays and `evaluate_fn(0, ...)`), so a successor
+  resumes round 1 from the same initial model;
+* `round_started(r)` before each training attempt; False means deposed: stop;
+* `train_done(r, TrainReport)` after each training attempt, failures counted (error replies
+  and replies that never came);
+* a round whose training got no result at all is retried with the same arrays, up to
+  `TRAIN_ATTEMPTS` times (raftfl's rule; Flower would move on with unchanged arrays);
+* `commit(r, arrays, RoundReport)` once the round's evaluation is done; False means deposed.
+
+What is resumed: the round number and the arrays. What is not: the strategy object's own
+state (for example FedAdam's moment estimates `m_t`/`v_t` restart from zero after a failover)
+and the `Result` metrics of rounds run by earlier aggregators (they are in the event log).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from raftfl.flower.codec import arrays_sha256
+from raftfl.flower.grid import AggregatorStopped, RaftGrid
+
+log = logging.getLogger(__name__)
+
+TRAIN_ATTEMPTS = 3
+RETRY_WAIT_S = 1.0
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+class NoTrainResults(RuntimeError):
+    """Every training attempt of a round came back without a single result."""
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    attempt: int  # 1.. TRAIN_ATTEMPTS
+    sent: int  # instructions sent
+    results: int  # replies with content
+    failures: int  # sent - results: error replies and replies that never came
+    client_metrics: list[dict[str, Any]]  # per result: {"node_id", "metrics": {record: {k: v}}}
+    aggregated: dict[str, Any] | None  # the strategy's aggregated train MetricRecord
+    errors: list[dict[str, Any]] = field(default_factory=list)  # error replies: {"code", "reason"}
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    sha256: str  # of the arrays committed (codec.arrays_sha256)
+    train: TrainReport | None  # None for round 0
+    evaluate_clientapp: dict[str, Any] | None = None  # aggregated federated evaluation
+    evaluate_results: int = 0
+    evaluate_failures: int = 0
+    evaluate_serverapp: dict[str, Any] | None = None  # evaluate_fn's MetricRecord
+    client_metrics: list[dict[str, Any]] = field(default_factory=list)  # evaluation replies
+
+
+class RoundHooks(Protocol):
+    """What the aggregator records at each step (implemented with fenced etcd writes).
+
+    Called from the ServerApp's thread. A hook may raise to abort the run (the ServerApp fails);
+    returning False means "this node was deposed" and raises `AggregatorStopped`."""
+
+    def round_started(self, server_round: int) -> bool: ...
+
+    def train_done(self, server_round: int, report: TrainReport) -> None: ...
+
+    def commit(self, server_round: int, arrays: ArrayRecord, report: RoundReport) -> bool: ...
+
+
+def start(strategy: Strategy, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+          timeout: float = 3600, train_config: ConfigRecord | None = None,
+          evaluate_config: ConfigRecord | None = None,
+          evaluate_fn: EvaluateFn | None = None) -> Result:
+    """`strategy.start(...)`, resumable and recorded when `grid` is a `RaftGrid`."""
+    if not isinstance(grid, RaftGrid):
+        return strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds,
+                              timeout=timeout, train_config=train_config,
+                              evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
+    loop = _RoundLoop(strategy, grid, timeout, train_config or ConfigRecord(),
+                      evaluate_config or ConfigRecord(), evaluate_fn)
+    return loop.run(initial_arrays, num_rounds)
+
+
+def _plain(record: MetricRecord | None) -> dict[str, Any] | None:
+    return None if record is None else dict(record.items())
+
+
+def _client_metrics(replies: list[Message]) -> list[dict[str, Any]]:
+    return [{"node_id": msg.metadata.src_node_id,
+             "metrics": {name: dict(rec.items())
+                         for name, rec in msg.content.metric_records.items()}}
+            for msg in replies]
+
+
+def _errors(replies: list[Message]) -> list[dict[str, Any]]:
+    return [{"code": msg.error.code, "reason": msg.error.reason}
+            for msg in replies if msg.has_error()]
+
+
+class _RoundLoop:
+    def __init__(self, strategy: Strategy, grid: RaftGrid, timeout: float,
+                 train_config: ConfigRecord, evaluate_config: ConfigRecord,
+                 evaluate_fn: EvaluateFn | None):
+        self.strategy = strategy
+        self.grid = grid
+        self.hooks = grid.hooks
+        self.timeout = timeout
+        self.train_config = train_config
+        self.evaluate_config = evaluate_config
+        self.evaluate_fn = evaluate_fn
+        self.result = Result()
+
+    def run(self, initial_arrays: ArrayRecord, num_rounds: int) -> Result:
+        name = type(self.strategy).__name__
+        resume = self.grid.resume
+        if resume is None:
+            log.info("raftfl: starting %s, rounds 1..%d (term %d)", name, num_rounds,
+                     self.grid.term)
+            self.strategy.summary()
+            arrays = initial_arrays
+            central = self._evaluate_central(0, arrays)
+            self._commit(0, arrays, RoundReport(arrays_sha256(arrays), None,
+                                                evaluate_serverapp=_plain(central)))
+            first = 1
+        else:
+            arrays, first = resume.arrays, resume.next_round
+            log.info("raftfl: resuming %s at round %d of %d (term %d)", name, first, num_rounds,
+                     self.grid.term)
+            self.strategy.summary()
+        self.result.arrays = arrays
+        t0 = time.monotonic()
+        for server_round in range(first, num_rounds + 1):
+            arrays = self._round(server_round, num_rounds, arrays)
+            self.result.arrays = arrays
+        log.info("raftfl: %s finished rounds %d..%d in %.2f s", name, first, num_rounds,
+                 time.monotonic() - t0)
+        return self.result
+
+    def _round(self, server_round: int, num_rounds: int, arrays: ArrayRecord) -> ArrayRecord:
+        log.info("[ROUND %d/%d]", server_round, num_rounds)
+        self.grid.set_round(server_round, arrays_sha256(arrays))
+        new_arrays, train = self._train(server_round, arrays)
+        arrays = arrays if new_arrays is None else new_arrays
+
+        messages = list(self.strategy.configure_evaluate(server_round, arrays,
+                                                         self.evaluate_config, self.grid))
+        replies = self._send(messages)
+        valid = [msg for msg in replies if not msg.has_error()]
+        federated = self.strategy.aggregate_evaluate(server_round, replies) if valid else None
+        if federated is not None:
+            self.result.evaluate_metrics_clientapp[server_round] = federated
+        central = self._evaluate_central(server_round, arrays)
+
+        report = RoundReport(arrays_sha256(arrays), train, _plain(federated), len(valid),
+                             len(messages) - len(valid), _plain(central), _client_metrics(valid))
+        self._commit(server_round, arrays, report)
+        log.info("round %d committed: %d train results, %d failures; evaluate %s",
+                 server_round, train.results, train.failures, report.evaluate_serverapp)
+        return arrays
+
+    def _train(self, server_round: int,
+               arrays: ArrayRecord) -> tuple[ArrayRecord | None, TrainReport]:
+        for attempt in range(1, TRAIN_ATTEMPTS + 1):
+            if not self.hooks.round_started(server_round):
+                raise AggregatorStopped(f"round {server_round}: this node was deposed")
+            messages = list(self.strategy.configure_train(server_round, arrays,
+                                                          self.train_config, self.grid))
+            replies = self._send(messages)
+            valid = [msg for msg in replies if not msg.has_error()]
+            new_arrays, metrics = (self.strategy.aggregate_train(server_round, replies) if valid
+                                   else (None, None))
+            report = TrainReport(attempt, len(messages), len(valid), len(messages) - len(valid),
+                                 _client_metrics(valid), _plain(metrics), _errors(replies))
+            self.hooks.train_done(server_round, report)
+            if new_arrays is not None or not messages:  # no instructions: training is off
+                if metrics is not None:
+                    self.result.train_metrics_clientapp[server_round] = metrics
+                return new_arrays, report
+            log.warning("round %d: no train results (%d sent, attempt %d of %d)", server_round,
+                        len(messages), attempt, TRAIN_ATTEMPTS)
+            if attempt < TRAIN_ATTEMPTS:
+                time.sleep(RETRY_WAIT_S)
+        raise NoTrainResults(f"round {server_round}: no train results in {TRAIN_ATTEMPTS} "
+                             "attempts")
+
+    def _send(self, messages: list[Message]) -> list[Message]:
+        if not messages:
+            return []
+        return list(self.grid.send_and_receive(messages, timeout=self.timeout))
+
+    def _evaluate_central(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if self.evaluate_fn is None:
+            return None
+        metrics = self.evaluate_fn(server_round, arrays)
+        if metrics is not None:
+            self.result.evaluate_metrics_serverapp[server_round] = metrics
+        return metrics
+
+    def _commit(self, server_round: int, arrays: ArrayRecord, report: RoundReport) -> None:
+        if not self.hooks.commit(server_round, arrays, report):
+            raise AggregatorStopped(f"round {server_round}: commit refused, this node was "
+                                    "deposed")
