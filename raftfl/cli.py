@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from raftfl import __version__
-from raftfl.core.address import NodeAddress, client_endpoints, parse_address
+from raftfl.core.address import NodeAddress, check_cluster_name, client_endpoints, parse_address
 from raftfl.core.errors import RaftflError
 
 
@@ -41,9 +41,16 @@ def _endpoints(nodes: tuple[str, ...], endpoints: str | None,
     return client_endpoints(_addresses(nodes))
 
 
+def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_cluster_name(value)
+    except RaftflError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 peers_option = click.option("-n", "--nodes", "nodes", multiple=True, metavar="HOST:PORT",
                             help="Node addresses (host:raft_port); repeat or list after -n.")
-cluster_option = click.option("--cluster", default="default", show_default=True,
+cluster_option = click.option("--cluster", default="default", show_default=True, callback=_cluster,
                               help="Cluster name: keys live under /raftfl/<cluster>/.")
 endpoints_option = click.option("--endpoints", default=None,
                                 help="etcd client endpoints (ip:port,...) instead of -n.")
@@ -365,3 +372,20 @@ def bench_traffic(nodes_list: tuple[int, ...], rounds: int, out: Path) -> None:
     from raftfl.lab.bench import traffic
 
     sys.exit(traffic(list(nodes_list), rounds, out, echo=click.echo))
+
+
+@bench.command("retention")
+@click.option("--rounds", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@click.option("--every", type=click.IntRange(1), default=10, show_default=True,
+              help="Run retention (compaction + defragmentation) every N rounds.")
+@click.option("--model-bytes", type=click.IntRange(1, 1024 * 1024), default=248_024,
+              show_default=True, help="Checkpoint size written per round.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also measure without retention, for comparison.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"),
+              show_default=True)
+def bench_retention(rounds: int, every: int, model_bytes: int, baseline: bool, out: Path) -> None:
+    """etcd db size per round over a long run (no training), with and without retention."""
+    from raftfl.lab.bench import retention
+
+    sys.exit(retention(rounds, every, model_bytes, baseline, out, echo=click.echo))

@@ -1,4 +1,8 @@
-"""Read-only views of a cluster for `raftfl status` and `raftfl history`."""
+"""Read-only views of a cluster for `raftfl status` and `raftfl history`.
+
+Status also reports etcd's alarms: under NOSPACE etcd refuses every write, so training
+stops, and the operator needs to see that, and the fix, in one place.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,13 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from raftfl.core.events import to_dict
 from raftfl.core.keys import Keys
 from raftfl.core.latency import summarize
+from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
+from raftfl.core.replay import replay
+from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
-from raftfl.etcd.store import Store
-from raftfl.node.session import read_members, read_samples
+from raftfl.etcd.store import Store, nospace_fix
 
 
 def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
@@ -34,7 +39,11 @@ def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
         context = read_members(store, keys)
         rtt = summarize(read_samples(store, keys), set(context), window=10)
         agg = store.get(keys.aggregator)
-        state, rev = EventLog(store, keys).state()
+        names = {m.id: m.name for m in etcd_members}
+        alarms = [{"member": names.get(member_id, f"{member_id:x}"), "alarm": kind}
+                  for member_id, kind in store.alarms()]
+        read = EventLog(store, keys).read()
+        state, rev = replay(read.events), read.revision
         members = []
         for m in etcd_members:
             url = (m.client_urls or [""])[0].split("//", 1)[-1]
@@ -61,6 +70,9 @@ def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
             "committed_rounds": state.commit_order,
             "completed": state.done,
             "last_model_sha256": state.last_model,
+            "alarms": alarms,
+            "skipped": {"events": len(read.skipped), "rejected_events": len(state.rejected),
+                        **{kind: n for kind, n in SKIPS.counts.items() if kind != "event"}},
         }
     finally:
         store.close()
@@ -68,16 +80,19 @@ def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
 
 def _json_or_raw(raw: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
+        value = loads_bounded(raw)
         if isinstance(value, dict):
             return value
-    except ValueError:
+    except MalformedRecord:
         pass
     return {"node": None, "flower_address": None, "malformed": raw.decode(errors="replace")[:80]}
 
 
 def format_status(info: dict[str, Any]) -> str:
     lines = [f"cluster {info['cluster']} (revision {info['revision']})"]
+    for alarm in info["alarms"]:
+        fix = f": {nospace_fix([info['endpoints']])}" if alarm["alarm"] == "NOSPACE" else ""
+        lines.append(f"ALARM {alarm['alarm']} on {alarm['member']}{fix}")
     agg = info["aggregator"]
     if agg and "malformed" in agg:
         lines.append(f"aggregator: malformed value {agg['malformed']!r} (term {agg['term']})")
@@ -87,6 +102,9 @@ def format_status(info: dict[str, Any]) -> str:
     done = info["committed_rounds"]
     lines.append(f"rounds: {len(done)}/{info['rounds'] or '?'} committed"
                  + (" (run completed)" if info["completed"] else ""))
+    skipped = {kind: n for kind, n in info["skipped"].items() if n}
+    if skipped:
+        lines.append("skipped as malformed: " + ", ".join(f"{n} {kind}" for kind, n in skipped.items()))
     lines.append(f"{'member':<22} {'health':<8} {'raft':<7} {'rtt ms':>7} {'cpu':>5} {'prio':>5}  "
                  "client endpoint")
     for m in info["members"]:
@@ -106,18 +124,17 @@ def history_lines(endpoints: list[str], cluster: str, summary: bool) -> Iterator
         log = EventLog(store, Keys(cluster))
         result = log.read()
         if summary:
-            from raftfl.core.replay import replay
-
             state = replay(result.events)
             yield json.dumps({
                 "rounds": state.rounds, "committed_rounds": state.commit_order,
                 "completed": state.done, "terms": [e.term for e in state.elections],
                 "aggregators": [e.node for e in state.elections],
                 "duplicate_commits": state.duplicate_commits, "stale_commits": state.stale_commits,
-                "skipped": len(result.skipped), "last_model_sha256": state.last_model})
+                "skipped": len(result.skipped), "rejected": len(state.rejected),
+                "last_model_sha256": state.last_model})
             return
         for item in result.events:
-            yield json.dumps({"seq": item.seq, "revision": item.revision, **to_dict(item.event)})
+            yield json.dumps({"seq": item.seq, "revision": item.revision, **item.event.to_dict()})
         for key, reason in result.skipped:
             yield json.dumps({"skipped": key, "reason": reason})
     finally:

@@ -8,10 +8,15 @@ laptop need nothing but the seed's three commands:
     Flower port      = raft port + 200   (5000 -> 5200)
 
 Both can be overridden per node (`--client-port`, `--flower-port`).
+
+Names are restricted to a safe character set, because they end up in etcd keys, in etcd's
+YAML configuration and in paths under the data root: a cluster named `../../x` or one
+holding a quote and a newline must be refused, not interpreted.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 
@@ -19,6 +24,28 @@ from raftfl.core.errors import RaftflError
 
 CLIENT_PORT_OFFSET = 100
 FLOWER_PORT_OFFSET = 200
+
+
+_CLUSTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,254}")
+
+
+def check_cluster_name(name: str) -> str:
+    """`name` if it is a safe cluster name (letters, digits, `.`, `_`, `-`; 1-63 characters,
+    starting with a letter or digit), else a one-line RaftflError."""
+    if not _CLUSTER.fullmatch(name):
+        raise RaftflError(f"invalid cluster name {name!r}: use 1-63 letters, digits, '.', '_' or "
+                          "'-', starting with a letter or digit")
+    return name
+
+
+def check_node_name(name: str) -> str:
+    """`name` if it is a safe node (etcd member) name, such as `host:port`."""
+    if not _NODE.fullmatch(name):
+        raise RaftflError(f"invalid node name {name!r}: use letters, digits, '.', '_', '-' and "
+                          "':', starting with a letter or digit")
+    return name
 
 
 @dataclass(frozen=True)
@@ -56,9 +83,11 @@ class NodeAddress:
 def parse_address(text: str) -> NodeAddress:
     """Parse `host:port`; raise a one-line error for anything else."""
     host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 - FLOWER_PORT_OFFSET:
-        raise RaftflError(f"invalid node address {text!r}: expected host:port, e.g. localhost:5000")
-    return NodeAddress(host.strip("[]"), int(port))
+    if (not sep or not _HOST.fullmatch(host) or not port.isdigit()
+            or not 0 < int(port) < 65536 - FLOWER_PORT_OFFSET):
+        raise RaftflError(f"invalid node address {text!r}: expected host:port, e.g. localhost:5000 "
+                          "(host: letters, digits, '.', '_', '-')")
+    return NodeAddress(host, int(port))
 
 
 def resolve(host: str) -> str:

@@ -58,6 +58,9 @@ def check(state: FLState, rounds: int, final_models: dict[str, str]) -> Verdict:
         v.violations.append(f"commits from an older term at seqs {state.stale_commits}")
     if state.chain_breaks:
         v.violations.append(f"hash chain broken at rounds {state.chain_breaks}")
+    if state.rejected:
+        v.violations.append("events rejected by replay: "
+                            + "; ".join(f"seq {seq}: {why}" for seq, why in state.rejected))
     terms = [state.committed[r].term for r in sorted(state.committed)]
     if terms != sorted(terms):
         v.violations.append(f"commit terms go backwards: {terms}")

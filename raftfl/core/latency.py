@@ -8,24 +8,57 @@ Unreachable peers are recorded as `null`, never as 0 ms.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+from raftfl.core.records import MalformedRecord, Record, from_fields, loads_bounded, require
 
 log = logging.getLogger(__name__)
 
 TEST_EXTRA_RTT_ENV = "RAFTFL_TEST_EXTRA_RTT_MS"
+MAX_RTT_MS = 600_000.0
 
 
 @dataclass(frozen=True)
-class Sample:
+class Sample(Record):
+    """One probe cycle of one node, stored at `latency/<node>/<seq>` (the key holds the seq)."""
+
+    KIND: ClassVar[str] = "latency sample"
+
     node: str
     seq: int
     ts: float
     rtt_ms: dict[str, float | None]  # peer -> RTT, None = unreachable
-    method: str
+    method: str | None  # "icmp" or "tcp"; None before the first probe
+
+    def check(self) -> None:
+        require(self.node != "", "no node name")
+        require(self.seq >= 0, f"seq {self.seq} is negative")
+        require(math.isfinite(self.ts), f"timestamp {self.ts} is not finite")
+        for peer, rtt in self.rtt_ms.items():
+            # A negative or absurd RTT would rank its writer first: refuse it.
+            require(rtt is None or 0.0 <= rtt <= MAX_RTT_MS, f"RTT to {peer} of {rtt} ms")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["seq"]
+        return out
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, seq: int = 0) -> Sample:  # type: ignore[override]
+        """Decode the value stored under sequence number `seq` of the writer's stream."""
+        try:
+            obj = loads_bounded(raw, cls.MAX_BYTES)
+        except MalformedRecord as exc:
+            raise MalformedRecord(f"{cls.KIND}: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise MalformedRecord(f"{cls.KIND}: not a JSON object")
+        return from_fields(cls, {**obj, "seq": seq}, cls.KIND)
 
 
 @dataclass(frozen=True)
@@ -118,12 +151,3 @@ def _test_extra_rtt() -> float:
     except ValueError:
         log.warning("ignoring %s=%r: not a number", TEST_EXTRA_RTT_ENV, raw)
         return 0.0
-
-
-def parse_sample(node: str, seq: int, obj: Mapping[str, object]) -> Sample:
-    rtts = obj.get("rtt_ms")
-    if not isinstance(rtts, dict):
-        raise ValueError("rtt_ms missing")
-    return Sample(node, seq, float(obj.get("ts", 0.0)),  # type: ignore[arg-type]
-                  {str(k): (None if v is None else float(v)) for k, v in rtts.items()},
-                  str(obj.get("method", "?")))

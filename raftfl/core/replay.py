@@ -3,6 +3,13 @@
 A pure fold over the log in key order. It never trusts in-memory state, and it records
 instead of hiding anything that would violate an invariant (a second commit of a round, a
 commit from an older term, a broken hash chain), so the checker can report it.
+
+Two rules make a hand-written event harmless. An event's `term` can never exceed the create
+revision of its own key (terms are create revisions of the role key, and an event is written
+after its term began), so a larger one is forged and rejected: accepted, it would make every
+later real commit look stale. And the state-changing events an aggregator writes (commits,
+fallbacks, completion) count only from a term whose `aggregator_elected` is in the log.
+Rejected events are recorded in `rejected`, never folded, never fatal.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from raftfl.core.events import (
 
 @dataclass(frozen=True)
 class Logged:
-    """An event with its place in the log."""
+    """An event with its place in the log: its sequence number and its key's create revision."""
 
     seq: int
     revision: int
@@ -41,6 +48,7 @@ class FLState:
     started: dict[int, int] = field(default_factory=dict)  # round -> times started
     checkpoints: dict[str, CheckpointSaved] = field(default_factory=dict)
     elections: list[AggregatorElected] = field(default_factory=list)
+    elected_terms: set[int] = field(default_factory=set)
     step_downs: list[StepDown] = field(default_factory=list)
     fallbacks: list[CheckpointFallback] = field(default_factory=list)
     completed: RunCompleted | None = None
@@ -49,6 +57,7 @@ class FLState:
     stale_commits: list[int] = field(default_factory=list)  # seqs
     chain_breaks: list[int] = field(default_factory=list)  # rounds
     rolled_back: list[int] = field(default_factory=list)  # rounds undone by a fallback
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (seq, why): never folded
     last_seq: int = 0
     events: int = 0
 
@@ -83,10 +92,29 @@ def replay(log: Iterable[Logged]) -> FLState:
     return state
 
 
+# Written only by an aggregator, under its term: they count only from an elected term.
+_NEEDS_ELECTION = (RoundCommitted, CheckpointFallback, RunCompleted)
+
+
+def _rejection(state: FLState, item: Logged) -> str | None:
+    ev = item.event
+    if ev.term > item.revision:
+        return f"{ev.type} claims term {ev.term}, later than its own creation (revision {item.revision})"
+    if isinstance(ev, AggregatorElected) and not ev.term:
+        return "aggregator_elected without a term"
+    if isinstance(ev, _NEEDS_ELECTION) and ev.term not in state.elected_terms:
+        return f"{ev.type} from term {ev.term}, which has no aggregator_elected"
+    return None
+
+
 def _apply(state: FLState, item: Logged) -> None:
     ev = item.event
     state.events += 1
     state.last_seq = max(state.last_seq, item.seq)
+    reason = _rejection(state, item)
+    if reason is not None:
+        state.rejected.append((item.seq, reason))
+        return
     if ev.term and ev.term < state.max_term and isinstance(ev, RoundCommitted):
         state.stale_commits.append(item.seq)
         return
@@ -97,6 +125,7 @@ def _apply(state: FLState, item: Logged) -> None:
                 state.rounds, state.initial_model = ev.rounds, ev.initial_model
         case AggregatorElected():
             state.elections.append(ev)
+            state.elected_terms.add(ev.term)
         case StepDown():
             state.step_downs.append(ev)
         case RoundStarted():

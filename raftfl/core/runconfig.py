@@ -1,23 +1,38 @@
 """The run configuration: written once to `config` when the cluster is created, read by all.
 
 Every node trains with the same settings and shards the data the same way because they all
-read this one record, not their own command lines.
+read this one record, not their own command lines. The record is range-checked on both
+sides: a node refuses to create a configuration it could not run, and refuses (one line,
+non-zero exit) a stored one that is malformed, instead of failing later inside training.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
+from raftfl.core.address import check_node_name
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys
 from raftfl.core.ranking import Weights
+from raftfl.core.records import MalformedRecord, Record, require
 from raftfl.etcd.store import Store
+from raftfl.task.data import KINDS as DATASETS
+
+PARTITIONS = ("iid", "dirichlet")
+MAX_ROUNDS = 100_000
+MAX_NODES = 1000
+MAX_TRAIN = 100_000  # images per node's dataset copy: ~1.2 GB of float32 at the upper bound
+MAX_TEST = 20_000
+WEIGHT_NAMES = tuple(f.name for f in fields(Weights))
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Record):
+    KIND: ClassVar[str] = "cluster config"
+
     rounds: int
     nodes: list[str]  # initial node names; a node's shard is its index in this sorted list
     dataset: str = "auto"
@@ -32,6 +47,37 @@ class RunConfig:
     weights: dict[str, float] = field(default_factory=dict)  # ranking weights (ranking.Weights)
     created: float = field(default_factory=time.time)
 
+    def __post_init__(self) -> None:
+        try:
+            self.check()
+        except ValueError as exc:
+            raise RaftflError(f"invalid run configuration: {exc}") from exc
+
+    def check(self) -> None:
+        require(1 <= self.rounds <= MAX_ROUNDS, f"rounds {self.rounds} not in 1..{MAX_ROUNDS}")
+        require(0 < len(self.nodes) <= MAX_NODES, f"{len(self.nodes)} nodes, expected 1..{MAX_NODES}")
+        require(len(set(self.nodes)) == len(self.nodes), "a node is listed twice")
+        for node in self.nodes:
+            try:
+                check_node_name(node)
+            except RaftflError as exc:
+                raise ValueError(str(exc)) from None
+        require(self.dataset in DATASETS, f"dataset {self.dataset!r} not one of {', '.join(DATASETS)}")
+        require(self.partition in PARTITIONS,
+                f"partition {self.partition!r} not one of {', '.join(PARTITIONS)}")
+        require(math.isfinite(self.alpha) and 0.01 <= self.alpha <= 1000,
+                f"alpha {self.alpha} not in 0.01..1000")
+        require(100 <= self.n_train <= MAX_TRAIN, f"n_train {self.n_train} not in 100..{MAX_TRAIN}")
+        require(100 <= self.n_test <= MAX_TEST, f"n_test {self.n_test} not in 100..{MAX_TEST}")
+        require(1 <= self.epochs <= 1000, f"epochs {self.epochs} not in 1..1000")
+        require(math.isfinite(self.lr) and 0 < self.lr <= 100, f"lr {self.lr} not in (0, 100]")
+        require(1 <= self.batch_size <= 65536, f"batch_size {self.batch_size} not in 1..65536")
+        require(0 <= self.seed < 2**32, f"seed {self.seed} not in 0..2^32-1")
+        for name, value in self.weights.items():
+            require(name in WEIGHT_NAMES, f"unknown ranking weight {name!r} "
+                                          f"(known: {', '.join(WEIGHT_NAMES)})")
+            require(math.isfinite(value), f"ranking weight {name}={value} is not finite")
+
     @property
     def ranking_weights(self) -> Weights:
         """One set of weights for the whole cluster, or the nodes would rank differently."""
@@ -43,15 +89,12 @@ class RunConfig:
             return ordered.index(node)
         return sum(node.encode()) % len(ordered)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
     @classmethod
-    def from_json(cls, raw: bytes) -> RunConfig:
+    def from_json(cls, raw: bytes | str) -> RunConfig:
+        """Decode and check the stored configuration; RaftflError (one line) if it is bad."""
         try:
-            obj = json.loads(raw)
-            return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
-        except (ValueError, TypeError) as exc:
+            return super().from_json(raw)
+        except (MalformedRecord, RaftflError) as exc:
             raise RaftflError(f"cluster config is unreadable: {exc}") from exc
 
 

@@ -3,19 +3,31 @@
 A checkpoint is written chunk by chunk (each <= 1 MiB, under etcd's request limit), then its
 manifest; the manifest's presence means "complete". Reading verifies the sha256, so a
 truncated or corrupted chunk is detected instead of trained on.
+
+Saving a model whose keys exist already (the same model saved before, for example the one a
+new aggregator falls back to after finding a newer checkpoint corrupt) compares every stored
+key with what it would write and rewrites, fenced, any that differ. A re-save therefore
+always leaves a checkpoint that loads, never a corrupt one that merely looks present.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.keys import Keys
+from raftfl.core.records import MalformedRecord, Record, require
 from raftfl.etcd.store import CreateResult, Fence, Store
 
+log = logging.getLogger(__name__)
+
 CHUNK_BYTES = 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class CorruptCheckpoint(RaftflError):
@@ -23,11 +35,24 @@ class CorruptCheckpoint(RaftflError):
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(Record):
+    KIND: ClassVar[str] = "checkpoint manifest"
+    MAX_BYTES: ClassVar[int] = 4096
+
     sha256: str
     round: int
     size: int
     chunks: int
+
+    def check(self) -> None:
+        require(_SHA256.fullmatch(self.sha256) is not None, f"sha256 {self.sha256[:16]!r} is not hex")
+        require(self.round >= 0, f"round {self.round} is negative")
+        require(self.size >= 0, f"size {self.size} is negative")
+        require(1 <= self.chunks <= max(1, self.size), f"{self.chunks} chunks for {self.size} bytes")
+
+    def same_content(self, other: Manifest) -> bool:
+        """Both describe the same bytes (the round a model was first saved in may differ)."""
+        return (self.sha256, self.size, self.chunks) == (other.sha256, other.size, other.chunks)
 
 
 def sha256(blob: bytes) -> str:
@@ -36,7 +61,7 @@ def sha256(blob: bytes) -> str:
 
 def save(store: Store, keys: Keys, blob: bytes, round_: int, fence: Fence | None,
          chunk_bytes: int = CHUNK_BYTES) -> Manifest:
-    """Write `blob` (idempotent: an existing complete checkpoint of the same hash is kept)."""
+    """Write `blob`; keys already present are verified and repaired (see the module doc)."""
     if not 0 < chunk_bytes <= CHUNK_BYTES:
         raise ValueError(f"chunk size must be in (0, {CHUNK_BYTES}]")
     digest = sha256(blob)
@@ -44,14 +69,36 @@ def save(store: Store, keys: Keys, blob: bytes, round_: int, fence: Fence | None
     manifest = Manifest(digest, round_, len(blob), chunks)
     for i in range(chunks):
         part = blob[i * chunk_bytes:(i + 1) * chunk_bytes]
-        _create(store, keys.checkpoint_chunk(digest, i), part, fence)
-    _create(store, keys.checkpoint_meta(digest), json.dumps(manifest.__dict__), fence)
+        _write(store, keys.checkpoint_chunk(digest, i), part, fence, lambda stored, p=part: stored == p)
+    _write(store, keys.checkpoint_meta(digest), manifest.to_json(), fence,
+           lambda stored: _manifest_matches(stored, manifest))
     return manifest
 
 
-def _create(store: Store, key: str, value: bytes | str, fence: Fence | None) -> None:
-    if store.create(key, value, fence=fence) is CreateResult.FENCED:
-        raise FencedOut(f"checkpoint write {key} rejected: the writer was deposed")
+def _manifest_matches(stored: bytes, manifest: Manifest) -> bool:
+    try:
+        return Manifest.from_json(stored).same_content(manifest)
+    except MalformedRecord:
+        return False
+
+
+def _write(store: Store, key: str, value: bytes | str, fence: Fence | None,
+           valid: Callable[[bytes], bool]) -> None:
+    """Create `key`; if it exists, keep it when `valid`, else overwrite it (fenced)."""
+    result = store.create(key, value, fence=fence)
+    if result is CreateResult.CREATED:
+        return
+    if result is CreateResult.EXISTS:
+        stored = store.get(key)
+        if stored is not None and valid(stored.value):
+            return
+        log.warning("checkpoint key %s holds other bytes than the model it names; rewriting it", key)
+        if fence is None:
+            store.put(key, value)
+            return
+        if store.put_fenced(key, value, fence):
+            return
+    raise FencedOut(f"checkpoint write {key} rejected: the writer was deposed")
 
 
 def load(store: Store, keys: Keys, digest: str) -> bytes:
@@ -60,8 +107,8 @@ def load(store: Store, keys: Keys, digest: str) -> bytes:
     if meta is None:
         raise CorruptCheckpoint(f"checkpoint {digest[:12]} has no manifest")
     try:
-        manifest = Manifest(**json.loads(meta.value))
-    except (ValueError, TypeError) as exc:
+        manifest = Manifest.from_json(meta.value)
+    except MalformedRecord as exc:
         raise CorruptCheckpoint(f"checkpoint {digest[:12]} manifest unreadable: {exc}") from exc
     kvs, _ = store.range(keys.checkpoints + digest + "/")
     parts = {kv.key.rsplit("/", 1)[-1]: kv.value for kv in kvs}

@@ -2,12 +2,12 @@
 
 Append is a create-only transaction on `events/<seq>`, optionally fenced by the aggregator
 term, so history is never rewritten and a deposed aggregator cannot add to it. Readers
-decode in key order, skip (and count) anything malformed, and fold with `replay`.
+decode in key order, skip (and count) anything malformed, and fold with `replay`. Each event
+is paired with its key's create revision, which replay checks the event's term against.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import Event, MalformedEvent, decode
 from raftfl.core.keys import Keys, seq_of
+from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
 from raftfl.core.replay import FLState, Logged, replay
-from raftfl.etcd.store import CreateResult, Fence, Store
+from raftfl.etcd.store import KV, CreateResult, Fence, Resync, Store
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ class EventLog:
         self.store = store
         self.keys = keys
         self._next_hint = 0
-        self._warned: set[str] = set()
         self._seen: dict[int, Logged] = {}  # cache behind current()
         self._seen_rev = 0
         self._lock = threading.Lock()
@@ -74,7 +74,7 @@ class EventLog:
         kvs, rev = self.store.range(self.keys.events, revision=revision, min_mod_revision=since)
         result = ReadResult([], rev)
         for kv in kvs:
-            item = self._decode(kv.key, kv.value, kv.mod_revision)
+            item = self._decode(kv)
             if isinstance(item, Logged):
                 result.events.append(item)
             else:
@@ -103,29 +103,38 @@ class EventLog:
             return replay(self._seen[seq] for seq in sorted(self._seen)), self._seen_rev
 
     def tail(self, start_revision: int, stop: threading.Event) -> Iterator[Logged]:
-        """New events from `start_revision` on, resuming across member failures."""
-        for change in self.store.watch(self.keys.events, start_revision, stop):
-            if change.value is None:
-                continue
-            item = self._decode(change.key, change.value, change.revision)
-            if isinstance(item, Logged):
-                yield item
+        """New events from `start_revision` on, resuming across member failures, each once.
 
-    def _decode(self, key: str, value: bytes, revision: int) -> Logged | str:
-        seq = seq_of(key)
+        If the history a resumed watch needs was compacted, the events created meanwhile are
+        taken from the watch's re-read instead: the keys written since (appends are
+        create-only, so these are the new events), in log order.
+        """
+        for change in self.store.watch(self.keys.events, start_revision, stop):
+            if isinstance(change, Resync):
+                missed = [kv for kv in change.kvs if kv.mod_revision >= change.since]
+            elif change.value is None:
+                continue
+            else:
+                missed = [KV(change.key, change.value, change.create_revision, change.revision, 0)]
+            for kv in missed:
+                item = self._decode(kv)
+                if isinstance(item, Logged):
+                    yield item
+
+    def _decode(self, kv: KV) -> Logged | str:
+        seq = seq_of(kv.key)
         try:
             if seq is None:
                 raise MalformedEvent("key is not a sequence number")
-            return Logged(seq, revision, decode(value))
+            return Logged(seq, kv.create_revision, decode(kv.value))
         except MalformedEvent as exc:
-            if key not in self._warned:
-                self._warned.add(key)
-                log.warning("skipping malformed event at %s: %s", key, exc)
+            SKIPS.skip("event", kv.key, str(exc))
             return str(exc)
 
 
 def _event_id(raw: bytes) -> str | None:
     try:
-        return json.loads(raw).get("id")
-    except (ValueError, AttributeError):
+        obj = loads_bounded(raw)
+    except MalformedRecord:
         return None
+    return obj.get("id") if isinstance(obj, dict) else None

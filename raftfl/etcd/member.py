@@ -4,10 +4,15 @@ The member is started from the template `etcd/member.yml.tmpl`, dies with its no
 (PR_SET_PDEATHSIG) and is reaped with `wait()`, so a SIGKILLed node leaves no zombie and no
 orphan holding its ports. Its data dir is stamped with the cluster name: restarting a node
 reuses its data, and a data dir from another cluster is refused instead of corrupted.
+
+Every string rendered into etcd's YAML is a double-quoted scalar (JSON string syntax, which
+YAML reads the same way), and names are checked against a safe character set first, so no
+name or path can end its value and add a setting of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -19,14 +24,18 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from raftfl.core.address import check_cluster_name, check_node_name
 from raftfl.core.errors import RaftflError
+from raftfl.core.records import MalformedRecord, loads_bounded
+from raftfl.files import make_private_dir, write_atomic
 
 UNSAFE_VERSIONS = ((3, 5, 0), (3, 5, 5))  # known data-inconsistency bugs
 MARKER = "raftfl-member.json"
+DEFAULT_QUOTA_BYTES = 2 * 1024**3  # etcd's default backend quota
 _PR_SET_PDEATHSIG = 1
 
 
@@ -70,6 +79,13 @@ def template_path() -> Path:
     raise RaftflError("etcd/member.yml.tmpl not found; reinstall raftfl")
 
 
+def _env_ms(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if raw and not (raw.isdigit() and 10 <= int(raw) <= 60_000):
+        raise RaftflError(f"{name}={raw!r}: expected milliseconds between 10 and 60000")
+    return int(raw) if raw else default
+
+
 @dataclass(frozen=True)
 class MemberSpec:
     name: str
@@ -80,34 +96,49 @@ class MemberSpec:
     client_port: int
     initial_cluster: dict[str, str]  # name -> peer URL
     state: str = "new"  # or "existing" when joining a running cluster
-    heartbeat_ms: int = 100
-    election_ms: int = 1000
+    # Slow links need longer Raft timeouts: RAFTFL_ETCD_HEARTBEAT_MS / _ELECTION_MS (the WAN
+    # lab sets them; etcd itself ignores its ETCD_* variables under --config-file).
+    heartbeat_ms: int = field(default_factory=lambda: _env_ms("RAFTFL_ETCD_HEARTBEAT_MS", 100))
+    election_ms: int = field(default_factory=lambda: _env_ms("RAFTFL_ETCD_ELECTION_MS", 1000))
+    quota_bytes: int = DEFAULT_QUOTA_BYTES
+
+    def __post_init__(self) -> None:
+        check_cluster_name(self.cluster)
+        for name in (self.name, *self.initial_cluster):
+            check_node_name(name)
 
     @property
     def client_endpoint(self) -> str:
         return f"{self.ip}:{self.client_port}"
 
     def render(self) -> str:
+        def quoted(value: object) -> str:
+            return json.dumps(str(value))
+
         return string.Template(template_path().read_text()).substitute(
-            name=self.name, data_dir=str(self.data_dir), ip=self.ip, peer_port=self.peer_port,
-            client_port=self.client_port, cluster_state=self.state,
-            cluster_token=f"raftfl-{self.cluster}", heartbeat_ms=self.heartbeat_ms,
-            election_ms=self.election_ms,
-            initial_cluster=",".join(f"{n}={u}" for n, u in self.initial_cluster.items()))
+            name=quoted(self.name), data_dir=quoted(self.data_dir / "member-data"),
+            peer_url=quoted(f"http://{self.ip}:{self.peer_port}"),
+            client_url=quoted(f"http://{self.ip}:{self.client_port}"),
+            cluster_state=quoted(self.state), cluster_token=quoted(f"raftfl-{self.cluster}"),
+            heartbeat_ms=int(self.heartbeat_ms), election_ms=int(self.election_ms),
+            quota_bytes=int(self.quota_bytes), log_path=quoted(self.data_dir / "etcd.log"),
+            initial_cluster=quoted(",".join(f"{n}={u}" for n, u in self.initial_cluster.items())))
 
 
 def prepare_data_dir(spec: MemberSpec) -> bool:
-    """Create or validate the data dir. Returns True when it already holds member data."""
+    """Create (0700) or validate the data dir. Returns True when it already holds member data."""
     try:
-        spec.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(spec.data_dir)
     except OSError as exc:
-        raise RaftflError(f"cannot use data dir {spec.data_dir}: {exc.strerror}") from exc
+        raise RaftflError(f"cannot use data dir {spec.data_dir}: {exc.strerror or exc}") from exc
     marker = spec.data_dir / MARKER
     has_data = (spec.data_dir / "member-data" / "member").is_dir()
     if marker.exists():
         try:
-            owner = json.loads(marker.read_text())
-        except ValueError as exc:
+            owner = loads_bounded(marker.read_bytes())
+            if not isinstance(owner, dict):
+                raise MalformedRecord("not a JSON object")
+        except MalformedRecord as exc:
             raise RaftflError(f"{marker} is corrupt; move the data dir away to start fresh") from exc
         if owner.get("cluster") != spec.cluster or owner.get("name") != spec.name:
             raise RaftflError(
@@ -118,7 +149,7 @@ def prepare_data_dir(spec: MemberSpec) -> bool:
         raise RaftflError(f"data dir {spec.data_dir} holds etcd data of unknown origin; "
                           "use another --data-dir")
     else:
-        marker.write_text(json.dumps({"cluster": spec.cluster, "name": spec.name}))
+        write_atomic(marker, json.dumps({"cluster": spec.cluster, "name": spec.name}))
     return has_data
 
 
@@ -150,7 +181,7 @@ class EtcdMember:
 
     def start(self) -> None:
         config = self.spec.data_dir / "etcd.yml"
-        config.write_text(self.spec.render())
+        write_atomic(config, self.spec.render(), mode=0o600)
         stderr = open(self.spec.data_dir / "etcd.stderr", "ab")  # noqa: SIM115 - owned by child
         self.proc = subprocess.Popen(
             [self.binary, "--config-file", str(config)],
@@ -218,3 +249,33 @@ def wait_healthy(member: EtcdMember, check: Callable[[], bool], deadline_s: floa
             last_note = waited
             progress(f"waiting for etcd quorum ({waited:.0f}s)...")
         time.sleep(0.2)
+
+
+def loopback_specs(base_dir: Path, cluster: str, n: int, base_port: int,
+                   quota_bytes: int = DEFAULT_QUOTA_BYTES) -> list[MemberSpec]:
+    """`n` members on 127.0.0.1 named m0..: peer ports base.., client ports base+n.. ."""
+    names = [f"m{i}" for i in range(n)]
+    initial = {name: f"http://127.0.0.1:{base_port + i}" for i, name in enumerate(names)}
+    return [MemberSpec(name=name, cluster=cluster, data_dir=base_dir / name, ip="127.0.0.1",
+                       peer_port=base_port + i, client_port=base_port + n + i,
+                       initial_cluster=initial, quota_bytes=quota_bytes)
+            for i, name in enumerate(names)]
+
+
+@contextlib.contextmanager
+def running_members(specs: list[MemberSpec], binary: str, check: Callable[[str], bool],
+                    deadline_s: float = 20.0) -> Iterator[list[EtcdMember]]:
+    """Start a bare etcd cluster (benchmarks, tests); every member is stopped and reaped on
+    exit, also when the start fails. `check(endpoint)` says when a member serves."""
+    members: list[EtcdMember] = []
+    try:
+        for spec in specs:
+            prepare_data_dir(spec)
+            members.append(EtcdMember(spec, binary))
+            members[-1].start()
+        for member in members:
+            wait_healthy(member, lambda ep=member.spec.client_endpoint: check(ep), deadline_s)
+        yield members
+    finally:
+        for member in members:
+            member.stop()

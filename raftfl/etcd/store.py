@@ -3,7 +3,13 @@
 Why a wrapper: python-etcd3 fails over between endpoints but never retries, and its watches
 die with the member they were opened on. `Store` retries every call with a bounded tenacity
 policy (so a dead member costs one retry, never a hang) and re-opens watches from the last
-revision it delivered, so a reader sees each change exactly once across failovers.
+revision it delivered, so a reader sees each change exactly once across failovers. When the
+revision a watch must resume from has been compacted away, the watch re-reads the prefix
+and hands the reader a `Resync` (the full state at the current revision) before going on:
+it never dies, and it never skips changes silently.
+
+etcd refuses writes once its backend exceeds its quota (the NOSPACE alarm); `Store` turns
+that into `EtcdNoSpace`, whose one-line message names the fix.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -41,6 +47,7 @@ _RETRYABLE_CODES = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.CANCELLED,
 }
+_FAILOVER_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 # Frozen members never close their TCP connections; keepalive pings on active calls (such as
 # watches) expose them in ~2.5 s. etcd refuses pings on idle connections, so none are sent.
 _CHANNEL_OPTS = [
@@ -70,11 +77,38 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and exc.code() in _RETRYABLE_CODES  # type: ignore[attr-defined]
 
 
-Compacted = etcd3.exceptions.RevisionCompactedError  # a read or watch of a compacted revision
+class Compacted(RaftflError):
+    """A read at a revision that etcd has compacted away."""
+
+
+def _compacted(exc: BaseException) -> bool:
+    return (isinstance(exc, grpc.RpcError)
+            and "required revision has been compacted" in (exc.details() or ""))  # type: ignore[attr-defined]
 
 
 class EtcdUnavailable(RaftflError):
     """No endpoint answered within the retry budget."""
+
+
+def nospace_fix(endpoints: Sequence[str]) -> str:
+    """What an operator runs to clear a NOSPACE alarm, in one line."""
+    ctl = f"etcdctl --endpoints={','.join(endpoints)}"
+    return (f"free space with `{ctl} compact <current revision>`, `{ctl} defrag` and "
+            f"`{ctl} alarm disarm`, or restart the members with a larger quota-backend-bytes")
+
+
+class EtcdNoSpace(RaftflError):
+    """etcd refused a write: its database exceeded its quota and the NOSPACE alarm is raised."""
+
+    def __init__(self, endpoints: Sequence[str]) -> None:
+        super().__init__("etcd is out of space (NOSPACE alarm: the database exceeded its "
+                         f"quota-backend-bytes); {nospace_fix(endpoints)}")
+
+
+def _no_space(exc: BaseException) -> bool:
+    return (isinstance(exc, grpc.RpcError)
+            and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+            and "space exceeded" in (exc.details() or ""))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -110,6 +144,33 @@ class Change:
     create_revision: int
 
 
+@dataclass(frozen=True)
+class Resync:
+    """A watch could not resume at `since`: etcd compacted that history away.
+
+    The changes between `since` and `revision` are lost, so the watch re-read everything
+    under its prefix at `revision` (`kvs`, in key order) and continues from `revision` + 1.
+    A reader must rebuild what it derives from the watch from `kvs`, not apply a delta.
+    """
+
+    prefix: str
+    since: int
+    revision: int
+    kvs: tuple[KV, ...]
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One member's view of itself: its id, the Raft leader's, and its database size."""
+
+    endpoint: str
+    member_id: int
+    leader_id: int
+    raft_term: int
+    db_size: int
+    db_size_in_use: int | None  # etcd >= 3.4 reports it; None when unknown
+
+
 def _kv(kv: Any) -> KV:
     return KV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
 
@@ -138,6 +199,15 @@ class Store:
     def call(self, fn: Callable[[], T], retry_for: float | None = None) -> T:
         """Run `fn` with bounded retries; each failure moves the client to another endpoint."""
         budget = self.retry_for if retry_for is None else retry_for
+
+        def once() -> T:
+            try:
+                return fn()
+            except grpc.RpcError as exc:  # a raw stub call: python-etcd3 did not fail over
+                if exc.code() in _FAILOVER_CODES:  # type: ignore[attr-defined]
+                    self._fail_current()
+                raise
+
         try:
             for attempt in Retrying(
                 retry=retry_if_exception(_retryable),
@@ -146,7 +216,13 @@ class Store:
                 reraise=False,
             ):
                 with attempt:
-                    return fn()
+                    return once()
+        except grpc.RpcError as exc:
+            if _no_space(exc):
+                raise EtcdNoSpace(self.endpoints) from exc
+            if _compacted(exc):
+                raise Compacted(f"revision compacted: {exc.details()}") from exc  # type: ignore[attr-defined]
+            raise
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise EtcdUnavailable(
@@ -179,6 +255,10 @@ class Store:
             kwargs.update(sort_order="descend", sort_target="key")
         resp = self.call(lambda: self.client.get_prefix_response(prefix, **kwargs))
         return [_kv(kv) for kv in resp.kvs], resp.header.revision
+
+    def revision(self) -> int:
+        """The cluster's current revision."""
+        return int(self.call(lambda: self.client.get_response("\0")).header.revision)
 
     def put(self, key: str, value: str | bytes, lease: int | None = None) -> int:
         resp = self.call(lambda: self.client.put(key, value, lease=lease))
@@ -270,6 +350,44 @@ class Store:
             return one.maintenancestub.Status(etcdrpc.StatusRequest(), timeout)
 
     @staticmethod
+    def member_status(endpoint: str, timeout: float = 1.0) -> MemberStatus:
+        st = Store.endpoint_status(endpoint, timeout)
+        return MemberStatus(endpoint, st.header.member_id, st.leader, st.raftTerm, st.dbSize,
+                            _db_size_in_use(st))
+
+    def alarms(self) -> list[tuple[int, str]]:
+        """Active alarms as (member id, "NOSPACE" or "CORRUPT"), any member's."""
+        resp = self.call(lambda: self.client.maintenancestub.Alarm(
+            etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET, memberID=0,
+                                 alarm=etcdrpc.NONE), self.timeout))
+        return [(a.memberID, etcdrpc.AlarmType.Name(a.alarm)) for a in resp.alarms]
+
+    def disarm_alarms(self) -> None:
+        """Clear every NOSPACE alarm; etcd raises it again on the next write that does not fit."""
+        for member_id, kind in self.alarms():
+            if kind == "NOSPACE":
+                self.call(lambda m=member_id: self.client.maintenancestub.Alarm(
+                    etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.DEACTIVATE, memberID=m,
+                                         alarm=etcdrpc.NOSPACE), self.timeout))
+
+    def compact(self, revision: int, timeout: float = 30.0) -> None:
+        """Drop the history before `revision` (old values and deleted keys; live keys stay),
+        waiting until the members have physically applied it. An already compacted revision
+        is fine."""
+        request = etcdrpc.CompactionRequest(revision=revision, physical=True)
+        try:
+            self.call(lambda: self.client.kvstub.Compact(request, timeout))
+        except Compacted:
+            pass
+
+    @staticmethod
+    def defragment(endpoint: str, timeout: float = 60.0) -> None:
+        """Rewrite one member's database file to its live size. The member serves nothing
+        meanwhile, so do one member at a time."""
+        with _single(endpoint, timeout) as one:
+            one.maintenancestub.Defragment(etcdrpc.DefragmentRequest(), timeout)
+
+    @staticmethod
     def move_leader(leader_endpoint: str, target_id: int, timeout: float = 5.0) -> None:
         """MoveLeader must be sent to the current leader, so use a client bound to it."""
         with _single(leader_endpoint, timeout) as one:
@@ -277,13 +395,15 @@ class Store:
 
     # -- watches ----------------------------------------------------------------------------
     def watch(self, prefix: str, start_revision: int, stop: threading.Event,
-              idle_check: float = 2.0) -> Iterator[Change]:
+              idle_check: float = 2.0) -> Iterator[Change | Resync]:
         """Yield every change under `prefix` from `start_revision` on, until `stop` is set.
 
         The watch is re-created from the last delivered revision + 1 whenever its member
-        dies or stops answering, so no change is lost or delivered twice. Each watch gets a
-        client of its own: python-etcd3 multiplexes the watches of one client on one stream
-        and, after a timed-out creation, can hand one watch another's events.
+        dies or stops answering, so no change is lost or delivered twice. If that revision
+        was compacted meanwhile, a `Resync` (everything under `prefix`, re-read) stands in
+        for the lost changes. Each watch gets a client of its own: python-etcd3 multiplexes
+        the watches of one client on one stream and, after a timed-out creation, can hand
+        one watch another's events.
         """
         own = Store(self.endpoints, self.timeout, self.retry_for)
         try:
@@ -292,15 +412,16 @@ class Store:
             own.close()
 
     def _watch(self, prefix: str, start_revision: int, stop: threading.Event,
-               idle_check: float) -> Iterator[Change]:
+               idle_check: float) -> Iterator[Change | Resync]:
         next_rev = start_revision
         while not stop.is_set():
             responses: queue.Queue[Any] = queue.Queue()
+            compacted = False
             try:
                 watch_id = self.call(lambda q=responses, r=next_rev: self.client.add_watch_prefix_callback(
                     prefix, q.put, start_revision=r))
-            except etcd3.exceptions.RevisionCompactedError as exc:
-                raise RaftflError(f"watch on {prefix} from revision {next_rev}: compacted") from exc
+            except etcd3.exceptions.RevisionCompactedError:
+                compacted = True
             except Exception as exc:  # noqa: BLE001 - unavailable, or not etcd at all
                 if stop.is_set():
                     return
@@ -309,38 +430,62 @@ class Store:
                     self._fail_current()
                 stop.wait(0.5)
                 continue
-            try:
-                while not stop.is_set():
-                    try:
-                        resp = responses.get(timeout=idle_check)
-                    except queue.Empty:
-                        self.status()  # liveness probe: raises if our member is gone
-                        continue
-                    if isinstance(resp, Exception):
-                        raise resp
-                    # etcd never splits one revision across responses, so resuming from
-                    # the revision after the last full response loses and repeats nothing;
-                    # older events come from a superseded, timed-out creation: skip them.
-                    changes = [
-                        Change(ev.key.decode(),
-                               None if isinstance(ev, etcd3.events.DeleteEvent) else ev.value,
-                               ev.mod_revision, ev.create_revision)
-                        for ev in resp.events if ev.mod_revision >= next_rev
-                    ]
-                    if changes:
-                        next_rev = changes[-1].revision + 1
-                    yield from changes
-            except etcd3.exceptions.RevisionCompactedError as exc:
-                raise RaftflError(f"watch on {prefix} fell behind compaction") from exc
-            except Exception as exc:  # noqa: BLE001 - any watch failure means: re-open it
-                if not _retryable(exc) and not isinstance(exc, EtcdUnavailable):
-                    log.warning("watch on %s failed (%s); re-opening", prefix, exc)
-                self._fail_current()
-            finally:
+            if not compacted:
                 try:
-                    self.client.cancel_watch(watch_id)
-                except Exception:  # noqa: BLE001 - the member may be gone already
-                    pass
+                    next_rev, compacted = yield from self._stream(responses, stop, idle_check, next_rev)
+                finally:
+                    try:
+                        self.client.cancel_watch(watch_id)
+                    except Exception:  # noqa: BLE001 - the member may be gone already
+                        pass
+            if compacted:  # etcd says so at creation, or (3.4) as the new watch's first response
+                resync = self._resync(prefix, next_rev)
+                if resync is not None:
+                    next_rev = resync.revision + 1
+                    yield resync
+
+    def _stream(self, responses: queue.Queue[Any], stop: threading.Event, idle_check: float,
+                next_rev: int) -> Generator[Change, None, tuple[int, bool]]:
+        """Changes from one created watch until it fails or `stop` is set; returns the
+        revision to resume from and whether etcd said that history was compacted."""
+        try:
+            while not stop.is_set():
+                try:
+                    resp = responses.get(timeout=idle_check)
+                except queue.Empty:
+                    self.status()  # liveness probe: raises if our member is gone
+                    continue
+                if isinstance(resp, Exception):
+                    raise resp
+                # etcd never splits one revision across responses, so resuming from the
+                # revision after the last full response loses and repeats nothing; older
+                # events come from a superseded, timed-out creation: skip them.
+                changes = [
+                    Change(ev.key.decode(),
+                           None if isinstance(ev, etcd3.events.DeleteEvent) else ev.value,
+                           ev.mod_revision, ev.create_revision)
+                    for ev in resp.events if ev.mod_revision >= next_rev
+                ]
+                if changes:
+                    next_rev = changes[-1].revision + 1
+                yield from changes
+        except etcd3.exceptions.RevisionCompactedError:
+            return next_rev, True
+        except Exception as exc:  # noqa: BLE001 - any watch failure means: re-open it
+            if not _retryable(exc) and not isinstance(exc, EtcdUnavailable):
+                log.warning("watch failed (%s); re-opening", exc)
+            self._fail_current()
+        return next_rev, False
+
+    def _resync(self, prefix: str, since: int) -> Resync | None:
+        """Re-read everything under `prefix` (None if etcd is unreachable: retry later)."""
+        try:
+            kvs, revision = self.range(prefix)
+        except EtcdUnavailable:
+            return None
+        log.warning("watch on %s cannot resume at revision %d (compacted); re-read %d keys at "
+                    "revision %d", prefix, since, len(kvs), revision)
+        return Resync(prefix, since, revision, tuple(kvs))
 
     def _fail_current(self) -> None:
         with self._lock:
@@ -348,6 +493,17 @@ class Store:
             if ep is not None and len(self.client.endpoints) > 1:
                 ep.fail()
                 self.client._clear_old_stubs()
+
+
+def _db_size_in_use(status: Any) -> int | None:
+    """StatusResponse field 9 (dbSizeInUse, etcd >= 3.4), which the bundled protos predate:
+    read it from the message's unknown fields."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    for item in UnknownFieldSet(status):
+        if item.field_number == 9:
+            return int(item.data)
+    return None
 
 
 def _single(endpoint: str, timeout: float) -> etcd3.MultiEndpointEtcd3Client:

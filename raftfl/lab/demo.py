@@ -13,27 +13,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, RunCompleted, StepDown
+from raftfl.core.events import (
+    AggregatorElected,
+    CheckpointFallback,
+    RoundCommitted,
+    RoundStarted,
+    RunCompleted,
+    StepDown,
+    describe,
+)
 from raftfl.core.invariants import check, failovers
 from raftfl.core.replay import replay
 from raftfl.lab.localcluster import LocalCluster
 
 KILL_DELAY_S = 0.1  # after the round's start: the workers are mid-fit
-
-
-def _describe(ev: Any) -> str | None:
-    match ev:
-        case AggregatorElected():
-            return f"elected {ev.node} (term {ev.term}, rank {ev.rank})"
-        case RoundStarted():
-            return f"round {ev.round} started by {ev.node} with {ev.clients} workers"
-        case RoundCommitted():
-            return f"round {ev.round} committed: accuracy {ev.accuracy:.3f} (term {ev.term})"
-        case StepDown():
-            return f"{ev.node} stepped down: {ev.reason}"
-        case RunCompleted():
-            return f"run completed, model {ev.model_sha256[:12]}"
-    return None
+# The events the demo narrates; the rest (fit results, checkpoints, joins) is in `history`.
+SHOWN = (AggregatorElected, RoundStarted, RoundCommitted, StepDown, CheckpointFallback, RunCompleted)
 
 
 def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir: Path,
@@ -62,9 +57,8 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
                 continue
             ev = cluster.log[shown].event
             shown += 1
-            line = _describe(ev)
-            if line:
-                echo(f"  [{time.strftime('%H:%M:%S')}] {line}")
+            if isinstance(ev, SHOWN):
+                echo(f"  [{time.strftime('%H:%M:%S')}] {describe(ev)}")
             if isinstance(ev, RoundStarted) and kill_at and ev.round == kill_at and not killed:
                 time.sleep(KILL_DELAY_S)
                 cluster.kill(ev.node)

@@ -25,7 +25,7 @@ from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys
 from raftfl.core.replay import FLState, Logged, replay
 from raftfl.etcd.eventlog import EventLog
-from raftfl.etcd.store import Store
+from raftfl.etcd.store import Change, Store
 
 
 @dataclass
@@ -149,7 +149,7 @@ class LocalCluster:
 
         def role() -> None:
             for change in store.watch(self.keys.aggregator, 1, self._stop):
-                if change.value is None:
+                if isinstance(change, Change) and change.value is None:  # not a Resync
                     self.vacancies.append(time.time())
 
         for fn in (tail, role):

@@ -13,71 +13,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import psutil
 
 from raftfl.core.keys import Keys, seq_of
-from raftfl.core.latency import Prober, Sample, parse_sample
+from raftfl.core.latency import Prober, Sample
+from raftfl.core.members import MemberInfo
 from raftfl.core.ranking import Candidate
+from raftfl.etcd.context import read_members, read_samples  # noqa: F401 - read_samples: ha.py
 from raftfl.etcd.store import EtcdUnavailable, Store
 
 log = logging.getLogger(__name__)
 
 SAMPLES_KEPT = 30  # per node; older samples are deleted by their writer
-
-
-@dataclass
-class MemberInfo:
-    node: str
-    ip: str
-    client_port: int
-    flower_address: str
-    priority: float = 0.0
-    nofailover: bool = False
-    cpu_free: float = 0.0
-    mem_free_mb: float = 0.0
-    ts: float = field(default_factory=time.time)
-    finished: bool = False
-    pid: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> MemberInfo:
-        obj = json.loads(raw)
-        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
-
-
-def read_members(store: Store, keys: Keys, revision: int | None = None) -> dict[str, MemberInfo]:
-    kvs, _ = store.range(keys.members, revision=revision)
-    out = {}
-    for kv in kvs:
-        try:
-            info = MemberInfo.from_json(kv.value)
-        except (ValueError, TypeError):
-            log.warning("ignoring malformed member record %s", kv.key)
-            continue
-        out[info.node] = info
-    return out
-
-
-def read_samples(store: Store, keys: Keys, revision: int | None = None) -> list[Sample]:
-    kvs, _ = store.range(keys.latency, revision=revision)
-    samples = []
-    for kv in kvs:
-        rest = kv.key[len(keys.latency):]
-        node, _, tail = rest.rpartition("/")
-        seq = seq_of(kv.key)
-        try:
-            if seq is None:
-                raise ValueError("bad key")
-            samples.append(parse_sample(node, seq, json.loads(kv.value)))
-        except (ValueError, TypeError):
-            log.warning("ignoring malformed latency sample %s", kv.key)
-    return samples
 
 
 def candidates(members: dict[str, MemberInfo], samples: list[Sample],

@@ -23,13 +23,15 @@ from conftest import EtcdCluster, free_port_base, running_cluster
 
 from raftfl.core.address import check_port_free
 from raftfl.core.errors import FencedOut, RaftflError
-from raftfl.core.events import RoundCommitted, RoundStarted, RunStarted
+from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, RunStarted
 from raftfl.core.keys import Keys
 from raftfl.core.latency import Sample
+from raftfl.core.members import MemberInfo
+from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.member import MemberSpec, check_version, find_etcd, prepare_data_dir
 from raftfl.etcd.store import CreateResult, Fence, wait_until
-from raftfl.node.session import MemberInfo, Session, read_members, read_samples
+from raftfl.node.session import Session
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,12 +41,18 @@ def fresh_keys(cluster: EtcdCluster) -> Keys:
     return Keys(f"{cluster.name}-{os.urandom(4).hex()}")
 
 
+def elected(term: int) -> AggregatorElected:
+    return AggregatorElected(node="a", term=term, flower_address="a:1", rank=0, score=0.0,
+                             revision=term, ranking=[])
+
+
 def history(n_rounds: int) -> list:
-    """A clean run: started, then each round started and committed on the previous model."""
-    events: list = [RunStarted(node="a", rounds=n_rounds + 1, initial_model="m0")]
+    """A clean run: started, elected (term 1: no key is created before revision 2, so replay
+    finds the term plausible), then each round started and committed on the previous model."""
+    events: list = [RunStarted(node="a", rounds=n_rounds + 1, initial_model="m0"), elected(1)]
     for r in range(1, n_rounds + 1):
-        events.append(RoundStarted(node="a", term=7, round=r, base_model=f"m{r - 1}", clients=3))
-        events.append(RoundCommitted(node="a", term=7, round=r, model_sha256=f"m{r}",
+        events.append(RoundStarted(node="a", term=1, round=r, base_model=f"m{r - 1}", clients=3))
+        events.append(RoundCommitted(node="a", term=1, round=r, model_sha256=f"m{r}",
                                      base_model=f"m{r - 1}", loss=1.0 / r, accuracy=0.5,
                                      results=3))
     return events
@@ -56,7 +64,7 @@ def test_append_then_state_replays_the_log(etcd_cluster_module: EtcdCluster) -> 
     log = EventLog(etcd_cluster_module.store(), keys)
     events = history(2)
     seqs = [log.append(ev) for ev in events]
-    assert seqs == [1, 2, 3, 4, 5]
+    assert seqs == [1, 2, 3, 4, 5, 6]
 
     state, revision = log.state()
     assert revision > 0
@@ -67,7 +75,7 @@ def test_append_then_state_replays_the_log(etcd_cluster_module: EtcdCluster) -> 
     assert state.next_round == 3
     assert state.started == {1: 1, 2: 1}
     assert state.chain_breaks == [] and state.duplicate_commits == [] and state.stale_commits == []
-    assert state.last_seq == 5 and state.events == 5
+    assert state.last_seq == 6 and state.events == 6
     assert not state.done
 
     # What was read back is exactly what was appended, in order.
@@ -342,9 +350,9 @@ def test_malformed_values_are_skipped_and_counted(etcd_cluster_module: EtcdClust
     for key, value in junk.items():
         store.put(key, value)
 
-    second = RoundStarted(node="a", round=1, base_model="m0", clients=1)
+    second = elected(1)
     assert log.append(second) == 5  # continues after the junk seq keys
-    third = RoundCommitted(node="a", round=1, model_sha256="m1", base_model="m0", loss=0.1,
+    third = RoundCommitted(node="a", term=1, round=1, model_sha256="m1", base_model="m0", loss=0.1,
                            accuracy=0.9, results=1)
     assert EventLog(store, keys).append(third) == 6  # so does a fresh writer
 
@@ -379,13 +387,13 @@ def test_mistyped_event_fields_are_skipped(etcd_cluster_module: EtcdCluster) -> 
     log = EventLog(store, keys)
     for ev in history(1):
         log.append(ev)
-    bad = {**json.loads(history(2)[4].to_json()), "round": "2"}  # round 2, as a string
-    store.put(keys.event(4), json.dumps(bad))
-    good = history(2)[4]
-    assert log.append(good) == 5
+    bad = {**json.loads(history(2)[5].to_json()), "round": "2"}  # round 2, as a string
+    store.put(keys.event(5), json.dumps(bad))
+    good = history(2)[5]
+    assert log.append(good) == 6
     state, _ = log.state()  # must not crash
     assert state.commit_order == [1, 2] and state.next_round == 3
-    assert [k for k, _ in log.read().skipped] == [keys.event(4)]
+    assert [k for k, _ in log.read().skipped] == [keys.event(5)]
 
 
 # -- ranking ---------------------------------------------------------------------------------

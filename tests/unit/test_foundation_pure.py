@@ -7,15 +7,22 @@ from dataclasses import replace
 
 import pytest
 
-from raftfl.core.events import RoundCommitted, RoundStarted, RunStarted
+from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, RunStarted
 from raftfl.core.latency import Sample, summarize
 from raftfl.core.ranking import Candidate, rank
 from raftfl.core.replay import Logged, replay
 
 
+def elected(term: int) -> AggregatorElected:
+    return AggregatorElected(node="a", term=term, flower_address="a:1", rank=0, score=0.0,
+                             revision=term, ranking=[])
+
+
 def history(n_rounds: int) -> list:
-    """A clean run: started, then each round started and committed on the previous model."""
-    events: list = [RunStarted(node="a", rounds=n_rounds + 1, initial_model="m0")]
+    """A clean run: started, two elections (terms 3 and 7; replay accepts commits only from
+    elected terms), then each round started and committed on the previous model in term 7."""
+    events: list = [RunStarted(node="a", rounds=n_rounds + 1, initial_model="m0"),
+                    elected(3), elected(7)]
     for r in range(1, n_rounds + 1):
         events.append(RoundStarted(node="a", term=7, round=r, base_model=f"m{r - 1}", clients=3))
         events.append(RoundCommitted(node="a", term=7, round=r, model_sha256=f"m{r}",
@@ -39,9 +46,9 @@ def test_replay_is_pure() -> None:
                          loss=0.0, accuracy=0.0, results=1)
     stale = RoundCommitted(node="c", term=3, round=4, model_sha256="y", base_model="m3",
                            loss=0.0, accuracy=0.0, results=1)
-    state = replay([*logged, Logged(8, 200, dup), Logged(9, 201, stale)])
-    assert state.duplicate_commits == [8]
-    assert state.stale_commits == [9]
+    state = replay([*logged, Logged(20, 200, dup), Logged(21, 201, stale)])
+    assert state.duplicate_commits == [20]
+    assert state.stale_commits == [21]
     assert state.committed[3].model_sha256 == "m3" and 4 not in state.committed
 
 

@@ -1,0 +1,48 @@
+"""The ranking context, read from etcd: every live node's member record and latency samples.
+
+Read at one revision (the vacancy's), these give every node the same inputs to the same
+pure ranking. Records that do not decode, or that claim another node's name than their
+key's, are skipped with one warning each and counted (`raftfl.core.records.SKIPS`).
+"""
+
+from __future__ import annotations
+
+from raftfl.core.keys import Keys, seq_of
+from raftfl.core.latency import Sample
+from raftfl.core.members import MemberInfo
+from raftfl.core.records import SKIPS, MalformedRecord
+from raftfl.etcd.store import Store
+
+
+def read_members(store: Store, keys: Keys, revision: int | None = None) -> dict[str, MemberInfo]:
+    kvs, _ = store.range(keys.members, revision=revision)
+    out = {}
+    for kv in kvs:
+        try:
+            info = MemberInfo.from_json(kv.value)
+            if info.node != kv.key[len(keys.members):]:
+                raise MalformedRecord(f"record of {info.node!r} under another node's key")
+        except MalformedRecord as exc:
+            SKIPS.skip("member record", kv.key, str(exc))
+            continue
+        out[info.node] = info
+    return out
+
+
+def read_samples(store: Store, keys: Keys, revision: int | None = None) -> list[Sample]:
+    kvs, _ = store.range(keys.latency, revision=revision)
+    samples = []
+    for kv in kvs:
+        node = kv.key[len(keys.latency):].rpartition("/")[0]
+        seq = seq_of(kv.key)
+        try:
+            if seq is None:
+                raise MalformedRecord("key is not a sequence number")
+            sample = Sample.from_json(kv.value, seq)
+            if sample.node != node:
+                raise MalformedRecord(f"sample of {sample.node!r} under another node's key")
+        except MalformedRecord as exc:
+            SKIPS.skip("latency sample", kv.key, str(exc))
+            continue
+        samples.append(sample)
+    return samples
