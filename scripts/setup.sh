@@ -7,15 +7,39 @@ PY=${PYTHON:-python3}
 
 have_etcd() { command -v "${RAFTFL_ETCD_BIN:-etcd}" >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1; }
 
+# policy-rc.d stops the package from starting its own etcd on :2379 where it can. Whatever
+# was there before is put back, also when apt fails or the script is interrupted.
+POLICY_RC=${RAFTFL_POLICY_RC:-/usr/sbin/policy-rc.d}  # overridable for the script's own test
+policy_saved=""
+policy_ours=0
+restore_policy() {
+  if [ "$policy_ours" = 1 ]; then
+    if [ -n "$policy_saved" ]; then mv -f "$policy_saved" "$POLICY_RC"; else rm -f "$POLICY_RC"; fi
+    policy_ours=0
+  fi
+}
+install_policy() {
+  if [ -e "$POLICY_RC" ] || [ -L "$POLICY_RC" ]; then
+    policy_saved=$(mktemp "$POLICY_RC.raftfl-saved.XXXXXX")
+    cp -a "$POLICY_RC" "$policy_saved"  # a copy: the original stays until the copy is whole
+  fi
+  policy_ours=1
+  rm -f "$POLICY_RC"  # never write through a symlink
+  printf '#!/bin/sh\nexit 101\n' > "$POLICY_RC"
+  chmod +x "$POLICY_RC"
+}
+trap restore_policy EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 if ! have_etcd; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing etcd-server and etcd-client (3.4) from Debian" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # policy-rc.d stops the package from starting its own etcd on :2379 where it can.
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    install_policy
     apt-get install -y -qq etcd-server etcd-client iproute2 >/dev/null
-    rm -f /usr/sbin/policy-rc.d
+    restore_policy
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
       systemctl disable --now etcd >/dev/null 2>&1 || true
     fi
