@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 NODE_TIMEOUT_S = 3.0
 HEARTBEAT_S = 0.5
-CONNECT_TIMEOUT_S = 1.0
+HEARTBEAT_TIMEOUT_S = 1.0
 SILENCE_LIMIT_S = 3.0
 POLL_HOLD_S = 1.0
 MAX_POLL_HOLD_S = 5.0
@@ -398,7 +398,7 @@ class FleetClient:
     """A worker's session with one fleet server; `abort()` ends it from any thread."""
 
     def __init__(self, address: str, node_id: int, name: str = "", *,
-                 connect_timeout: float = CONNECT_TIMEOUT_S, heartbeat: float = HEARTBEAT_S,
+                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, heartbeat: float = HEARTBEAT_S,
                  silence_limit: float = SILENCE_LIMIT_S, poll_hold: float = POLL_HOLD_S):
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
@@ -407,7 +407,7 @@ class FleetClient:
         self._host, self._port = host.strip("[]"), int(port)
         self.node_id = node_id
         self.name = name
-        self.connect_timeout = connect_timeout
+        self.heartbeat_timeout = heartbeat_timeout
         self.heartbeat = heartbeat
         self.silence_limit = silence_limit
         self.poll_hold = poll_hold
@@ -425,7 +425,8 @@ class FleetClient:
         `handle` runs in this thread and is never interrupted: an abort during it takes
         effect when it returns, and its reply is then dropped."""
         status, _, body = self._request("POST", f"/register?node={self.node_id}"
-                                                f"&name={quote(self.name)}", b"")
+                                                f"&name={quote(self.name)}", b"",
+                                        self.silence_limit)
         self._expect(status, body, "register")
         try:
             self._token = json.loads(body)["token"]
@@ -438,7 +439,7 @@ class FleetClient:
             while True:
                 status, headers, body = self._request(
                     "GET", f"/poll?token={self._token}&hold={self.poll_hold:g}", None,
-                    timeout=self.poll_hold + self.connect_timeout)
+                    self.poll_hold + self.silence_limit)
                 if status == 204:
                     continue
                 self._expect(status, body, "poll")
@@ -446,7 +447,8 @@ class FleetClient:
                 reply = handle(msg_id, body)
                 self._raise_if_ended()
                 status, _, answer = self._request("POST", f"/reply?token={self._token}"
-                                                          f"&msg={quote(msg_id)}", reply)
+                                                          f"&msg={quote(msg_id)}", reply,
+                                                  self.silence_limit)
                 if status == 409:
                     log.info("fleet %s: reply to %s not wanted any more", self.address, msg_id)
                 else:
@@ -485,10 +487,11 @@ class FleetClient:
         raise FleetError(f"fleet {self.address}: {what} failed with HTTP {status}: {detail}")
 
     def _request(self, method: str, path: str, body: bytes | None,
-                 timeout: float | None = None) -> tuple[int, Any, bytes]:
+                 timeout: float) -> tuple[int, Any, bytes]:
+        """One request on its own connection. A refused or reset connection fails at once;
+        `timeout` bounds each socket operation (a busy server may be slow, not gone)."""
         self._raise_if_ended()
-        conn = http.client.HTTPConnection(self._host, self._port,
-                                          timeout=timeout or self.connect_timeout)
+        conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         with self._lock:
             self._conns.add(conn)
         try:
@@ -510,7 +513,8 @@ class FleetClient:
         last_ok = time.monotonic()
         while not self._done.wait(self.heartbeat):
             try:
-                status, _, body = self._request("POST", f"/heartbeat?token={self._token}", b"")
+                status, _, body = self._request("POST", f"/heartbeat?token={self._token}", b"",
+                                                self.heartbeat_timeout)
                 self._expect(status, body, "heartbeat")
                 last_ok = time.monotonic()
             except FleetAborted:
