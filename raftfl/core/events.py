@@ -135,9 +135,10 @@ class RoundCommitted(Event):
     round: int
     model_sha256: str
     base_model: str
-    loss: float
-    accuracy: float
+    loss: float | None  # the headline evaluation, when the app reports one
+    accuracy: float | None
     results: int
+    metrics: dict[str, Any] = field(default_factory=dict)  # train/evaluate/evaluate_fn/clients
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,7 +199,8 @@ def describe(ev: Event) -> str:
         case CheckpointSaved():
             return f"round {ev.round} checkpoint {ev.sha256[:12]} saved ({ev.size} bytes)"
         case RoundCommitted():
-            return f"round {ev.round} committed: accuracy {ev.accuracy:.3f} (term {ev.term})"
+            score = "" if ev.accuracy is None else f"accuracy {ev.accuracy:.3f} "
+            return f"round {ev.round} committed: {score}(term {ev.term})"
         case CheckpointFallback():
             return (f"checkpoint {ev.bad_sha256[:12]} of round {ev.round} is unreadable "
                     f"({ev.reason}); falling back to round {ev.fallback_round}")

@@ -73,6 +73,7 @@ class RoundReport:
     evaluate_failures: int = 0
     evaluate_serverapp: dict[str, Any] | None = None  # evaluate_fn's MetricRecord
     client_metrics: list[dict[str, Any]] = field(default_factory=list)  # evaluation replies
+    num_rounds: int = 0  # the rounds the ServerApp asked for (reported with round 0)
 
 
 class RoundHooks(Protocol):
@@ -141,7 +142,8 @@ class _RoundLoop:
             arrays = initial_arrays
             central = self._evaluate_central(0, arrays)
             self._commit(0, arrays, RoundReport(arrays_sha256(arrays), None,
-                                                evaluate_serverapp=_plain(central)))
+                                                evaluate_serverapp=_plain(central),
+                                                num_rounds=num_rounds))
             first = 1
         else:
             arrays, first = resume.arrays, resume.next_round

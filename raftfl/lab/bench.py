@@ -38,7 +38,7 @@ from raftfl.etcd.store import Store
 from raftfl.lab.faults import at, first_term
 from raftfl.lab.localcluster import LocalCluster, free_base_port
 from raftfl.lab.testhooks import HOLD_ENV
-from raftfl.node.aggregator import KEEP_CHECKPOINTS
+from raftfl.node.recorder import KEEP_CHECKPOINTS
 from raftfl.node.session import SAMPLES_KEPT
 
 MODEL_BYTES = 248_024  # 62,006 float32 parameters

@@ -17,6 +17,7 @@ out, before etcd says so). Missing a wake-up costs at most one `LOOP_WAIT_S`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,14 +27,14 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from raftfl.core.address import NodeAddress, check_port_free
 from raftfl.core.decide import Action, Decision, Local, View, decide
 from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
-from raftfl.core.events import AggregatorElected, NodeJoined, NodeLeft, RunStarted, StepDown
+from raftfl.core.events import AggregatorElected, Event, NodeJoined, NodeLeft, StepDown, describe
 from raftfl.core.evidence import gone
 from raftfl.core.keys import Keys
 from raftfl.core.ranking import Ranked, rank
@@ -52,20 +53,21 @@ from raftfl.etcd.member import (
     wait_healthy,
 )
 from raftfl.etcd.store import Compacted, EtcdUnavailable, Fence, Store
-from raftfl.flower.legacy import ServerSession
-from raftfl.node.aggregator import RoundRecorder, resume_point
+from raftfl.files import write_atomic
+from raftfl.node import runapp
 from raftfl.node.election import Election
 from raftfl.node.holder_probe import HolderProbe
+from raftfl.node.recorder import AppRecorder, resume_point
 from raftfl.node.session import MemberInfo, Session, candidates, read_members, read_samples
-from raftfl.node.worker import Trainer, WorkerRunner
+from raftfl.node.worker import WorkerRunner
 
 log = logging.getLogger(__name__)
 
 LOOP_WAIT_S = 1.0
 MAX_BACKOFF_S = 10.0  # a failing cycle is retried after 1, 2, 4, 8, then every 10 s
 LEADER_CHECK_S = 5.0  # how often a serving aggregator makes sure it does not lead etcd
-EXTRA_ROUNDS = 2  # Flower rounds beyond the remaining ones, for rounds that must be retried
 SERVE_RETRY_S = 10.0  # then give the role up (exit) instead of holding it without serving
+RUN_RUN_ID = 1  # the Flower run id of the federation's run
 
 
 @dataclass
@@ -94,6 +96,9 @@ class NodeOptions:
     move_leader: bool = True
     run: RunConfig | None = None  # proposed run config (used when this node creates the cluster)
     linger: float = 15.0
+    app: Path | None = None  # a Flower app directory; None: the bundled quick-start app
+    run_config: str | None = None  # --run-config "k=v ..." (used when creating the cluster)
+    node_config: str | None = None  # --node-config "k=v ...": this node's context.node_config
 
     @property
     def name(self) -> str:
@@ -128,8 +133,12 @@ class Node:
         self.store: Store | None = None
         self.events: EventLog  # set once etcd answers, in run()
         self.session: Session | None = None
-        self.server: ServerSession | None = None
-        self.recorder: RoundRecorder | None = None
+        self.server: Any = None  # the ServerAppHost of our term
+        self.recorder: AppRecorder | None = None
+        self.fleet: Any = None  # our FleetServer, while we serve
+        self.app: Any = None  # the Flower app (raftfl.flower.app.FlowerApp)
+        self.apps: Future[tuple[Any, Any]] | None = None  # (ServerApp, ClientApp), imported
+        self._client_host: Any = None
         self.worker: WorkerRunner | None = None
         self.election: Election  # set once etcd answers, in run()
         self.role_changes: queue.Queue[Any] = queue.Queue()  # from the role watch
@@ -143,7 +152,6 @@ class Node:
         self._predecessor: str | None = None  # the aggregator before our term
         self.next_wait = LOOP_WAIT_S
         self.config: RunConfig | None = None
-        self.data: Future[Any] | None = None
         self._said: set[str] = set()
         self.signalled = False
         self._leader_checked = 0.0
@@ -200,8 +208,14 @@ class Node:
                 wait_healthy(self.member, self._healthy, self.opts.start_timeout, self.emit)
             self.emit(f"etcd healthy; client endpoints {','.join(endpoints)}")
             self.events = EventLog(self.store, self.keys)
+            self.app = runapp.load(self.opts.app)
             self.config = self._await_config()
-            self.data = ThreadPoolExecutor(1, "data").submit(self._load_data)
+            if self.config.app and self.config.app != self.app.name:
+                raise NodeFatal(f"this cluster runs the Flower app {self.config.app!r}; this "
+                                f"node has {self.app.name!r} ({self.app.root}): give --app")
+            # Import the app (and torch with it) now, not when the first instruction comes.
+            self.apps = ThreadPoolExecutor(1, "app").submit(
+                lambda: (self.app.load_server_app(), self.app.load_client_app()))
             info = MemberInfo(node=self.opts.name, ip=self.opts.ip,
                               client_port=self.opts.etcd_client_port,
                               flower_address=self.opts.flower_address,
@@ -212,8 +226,8 @@ class Node:
             self.session.open()
             self.session.start()
             self.events.append(NodeJoined(node=self.opts.name))
-            self.worker = WorkerRunner(Trainer(self.opts.name, self._current_term, self._train,
-                                               self._on_fit))
+            self.worker = WorkerRunner(runapp.node_id(self.opts.name), self.opts.name,
+                                       self._handle)
             self._watch()
             return self._loop()
         finally:
@@ -227,10 +241,19 @@ class Node:
     def _await_config(self) -> RunConfig:
         assert self.store is not None
         deadline = time.monotonic() + self.opts.start_timeout
+        proposed = self.opts.run
+        if proposed is not None:
+            # raftfl's task flags configure the bundled app; other apps take --run-config
+            # (and -r, as num-server-rounds).
+            bundled = self.app.root == runapp.bundled_app()
+            flags = {f: getattr(proposed, f) for f in runapp.FLAG_KEYS
+                     if bundled or f == "rounds"}
+            proposed = replace(proposed, app=self.app.name, run_config=runapp.run_config(
+                self.app, flags, self.opts.run_config))
         while not self.stop.is_set():
-            cfg = ensure(self.store, self.keys, self.opts.run)
+            cfg = ensure(self.store, self.keys, proposed)
             if cfg is not None:
-                self.emit(f"run: {cfg.rounds} rounds, dataset {cfg.dataset}, "
+                self.emit(f"run: app {cfg.app or self.app.name}, {cfg.rounds} rounds, "
                           f"{len(cfg.nodes)} initial nodes", once="config")
                 return cfg
             if time.monotonic() > deadline:
@@ -238,22 +261,6 @@ class Node:
             self.emit("waiting for the run configuration (start a node with -r ROUNDS)", once="wcfg")
             self.stop.wait(1.0)
         raise RaftflError("stopped")
-
-    def _load_data(self) -> tuple[Any, Any]:
-        import torch
-
-        from raftfl.task.data import load_dataset, partition, subset
-
-        torch.set_num_threads(int(os.environ.get("RAFTFL_TORCH_THREADS", "1")))
-        cfg = self.config
-        assert cfg is not None
-        train, test = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test,
-                                   seed=cfg.seed)
-        labels = train.y.numpy()
-        idx = partition(len(train), len(cfg.nodes), cfg.shard_index(self.opts.name),
-                        scheme=cfg.partition, alpha=cfg.alpha, labels=labels, seed=cfg.seed)
-        self.emit(f"data: {train.name}, shard of {len(idx)} of {len(train)} images")
-        return subset(train, idx), test
 
     # -- watches ----------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -506,7 +513,7 @@ class Node:
         self._record_election(term, view)
 
     def _record_election(self, term: int, view: View) -> None:
-        """Append `aggregator_elected` (and `run_started` on the first term), fenced.
+        """Append `aggregator_elected`, fenced.
 
         Also the repair for a term held without its record (a crash or an outage between
         the create and the append): without it, replay would not accept the term's commits.
@@ -524,13 +531,6 @@ class Node:
                 ranking=[r.to_dict() for r in at.ranking], previous=state.aggregator,
                 vacant_since=time.time() - (time.monotonic() - self._vacancy_seen)
                 if self._vacancy_seen else None), fence=fence)
-            if state.rounds is None:
-                from raftfl.task.model import initial_weights, weights_sha256
-
-                assert self.config is not None
-                self.events.append(RunStarted(
-                    node=self.opts.name, term=term, rounds=self.config.rounds,
-                    initial_model=weights_sha256(initial_weights(self.config.seed))), fence=fence)
         except FencedOut:
             return
         self.emit(f"elected aggregator, term {term}"
@@ -540,85 +540,94 @@ class Node:
 
     # -- aggregator role --------------------------------------------------------------------
     def _serve(self, term: int) -> None:
-        """Make sure a Flower server runs for `term`, resuming from the log.
+        """Make sure the user's ServerApp runs for `term`, resuming from the log.
 
-        A server that ended within the same term (an etcd outage outlasted its retries, or
-        every retry round failed) is joined first, and only then is the log re-read, so a
-        round the old server committed is never committed again.
+        A ServerApp that ended within the same term (an etcd outage outlasted its retries,
+        or it failed) is joined first, and only then is the log re-read, so a round the old
+        one committed is never committed again. This node's own ClientApp trains too.
         """
         assert self.store is not None and self.worker is not None and self.config is not None
         fence = self.election.fence
         assert fence is not None and fence.create_revision == term
-        if self.server is not None and self.recorder is not None and self.recorder.term == term:
-            if self.server.running or self.recorder.done:
+        self.worker.follow(self.opts.flower_address, term)
+        host, recorder = self.server, self.recorder
+        if host is not None and recorder is not None and recorder.term == term:
+            if host.state == "running":
                 return
-            self.emit("Flower server ended before the run completed; restarting it")
-            self.server.stop()
-            self.server.thread.join(timeout=self.opts.round_timeout)
-            if self.server.running:
-                raise RaftflError("the previous Flower server thread did not stop")
+            if host.state == "completed" and recorder.complete():
+                return
+            self.emit(f"ServerApp {host.state}"
+                      + (f" ({type(host.error).__name__}: {host.error})" if host.error else "")
+                      + "; restarting it from the log")
+            host.stop()
+            if not host.join(timeout=self.opts.round_timeout):
+                raise RaftflError("the previous ServerApp thread did not stop")
             self.server = None
-        self.worker.follow(None, None)
         state, _ = self.events.current()
+        if state.done:
+            return
         self._predecessor = next((e.node for e in reversed(state.elections) if e.term < term), None)
-        cfg = self.config
-        assert self.data is not None
-        _, test = self.data.result()
-        from raftfl.task.model import initial_weights
+        assert self.apps is not None
+        server_app, _ = self.apps.result()
+        from raftfl.flower.fleet import FleetServer
+        from raftfl.flower.grid import RaftGrid
+        from raftfl.flower.host import ServerAppHost
 
         try:
+            if self.fleet is None or self.fleet.stopped:
+                host_ip, _, port = self.opts.flower_address.rpartition(":")
+                self.fleet = FleetServer(host_ip, int(port)).start()
             resume = resume_point(self.store, self.keys, self.events, state, fence,
-                                  self.opts.name, lambda: initial_weights(cfg.seed))
-            self.recorder = RoundRecorder(
+                                  self.opts.name)
+            self.recorder = AppRecorder(
                 store=self.store, keys=self.keys, events=self.events, fence=fence,
-                node=self.opts.name, rounds=cfg.rounds, resume=resume, test_set=test,
-                expected_workers=self._expected_workers, client_wait_s=self.opts.client_wait,
-                no_worker_wait_s=self.opts.start_timeout, on_round=self._on_round)
-            if self.recorder.done:  # every round committed, completion not yet recorded
-                self.recorder.complete()
-                return
-            remaining = cfg.rounds - resume.round + 1
-            self.emit(f"serving rounds {resume.round}..{cfg.rounds} on {self.opts.flower_address}"
-                      f" from model {resume.sha256[:12]}")
-            self.server = ServerSession(self.opts.flower_address, self.recorder, resume.weights,
-                                        remaining + EXTRA_ROUNDS, self.opts.round_timeout).start()
+                node=self.opts.name, workers=self._wait_for_workers, on_event=self._on_event)
+            if resume is not None:
+                self.recorder.base = state.committed[resume.next_round - 1].model_sha256 \
+                    if resume.next_round > 1 else state.initial_model
+                self.recorder.last_round = resume.next_round - 1
+            grid = RaftGrid(self.fleet, run_id=RUN_RUN_ID, term=term, hooks=self.recorder,
+                            resume=resume)
+            self.emit(f"serving {self.app.name} from round {resume.next_round if resume else 0}"
+                      f" on {self.opts.flower_address}"
+                      + (f" (model {self.recorder.base[:12]})" if self.recorder.base else ""))
+            self.server = ServerAppHost(server_app, grid, self.config.run_config).start()
             self._serve_failing_since = None
         except FencedOut:
             self._step_down("fenced out while resuming")
-        except (OSError, RuntimeError) as exc:  # e.g. the Flower port is not free yet
-            self.server = None
+        except OSError as exc:  # e.g. the Flower port is not free yet
+            self.fleet = None
             now = time.monotonic()
             self._serve_failing_since = self._serve_failing_since or now
             if now - self._serve_failing_since > SERVE_RETRY_S:
                 self._serve_failing_since = None
                 self.election.resign()
                 raise NodeFatal(f"cannot serve on {self.opts.flower_address} for "
-                                  f"{SERVE_RETRY_S:.0f}s ({exc}): resigned the role") from exc
+                                f"{SERVE_RETRY_S:.0f}s ({exc}): resigned the role") from exc
             self.emit(f"cannot serve yet ({exc}); retrying")
 
+    def _wait_for_workers(self) -> int:
+        """Before each round: every live node's worker (ours too) for up to `client_wait`
+        seconds; our predecessor's record outlives it by up to one TTL, so it is not waited
+        for. Returns how many are connected."""
+        fleet = self.fleet
+        if fleet is None:
+            return 0
+        deadline = time.monotonic() + self.opts.client_wait
+        while True:
+            have = len(fleet.node_ids())
+            if have >= self._expected_workers() or time.monotonic() >= deadline or fleet.stopped:
+                return have
+            time.sleep(0.05)
+
     def _expected_workers(self) -> int:
-        """Live workers to wait for: every member record but ours and our predecessor's
-        (taken over on evidence, its record outlives it by up to one TTL)."""
         if self.session is None:
             return 0
-        skip = {self.opts.name, self._predecessor}
         return sum(1 for m in self.session.members.values()
-                   if m.node not in skip and not m.finished)
+                   if m.node != self._predecessor and not m.finished)
 
-    def _on_round(self, what: str, info: dict[str, Any]) -> None:
-        if what == "committed":
-            self.emit(f"round {info['round']} committed: accuracy {info['accuracy']:.3f}, "
-                      f"loss {info['loss']:.3f}, {info['results']} results, "
-                      f"{info['failures']} failures")
-        elif what == "started":
-            self.emit(f"round {info['round']} started with {info['clients']} workers")
-        elif what == "retry":
-            self.emit(f"round {info['round']}: no results ({info['failures']} failures); retrying")
-        elif what == "waiting":
-            self.emit(f"round {info['round']}: {info['connected']}/{info['expected']} workers "
-                      "connected; waiting")
-        elif what == "completed":
-            self.emit(f"run completed: {info['rounds']} rounds, model {info['model'][:12]}")
+    def _on_event(self, event: Event) -> None:
+        self.emit(describe(event))
 
     def _step_down(self, reason: str) -> None:
         """Stop serving at once. Fencing already guarantees nothing more commits."""
@@ -630,6 +639,7 @@ class Node:
         if recorder is not None:
             recorder.deposed = True
         server.stop()
+        self.fleet = None
         self.emit(f"stepped down: {reason}")
         if recorder is not None:
             try:
@@ -682,28 +692,46 @@ class Node:
         return False
 
     # -- worker role ------------------------------------------------------------------------
-    def _current_term(self) -> int | None:
+    def _handle(self, msg_id: str, payload: bytes) -> bytes:
+        """One instruction for this node's ClientApp (called in the worker thread)."""
+        if self._client_host is None:
+            from raftfl.flower.app import node_config
+            from raftfl.flower.host import ClientAppHost
+
+            assert self.apps is not None and self.config is not None
+            _, client_app = self.apps.result()
+            self._client_host = ClientAppHost(
+                client_app, run_id=RUN_RUN_ID, node_id=runapp.node_id(self.opts.name),
+                node_config=node_config(self.opts.node_config,
+                                        self.config.shard_index(self.opts.name),
+                                        len(self.config.nodes)),
+                run_config=self.config.run_config, admit=self._admit)
+        return self._client_host.handle(msg_id, payload)
+
+    def _admit(self, stamp: Any, message: Any) -> str | None:
+        """Refuse an instruction from a term that is not the current one, or whose arrays
+        are not the model it says the round starts from."""
+        from raftfl.flower.codec import arrays_sha256
+
         assert self.store is not None
         kv = self.store.get(self.keys.aggregator)
-        return kv.create_revision if kv else None
-
-    def _train(self, params: list[Any], rnd: int) -> tuple[list[Any], int]:
-        from raftfl.task.model import train
-
-        assert self.data is not None and self.config is not None
-        shard, _ = self.data.result()
-        cfg = self.config
-        seed = cfg.seed * 1_000_003 + rnd * 1009 + cfg.shard_index(self.opts.name)
-        weights, metrics = train(params, shard, epochs=cfg.epochs, lr=cfg.lr,
-                                 batch_size=cfg.batch_size, seed=seed)
-        return weights, int(metrics["num_examples"])
-
-    def _on_fit(self, rnd: int, term: int) -> None:
-        self.emit(f"training round {rnd} for term {term}")
+        current = kv.create_revision if kv else None
+        if stamp.term != current:
+            return f"term {stamp.term} is not the current term ({current})"
+        if stamp.base:
+            arrays = message.content.array_records
+            if len(arrays) == 1 and arrays_sha256(next(iter(arrays.values()))) != stamp.base:
+                return f"the arrays are not base model {stamp.base[:12]}"
+        if stamp.round:
+            self.emit(f"training round {stamp.round} for term {stamp.term}",
+                      once=f"fit{stamp.term}:{stamp.round}:{message.metadata.message_type}")
+        return None
 
     # -- the end ----------------------------------------------------------------------------
     def _finish(self) -> int:
         """Fetch and verify the final model, write it to the data dir, linger for peers."""
+        from raftfl.flower.codec import arrays_from_bytes, model_npz
+
         assert self.store is not None and self.session is not None
         state, _ = self.events.current()
         assert state.completed is not None
@@ -711,12 +739,16 @@ class Node:
         if self.worker is not None:
             self.worker.stop()
         blob = checkpoint.load(self.store, self.keys, sha)
-        path = self.opts.dir / "final_model.bin"
-        path.write_bytes(blob)
-        result = {"node": self.opts.name, "final_model_sha256": checkpoint.sha256(blob),
-                  "rounds": state.rounds, "committed": state.commit_order}
-        (self.opts.dir / "result.json").write_text(json.dumps(result))
-        self.emit(f"final model {result['final_model_sha256'][:12]} verified, saved to {path}")
+        npz = model_npz(arrays_from_bytes(blob))
+        path = self.opts.dir / "final_model.npz"
+        write_atomic(path, npz)
+        file_sha = hashlib.sha256(npz).hexdigest()
+        write_atomic(path.with_name(path.name + ".sha256"), f"{file_sha}  {path.name}\n")
+        result = {"node": self.opts.name, "final_model_sha256": sha, "final_model_file": str(path),
+                  "final_model_file_sha256": file_sha, "rounds": state.rounds,
+                  "committed": state.commit_order}
+        write_atomic(self.opts.dir / "result.json", json.dumps(result))
+        self.emit(f"final model {sha[:12]} verified, saved to {path}")
         self.session.info.finished = True
         self.store.retry_for = 2.0  # peers are leaving: never wait long for a quorum now
         try:

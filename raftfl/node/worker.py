@@ -1,8 +1,10 @@
-"""The worker role: train on this node's shard for whichever node holds the aggregator role.
+"""The worker role: run this node's ClientApp for whichever node holds the aggregator role.
 
-A worker follows the role key, not a fixed address: when the role moves it cuts its current
-connection and reconnects to the new holder. It refuses an instruction whose term is not the
-current one, or whose base model is not the one the instruction names.
+A worker follows the role key, not a fixed address: when the role moves, the node calls
+`follow` and the runner cuts its current connection and connects to the new holder (the
+aggregator's own node included: it trains too). Before the user's ClientApp sees an
+instruction, `admit` refuses one whose term is not the current one, or whose arrays are not
+the base model the instruction names.
 """
 
 from __future__ import annotations
@@ -12,54 +14,20 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from raftfl.core.errors import RaftflError
-from raftfl.flower.legacy import ClientSession, is_connection_error
-from raftfl.lab.testhooks import hold
-
 log = logging.getLogger(__name__)
 
-RECONNECT_WAIT_S = 0.3
-
-
-class StaleInstruction(RaftflError):
-    """A fit instruction from an aggregator term that is no longer current."""
-
-
-class Trainer:
-    def __init__(self, node: str, current_term: Callable[[], int | None],
-                 train: Callable[[list[np.ndarray], int], tuple[list[np.ndarray], int]],
-                 on_fit: Callable[[int, int], None] = lambda rnd, term: None):
-        self.node = node
-        self.current_term = current_term
-        self.train = train
-        self.on_fit = on_fit
-
-    def fit(self, params: list[np.ndarray], config: dict[str, Any]) -> tuple[
-            list[np.ndarray], int, dict[str, Any]]:
-        from raftfl.task.model import weights_sha256
-
-        term, rnd = int(config["term"]), int(config["round"])
-        current = self.current_term()
-        if term != current:
-            raise StaleInstruction(f"refusing round {rnd} from term {term}: current term is {current}")
-        if weights_sha256(params) != config["base_model"]:
-            raise StaleInstruction(f"round {rnd}: parameters do not match base model "
-                                   f"{str(config['base_model'])[:12]}")
-        self.on_fit(rnd, term)
-        hold("fit", rnd)
-        weights, examples = self.train(params, rnd)
-        return weights, examples, {"node": self.node}
+RECONNECT_WAIT_S = 0.2
 
 
 class WorkerRunner:
-    """Keeps one Flower client connected to the current aggregator."""
+    """Keeps one fleet connection to the current aggregator, in a thread of its own."""
 
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
+    def __init__(self, node_id: int, name: str, handle: Callable[[str, bytes], bytes]):
+        self.node_id = node_id
+        self.name = name
+        self.handle = handle
         self._target: tuple[str, int] | None = None
-        self._session: ClientSession | None = None
+        self._client: Any = None
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
@@ -71,32 +39,32 @@ class WorkerRunner:
             return
         self._target = target
         self._changed.set()
-        session = self._session
-        if session is not None and (target is None or session.address != address):
-            session.abort()
+        client = self._client
+        if client is not None:
+            client.abort()
 
     def stop(self) -> None:
         self._stop.set()
         self.follow(None, None)
 
     def _run(self) -> None:
+        from raftfl.flower.fleet import FleetClient, FleetError
+
         while not self._stop.is_set():
             self._changed.clear()  # before reading the target: a later follow() sets it again
             target = self._target
             if target is None:
                 self._changed.wait(1.0)
                 continue
-            session = self._session = ClientSession(target[0], self.trainer.fit)
+            client = self._client = FleetClient(target[0], self.node_id, self.name)
+            if self._target != target:  # moved while we connected: start over
+                continue
             try:
-                session.run()
-                # A clean disconnect: the aggregator finished or stepped down. Wait for the
-                # role key (or the end of the run) to say what comes next.
-                self._changed.wait(1.0)
-            except Exception as exc:  # noqa: BLE001
-                if not (is_connection_error(exc) or isinstance(exc, StaleInstruction)):
-                    log.exception("worker connection failed")
-                else:
-                    log.info("worker: %s", str(exc).splitlines()[0][:160])
-                self._changed.wait(RECONNECT_WAIT_S)
+                client.run(self.handle)
+            except FleetError as exc:
+                log.info("worker: %s", str(exc).splitlines()[0][:160])
+            except Exception:  # noqa: BLE001 - a bug here must not kill the worker thread
+                log.exception("worker connection failed")
             finally:
-                self._session = None
+                self._client = None
+            self._changed.wait(RECONNECT_WAIT_S)

@@ -26,11 +26,11 @@ from raftfl.core.keys import Keys
 from raftfl.core.runconfig import RunConfig, ensure
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Change, Fence, wait_until
-from raftfl.node import ha
+from raftfl.node import runapp
 from raftfl.node.election import Election
 from raftfl.node.ha import Node, NodeOptions
 from raftfl.node.session import MemberInfo, Session
-from raftfl.node.worker import Trainer, WorkerRunner
+from raftfl.node.worker import WorkerRunner
 
 
 def make_node(cluster: EtcdCluster, keys: Keys, port: int, priority: float = 0.0,
@@ -48,7 +48,8 @@ def make_node(cluster: EtcdCluster, keys: Keys, port: int, priority: float = 0.0
     info = MemberInfo(node=o.name, ip="127.0.0.1", client_port=port + 100,
                       flower_address=o.flower_address, priority=priority)
     node.session = Session(node.store, keys, info, o.lease_ttl, node._lease_lost, 3600)
-    node.worker = WorkerRunner(Trainer(o.name, lambda: None, lambda p, r: (p, 1)))
+    node.worker = WorkerRunner(runapp.node_id(o.name), o.name, lambda i, p: b"")
+    node.app = runapp.load(None)
     return node
 
 
@@ -104,7 +105,7 @@ def test_a_term_without_its_election_record_is_repaired(etcd_cluster_module: Etc
     assert decision.action is Action.RECORD_ELECTION and decision.term == term
     node.act(decision, view)
     state, _ = node.events.current()
-    assert [e.term for e in state.elections] == [term] and state.rounds == 3
+    assert [e.term for e in state.elections] == [term]
     assert decide(node.observe(), node._local()).action is Action.SERVE
 
 
@@ -207,58 +208,75 @@ def test_keepalive_survives_any_exception(etcd_cluster_module: EtcdCluster, keys
 def test_server_restarted_in_its_term_resumes_after_the_old_one(
         etcd_cluster_module: EtcdCluster, keys: Keys, nodes: list[Node],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Defect 5: the log is re-read after the old server thread has been joined."""
-    from raftfl.task.data import load_dataset
+    """Defect 5: the log is re-read after the old ServerApp thread has been joined."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
 
-    node = make_node(etcd_cluster_module, keys, 23130)
+    from raftfl.flower import host as flower_host
+    from raftfl.flower.start import RoundReport, TrainReport
+
+    node = make_node(etcd_cluster_module, keys, 23130, client_wait=0.1)
     nodes.append(node)
     node.session.open()  # type: ignore[union-attr]
     started: list[int] = []
 
-    class SlowServer:
-        """Stands in for Flower: commits round `r` while it is being stopped, then ends."""
+    def arrays(value: float) -> ArrayRecord:
+        return ArrayRecord({"w": Array(np.full(4, value, dtype=np.float32))})
 
-        def __init__(self, address: str, recorder: Any, weights: Any, rounds: int,
-                     timeout: float) -> None:
-            started.append(recorder.round)
-            self.recorder = recorder
-            self.thread = threading.Thread(target=self._run)
+    def report(value: float) -> RoundReport:
+        train = TrainReport(1, 1, 1, 0, [], None)
+        return RoundReport("", train, num_rounds=3)
+
+    class SlowHost:
+        """Stands in for the ServerApp: commits a round while it is being stopped."""
+
+        def __init__(self, server_app: Any, grid: Any, run_config: Any) -> None:
+            self.hooks, self.resume = grid.hooks, grid.resume
+            started.append(self.resume.next_round if self.resume else 0)
+            self.state, self.error = "running", None
             self._stop = threading.Event()
+            self.thread = threading.Thread(target=self._run)
 
-        def start(self) -> SlowServer:
+        def start(self) -> SlowHost:
             self.thread.start()
             return self
 
         def _run(self) -> None:
+            nxt = self.resume.next_round if self.resume else 0
+            if nxt == 0:
+                self.hooks.commit(0, arrays(0.0), report(0.0))
+                nxt = 1
             self._stop.wait(30)
             time.sleep(0.5)  # a commit that lands after stop() was called
-            self.recorder.commit(self.recorder.weights, 1, 0, 10)
+            self.hooks.commit(nxt, arrays(float(nxt)), report(float(nxt)))
+            self.state = "stopped"
 
         def stop(self) -> None:
             self._stop.set()
 
-        @property
-        def running(self) -> bool:
-            return self.thread.is_alive() and not self._stop.is_set()
+        def join(self, timeout: float | None = None) -> bool:
+            self.thread.join(timeout)
+            return not self.thread.is_alive()
 
-    monkeypatch.setattr(ha, "ServerSession", SlowServer)
-    test = load_dataset("synthetic", n_train=50, n_test=50, seed=0)[1]
-    node.data = _done((None, test))
+    monkeypatch.setattr(flower_host, "ServerAppHost", SlowHost)
+    node.apps = _done((None, None))
     term = node.election.campaign(node.session.lease)  # type: ignore[union-attr,arg-type]
     assert term is not None
     for _ in range(3):  # record the election, then serve
         view = node.observe()
         node.act(decide(view, node._local()), view)
-    assert started == [1]
-    node.server.stop()  # type: ignore[union-attr]  # the server "ends" within its term
+    assert started == [0]
+    node.server.stop()  # type: ignore[union-attr]  # the ServerApp "ends" within its term
+    node.server.state = "failed"  # type: ignore[union-attr]
     view = node.observe()
     node.act(decide(view, node._local()), view)  # restart: join the old thread, then re-read
     state, _ = node.events.current()
-    assert started == [1, 2] and state.commit_order == [1] and not state.duplicate_commits
+    assert started == [0, 2] and state.commit_order == [1] and not state.duplicate_commits
     node.server.stop()  # type: ignore[union-attr]
-    node.server.thread.join(5)  # type: ignore[union-attr]
+    assert node.server.join(5)  # type: ignore[union-attr]
     state, _ = node.events.current()
     assert state.commit_order == [1, 2] and not state.duplicate_commits
+    node.fleet.stop()  # type: ignore[union-attr]
 
 
 def _done(value: Any) -> Any:

@@ -1,0 +1,221 @@
+"""The aggregator role: resume from the log, then record every step of every round, fenced.
+
+`AppRecorder` implements the Flower edge's `RoundHooks` (raftfl/flower/start.py) for one
+term. Every write is guarded by the term, so once the role is lost nothing more lands: the
+first rejected write answers False and the user's ServerApp is stopped. What the hooks record
+is what `replay` folds: `run_started` with the initial model (round 0), `round_started`,
+`fit_results`, `checkpoint_saved`, `round_committed` (model hash, base model hash, metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from raftfl.core.errors import FencedOut, RaftflError
+from raftfl.core.events import (
+    CheckpointFallback,
+    CheckpointSaved,
+    Event,
+    FitResults,
+    RoundCommitted,
+    RoundStarted,
+    RunCompleted,
+    RunStarted,
+)
+from raftfl.core.keys import Keys
+from raftfl.core.replay import FLState
+from raftfl.etcd import checkpoint
+from raftfl.etcd.eventlog import EventLog
+from raftfl.etcd.store import Fence, Store
+from raftfl.lab.testhooks import hold
+
+log = logging.getLogger(__name__)
+
+KEEP_CHECKPOINTS = 3
+MAX_CLIENT_METRICS = 32  # per-client metrics are kept in the log for small federations only
+
+
+def resume_point(store: Store, keys: Keys, events: EventLog, state: FLState, fence: Fence,
+                 node: str) -> Any:
+    """Where a new aggregator picks the run up (`flower.grid.Resume`), or None for a fresh
+    run. The newest committed model that verifies; an older one (recorded as a fallback)
+    if not; round 1 from the recorded initial model if no round was committed."""
+    from raftfl.flower.codec import CodecError, arrays_from_bytes
+    from raftfl.flower.grid import Resume
+
+    points = [(rnd, state.committed[rnd].model_sha256) for rnd in sorted(state.committed,
+                                                                          reverse=True)]
+    if state.initial_model:
+        points.append((0, state.initial_model))
+    bad: tuple[str, int, str] | None = None
+    for rnd, sha in points:
+        try:
+            arrays = arrays_from_bytes(checkpoint.load(store, keys, sha))
+        except (checkpoint.CorruptCheckpoint, CodecError) as exc:
+            log.warning("round %d checkpoint unusable: %s", rnd, exc)
+            bad = bad or (sha, rnd, str(exc))
+            continue
+        if bad:
+            events.append(CheckpointFallback(
+                node=node, term=fence.create_revision, bad_sha256=bad[0], round=bad[1],
+                fallback_round=rnd, fallback_sha256=sha, reason=bad[2][:200]), fence=fence)
+        return Resume(rnd + 1, arrays)
+    if bad:
+        raise RaftflError(f"no usable checkpoint: {bad[2]}")
+    return None
+
+
+class AppRecorder:
+    """`RoundHooks` for one term, with fenced etcd writes."""
+
+    def __init__(self, *, store: Store, keys: Keys, events: EventLog, fence: Fence, node: str,
+                 workers: Callable[[], int], on_event: Callable[[Event], None]):
+        self.store, self.keys, self.events, self.fence, self.node = store, keys, events, fence, node
+        self.workers = workers
+        self.on_event = on_event
+        self.deposed = False
+        self.base: str | None = None  # hash of the model the next round starts from
+        self.last_round = 0
+        self.rounds = 0
+
+    @property
+    def term(self) -> int:
+        return self.fence.create_revision
+
+    def _append(self, event: Event) -> bool:
+        if self.deposed:
+            return False
+        try:
+            self.events.append(event, fence=self.fence)
+        except FencedOut:
+            self.deposed = True
+            return False
+        except RaftflError as exc:  # etcd unreachable past the retries: this term is over
+            log.warning("%s not recorded: %s", event.type, exc)
+            self.deposed = True
+            return False
+        self.on_event(event)
+        return True
+
+    # -- RoundHooks --------------------------------------------------------------------------
+    def round_started(self, server_round: int) -> bool:
+        hold("round_start", server_round)
+        ok = self._append(RoundStarted(node=self.node, term=self.term, round=server_round,
+                                       base_model=self.base or "", clients=self.workers()))
+        hold("fit_start", server_round)
+        return ok
+
+    def train_done(self, server_round: int, report: Any) -> None:
+        examples = sum(int(_flat(c.get("metrics", {})).get("num-examples", 0) or 0)
+                       for c in report.client_metrics)
+        self._append(FitResults(node=self.node, term=self.term, round=server_round,
+                                results=report.results, failures=report.failures,
+                                num_examples=examples))
+
+    def commit(self, server_round: int, arrays: Any, report: Any) -> bool:
+        from raftfl.flower.codec import arrays_to_bytes
+
+        if self.deposed:
+            return False
+        hold("checkpoint", server_round)
+        try:
+            manifest = checkpoint.save(self.store, self.keys, arrays_to_bytes(arrays),
+                                       server_round, self.fence)
+        except FencedOut:
+            self.deposed = True
+            return False
+        except RaftflError as exc:
+            log.warning("round %d checkpoint not saved: %s", server_round, exc)
+            self.deposed = True
+            return False
+        if server_round == 0:
+            self.rounds = int(getattr(report, "num_rounds", 0) or 0)
+            ok = self._append(RunStarted(node=self.node, term=self.term, rounds=self.rounds,
+                                         initial_model=manifest.sha256))
+        else:
+            metrics = _round_metrics(report)
+            loss, acc = _headline(metrics)
+            ok = (self._append(CheckpointSaved(node=self.node, term=self.term, round=server_round,
+                                               sha256=manifest.sha256, size=manifest.size,
+                                               chunks=manifest.chunks))
+                  and self._append(RoundCommitted(
+                      node=self.node, term=self.term, round=server_round,
+                      model_sha256=manifest.sha256, base_model=self.base or "", loss=loss,
+                      accuracy=acc, results=report.train.results if report.train else 0,
+                      metrics=metrics)))
+        if ok:
+            self.base, self.last_round = manifest.sha256, server_round
+            self._keep_recent(manifest.sha256)
+        return ok
+
+    def complete(self) -> bool:
+        """Record the end of the run: after this, nobody campaigns again."""
+        assert self.base is not None
+        return self._append(RunCompleted(node=self.node, term=self.term, rounds=self.last_round,
+                                         model_sha256=self.base))
+
+    def _keep_recent(self, newest: str) -> None:
+        state, _ = self.events.current()
+        keep = {c.model_sha256 for r, c in state.committed.items()
+                if r > state.last_committed_round - KEEP_CHECKPOINTS} | {newest}
+        if state.initial_model and not state.committed:
+            keep.add(state.initial_model)
+        try:
+            checkpoint.prune(self.store, self.keys, keep, self.fence)
+        except Exception:  # noqa: BLE001 - pruning is housekeeping, never fatal
+            log.exception("checkpoint pruning failed")
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    """{record name: {key: value}} -> {key: value} (the first record wins a clash)."""
+    out: dict[str, Any] = {}
+    for record in metrics.values():
+        if isinstance(record, dict):
+            for k, v in record.items():
+                out.setdefault(k, v)
+    return out
+
+
+def _round_metrics(report: Any) -> dict[str, Any]:
+    """What a round measured, for the log: the aggregated train and evaluation metrics, the
+    user's `evaluate_fn` result, and (small federations) each client's own metrics."""
+    out: dict[str, Any] = {}
+    if report.train is not None and report.train.aggregated:
+        out["train"] = report.train.aggregated
+    if report.evaluate_clientapp:
+        out["evaluate_clientapp"] = report.evaluate_clientapp
+    if report.evaluate_serverapp:
+        out["evaluate_serverapp"] = report.evaluate_serverapp
+    clients = (report.train.client_metrics if report.train else []) + report.client_metrics
+    if 0 < len(clients) <= MAX_CLIENT_METRICS:
+        out["clients"] = [{"node_id": str(c.get("node_id")), **_flat(c.get("metrics", {}))}
+                          for c in clients]
+    return _finite(out)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: such values are recorded as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _headline(metrics: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(loss, accuracy) for the one-line summaries: the central evaluation's, else the
+    federated evaluation's."""
+    for source, loss_key, acc_key in (("evaluate_serverapp", "loss", "accuracy"),
+                                      ("evaluate_clientapp", "eval_loss", "eval_acc"),
+                                      ("evaluate_clientapp", "loss", "accuracy")):
+        record = metrics.get(source) or {}
+        if loss_key in record or acc_key in record:
+            loss, acc = record.get(loss_key), record.get(acc_key)
+            return (float(loss) if isinstance(loss, int | float) else None,
+                    float(acc) if isinstance(acc, int | float) else None)
+    return None, None
