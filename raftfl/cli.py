@@ -389,3 +389,77 @@ def bench_retention(rounds: int, every: int, model_bytes: int, baseline: bool, o
     from raftfl.lab.bench import retention
 
     sys.exit(retention(rounds, every, model_bytes, baseline, out, echo=click.echo))
+
+
+def _range_option(name: str, default: str, upper: float, what: str) -> Any:
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float]:
+        from raftfl.lab.wan import parse_range
+
+        try:
+            low, high = parse_range(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: expected LOW..HIGH or one number") from None
+        if high > upper:
+            raise click.BadParameter(f"{value!r}: at most {upper:g}")
+        return low, high
+
+    return click.option(name, default=default, show_default=True, callback=parse,
+                        metavar="LOW..HIGH", help=f"{what}, spread over the links.")
+
+
+@bench.command("wan")
+@click.option("--minutes", type=click.FloatRange(0.5, 600), default=10.0, show_default=True,
+              help="Length of the healthy run.")
+@click.option("--nodes", type=click.IntRange(3, 9), default=3, show_default=True)
+@_range_option("--rtt-ms", "50..200", 5000, "Round-trip time per link (ms)")
+@click.option("--jitter-ms", type=click.FloatRange(0, 1000), default=50.0, show_default=True,
+              help="Each round trip varies by up to this much (ms).")
+@_range_option("--loss-pct", "1..3", 50, "Packet loss per link and direction (%)")
+@click.option("--lease-ttl", type=click.IntRange(2, 60), default=3, show_default=True)
+@click.option("--etcd-heartbeat-ms", type=click.IntRange(10, 10_000), default=None,
+              help="etcd heartbeat interval of every member [default: etcd's 100].")
+@click.option("--etcd-election-ms", type=click.IntRange(100, 60_000), default=None,
+              help="etcd election timeout of every member [default: etcd's 1000].")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"),
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def bench_wan(minutes: float, nodes: int, rtt_ms: tuple[float, float], jitter_ms: float,
+              loss_pct: tuple[float, float], lease_ttl: int, etcd_heartbeat_ms: int | None,
+              etcd_election_ms: int | None, out: Path, as_json: bool) -> None:
+    """Takeovers of a healthy aggregator under emulated WAN links (network namespaces, a delay
+    relay, nftables loss; needs root), then the time to replace a SIGSTOPped one."""
+    from raftfl.lab.bench_wan import bench_wan as run
+    from raftfl.lab.wan import WanSpec
+
+    timeouts = None
+    if etcd_heartbeat_ms or etcd_election_ms:
+        timeouts = (etcd_heartbeat_ms or 100, etcd_election_ms or 10 * (etcd_heartbeat_ms or 100))
+        if timeouts[1] < 5 * timeouts[0]:
+            raise click.BadParameter("etcd needs an election timeout of at least 5 heartbeats",
+                                     param_hint="--etcd-election-ms")
+    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    code, summary = run(WanSpec.from_ranges(nodes, rtt_ms, jitter_ms, loss_pct), minutes,
+                        lease_ttl, out, echo=echo, etcd_timeouts=timeouts)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    sys.exit(code)
+
+
+@bench.command("ranking")
+@click.option("--nodes", "nodes_list", type=click.Choice(["3", "5"]), multiple=True,
+              default=("3", "5"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"),
+              show_default=True)
+@click.option("--load", is_flag=True,
+              help="Keep training while the nodes measure (all nodes share this machine's cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+def bench_ranking(nodes_list: tuple[str, ...], out: Path, load: bool, as_json: bool) -> None:
+    """The election on real latency: unequal delays on the nodes' real connections (WAN lab;
+    needs root), SIGKILL of the aggregator; the nearest survivor must win."""
+    from raftfl.lab.bench_wan import bench_ranking as run
+
+    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    code, summary = run([int(n) for n in nodes_list], out, echo=echo, load=load)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    sys.exit(code)

@@ -50,6 +50,9 @@ if ! have_etcd; then
   fi
 fi
 
+# The WAN lab (raftfl bench wan, tests/e2e/test_wan.py) drops packets with nftables.
+command -v nft >/dev/null 2>&1 || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null; }; } || true
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -211,15 +211,17 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
 
-def netns_setup(n: int = 3) -> dict[str, Any]:
-    """A bridge in the root namespace and one namespace per node, linked by veth pairs."""
+def netns_setup(n: int = 3, net: str = NET) -> dict[str, Any]:
+    """A bridge in the root namespace and one namespace per node, linked by veth pairs.
+
+    `net` is the /24 prefix (the WAN lab uses its own, so both can run side by side)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         raise Skip("network namespaces need root and iproute2")
     tag = f"{os.getpid() % 10000}"
     ctx: dict[str, Any] = {"ns": [], "links": [], "bridge": f"{NETNS_PREFIX}br{tag}"}
     try:
         _ip("link", "add", ctx["bridge"], "type", "bridge")
-        _ip("addr", "add", f"{NET}.254/24", "dev", ctx["bridge"])
+        _ip("addr", "add", f"{net}.254/24", "dev", ctx["bridge"])
         _ip("link", "set", ctx["bridge"], "up")
         for i in range(n):
             ns, host, peer = (f"{NETNS_PREFIX}{tag}{kind}{i}" for kind in "nhp")
@@ -230,13 +232,13 @@ def netns_setup(n: int = 3) -> dict[str, Any]:
             _ip("link", "set", peer, "netns", ns)
             _ip("link", "set", host, "master", ctx["bridge"])
             _ip("link", "set", host, "up")
-            _ip("-n", ns, "addr", "add", f"{NET}.{i + 1}/24", "dev", peer)
+            _ip("-n", ns, "addr", "add", f"{net}.{i + 1}/24", "dev", peer)
             _ip("-n", ns, "link", "set", peer, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
     except (subprocess.CalledProcessError, OSError) as exc:
         netns_teardown(ctx)
         raise Skip(f"cannot create network namespaces here: {exc}") from exc
-    ctx["ips"] = [f"{NET}.{i + 1}" for i in range(n)]
+    ctx["ips"] = [f"{net}.{i + 1}" for i in range(n)]
     ctx["wrappers"] = [["ip", "netns", "exec", ns] for ns in ctx["ns"]]
     return ctx
 
