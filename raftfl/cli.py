@@ -343,6 +343,41 @@ def faults(mode: str, only: tuple[str, ...], csv_path: Path | None) -> None:
     sys.exit(0 if all(o.ok for o in outcomes) else 1)
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from raftfl.lab.soak import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@cli.command()
+@click.option("--duration", callback=_duration, default="30m", show_default=True,
+              metavar="DUR", help="How long to keep starting runs: 90s, 30m, 1h.")
+@click.option("--nodes", type=click.IntRange(3, 9), default=3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="The fault schedule's seed: the same seed replays the same faults.")
+@click.option("--lease-ttl", type=click.IntRange(2, 60), default=3, show_default=True)
+@click.option("--max-runs", type=click.IntRange(1), default=None,
+              help="Stop after this many runs even if time is left.")
+@click.option("--summary-json", type=click.Path(path_type=Path), default=None,
+              help="Summary file; CSV, PNG and failed runs' logs go beside it.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/soak"),
+              show_default=True, help="Output directory when --summary-json is not given.")
+def soak(duration: float, nodes: int, seed: int, lease_ttl: int, max_runs: int | None,
+         summary_json: Path | None, out: Path) -> None:
+    """Training runs back to back with random faults; checks the invariants after each.
+
+    Exits 0 only when no node that was not faulted crashed and no invariant was violated.
+    """
+    from raftfl.lab.soak import SoakOptions
+    from raftfl.lab.soak import soak as run_soak
+
+    sys.exit(run_soak(SoakOptions(duration, nodes, seed, lease_ttl, max_runs, out,
+                                  summary_json), echo=click.echo))
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks that print figures and write CSV + PNG."""

@@ -40,6 +40,7 @@ class NodeProc:
     wrapper: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     stopped: bool = False
+    frozen_member: int | None = None  # PID of its etcd member while frozen with it
 
     @property
     def pid(self) -> int:
@@ -177,16 +178,23 @@ class LocalCluster:
         self.kills[name] = at
         return at
 
-    def freeze(self, name: str) -> float:
-        """SIGSTOP a node's process (its etcd member keeps running)."""
+    def freeze(self, name: str, member: bool = False) -> float:
+        """SIGSTOP a node's process; its etcd member keeps running unless `member` (a hung
+        host: both stop)."""
         node = self.by_name(name)
+        node.frozen_member = node.etcd_pid() if member else None
         os.kill(node.pid, signal.SIGSTOP)
+        if node.frozen_member is not None:
+            os.kill(node.frozen_member, signal.SIGSTOP)
         node.stopped = True
         self.kills[name] = time.time()
         return self.kills[name]
 
     def thaw(self, name: str) -> None:
         node = self.by_name(name)
+        if node.frozen_member is not None and node.etcd_pid() == node.frozen_member:
+            os.kill(node.frozen_member, signal.SIGCONT)
+        node.frozen_member = None
         os.kill(node.pid, signal.SIGCONT)
         node.stopped = False
 
@@ -245,6 +253,19 @@ class LocalCluster:
     def state(self) -> FLState:
         """The replayed state of what has been collected so far."""
         return replay(list(self.log))
+
+    def etcd_leader(self) -> str | None:
+        """The node whose etcd member is the Raft leader, as the live members report it."""
+        for node in self.nodes:
+            if not node.alive or node.stopped:
+                continue
+            try:
+                st = Store.endpoint_status(node.client_endpoint)
+            except Exception:  # noqa: BLE001 - a member down or busy: ask the next one
+                continue
+            if st.leader == st.header.member_id:
+                return node.name
+        return None
 
     def holder(self) -> tuple[str, int] | None:
         kv = self.store().get(self.keys.aggregator)
