@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from raftfl.core.records import MalformedRecord, loads_bounded
+
 MAX_ROLE_BYTES = 4096
 
 
@@ -46,12 +48,10 @@ def parse_role(value: bytes, create_revision: int, lease: int,
     def bad(reason: str) -> MalformedRole:
         return MalformedRole(reason, create_revision, lease, mod_revision)
 
-    if len(value) > MAX_ROLE_BYTES:
-        return bad(f"value of {len(value)} bytes")
     try:
-        obj = json.loads(value)
-    except (ValueError, RecursionError) as exc:
-        return bad(f"not JSON ({type(exc).__name__})")
+        obj = loads_bounded(value, MAX_ROLE_BYTES)
+    except MalformedRecord as exc:
+        return bad(str(exc))
     if not isinstance(obj, dict):
         return bad("not a JSON object")
     node, address = obj.get("node"), obj.get("flower_address")

@@ -37,11 +37,13 @@ from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
 from raftfl.core.events import AggregatorElected, Event, NodeJoined, NodeLeft, StepDown, describe
 from raftfl.core.evidence import gone
 from raftfl.core.keys import Keys
+from raftfl.core.members import MemberInfo
 from raftfl.core.ranking import Ranked, rank
 from raftfl.core.replay import FLState
 from raftfl.core.role import MalformedRole, RoleHolder, parse_role
 from raftfl.core.runconfig import RunConfig, ensure
 from raftfl.etcd import checkpoint
+from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.member import (
     EtcdMember,
@@ -52,13 +54,13 @@ from raftfl.etcd.member import (
     prepare_data_dir,
     wait_healthy,
 )
-from raftfl.etcd.store import Compacted, EtcdUnavailable, Fence, Store
+from raftfl.etcd.store import Compacted, EtcdNoSpace, EtcdUnavailable, Fence, Resync, Store
 from raftfl.files import write_atomic
 from raftfl.node import runapp
 from raftfl.node.election import Election
 from raftfl.node.holder_probe import HolderProbe
 from raftfl.node.recorder import AppRecorder, resume_point
-from raftfl.node.session import MemberInfo, Session, candidates, read_members, read_samples
+from raftfl.node.session import Session, candidates
 from raftfl.node.worker import WorkerRunner
 
 log = logging.getLogger(__name__)
@@ -271,7 +273,7 @@ class Node:
         def role() -> None:
             assert self.store is not None
             for change in self.store.watch(self.keys.aggregator, rev + 1, self.stop):
-                if change.key == self.keys.aggregator:
+                if isinstance(change, Resync) or change.key == self.keys.aggregator:
                     self.role_changes.put(change)
                     self.wake.set()
 
@@ -307,6 +309,11 @@ class Node:
                 failures = 0
             except NodeFatal:
                 raise
+            except EtcdNoSpace as exc:
+                failures += 1
+                if failures == 1:
+                    self.emit(str(exc))
+                self._step_down("etcd is out of space")
             except (EtcdUnavailable, FencedOut) as exc:
                 failures += 1
                 if failures == 1:
@@ -406,7 +413,9 @@ class Node:
                 change = self.role_changes.get_nowait()
             except queue.Empty:
                 return
-            if change.value is None:  # deleted at this revision: a vacancy everyone ranks at
+            if isinstance(change, Resync):  # history compacted: the delete revision is lost
+                self._vacancy_rev = None
+            elif change.value is None:  # deleted at this revision: a vacancy everyone ranks at
                 if change.revision != self._vacancy_rev:
                     self._vacancy_rev = change.revision
                     self._vacancy_seen = self._vacancy_seen or time.monotonic()
@@ -421,13 +430,19 @@ class Node:
         if self._ranked is not None and self._ranked[1] == revision:
             return self._ranked
         assert self.store is not None and self.config is not None
+        last = next((e for e in reversed(state.elections) if e.term <= revision), None)
         try:
             members = read_members(self.store, self.keys, revision)
             samples = read_samples(self.store, self.keys, revision)
+            suspected = last is not None and bool(
+                self.store.range(self.keys.suspects(last.term), revision, keys_only=True)[0])
         except Compacted:
             log.warning("revision %d compacted; ranking at the current revision", revision)
             members, samples = read_members(self.store, self.keys), read_samples(self.store, self.keys)
-        previous = next((e.node for e in reversed(state.elections) if e.term <= revision), None)
+            suspected = False
+        previous = last.node if last else None
+        if suspected:  # its role was freed on evidence that it is gone: not a candidate
+            members.pop(previous, None)  # type: ignore[arg-type]
         ranking = tuple(rank(candidates(members, samples, self.opts.rtt_window),
                              self.config.ranking_weights, previous))
         max_rtt = max((r.rtt_ms for r in ranking if r.rtt_ms is not None), default=None)
@@ -533,6 +548,10 @@ class Node:
                 if self._vacancy_seen else None), fence=fence)
         except FencedOut:
             return
+        try:  # the evidence against our predecessors has served its purpose
+            self.store.delete_prefix(self.keys.root + "suspects/")
+        except RaftflError:
+            pass
         self.emit(f"elected aggregator, term {term}"
                   + (f" (rank {d.rank}, score {me.score:.2f})" if d and me else ""))
         self._move_leader_away()
@@ -556,6 +575,8 @@ class Node:
                 return
             if host.state == "completed" and recorder.complete():
                 return
+            if isinstance(recorder.failure, EtcdNoSpace):
+                raise recorder.failure  # the loop reports it and steps down
             self.emit(f"ServerApp {host.state}"
                       + (f" ({type(host.error).__name__}: {host.error})" if host.error else "")
                       + "; restarting it from the log")

@@ -29,6 +29,7 @@ from raftfl.core.keys import Keys
 from raftfl.core.replay import FLState
 from raftfl.etcd import checkpoint
 from raftfl.etcd.eventlog import EventLog
+from raftfl.etcd.retention import Retention
 from raftfl.etcd.store import Fence, Store
 from raftfl.lab.testhooks import hold
 
@@ -77,6 +78,8 @@ class AppRecorder:
         self.workers = workers
         self.on_event = on_event
         self.deposed = False
+        self.failure: RaftflError | None = None  # why a write failed, other than the fence
+        self.retention = Retention(store)
         self.base: str | None = None  # hash of the model the next round starts from
         self.last_round = 0
         self.rounds = 0
@@ -93,9 +96,9 @@ class AppRecorder:
         except FencedOut:
             self.deposed = True
             return False
-        except RaftflError as exc:  # etcd unreachable past the retries: this term is over
+        except RaftflError as exc:  # etcd unreachable or full: this term is over
             log.warning("%s not recorded: %s", event.type, exc)
-            self.deposed = True
+            self.failure, self.deposed = exc, True
             return False
         self.on_event(event)
         return True
@@ -129,7 +132,7 @@ class AppRecorder:
             return False
         except RaftflError as exc:
             log.warning("round %d checkpoint not saved: %s", server_round, exc)
-            self.deposed = True
+            self.failure, self.deposed = exc, True
             return False
         if server_round == 0:
             self.rounds = int(getattr(report, "num_rounds", 0) or 0)
@@ -149,6 +152,10 @@ class AppRecorder:
         if ok:
             self.base, self.last_round = manifest.sha256, server_round
             self._keep_recent(manifest.sha256)
+            try:
+                self.retention.after_round(server_round)
+            except Exception:  # noqa: BLE001 - housekeeping, never fatal
+                log.exception("retention after round %d failed", server_round)
         return ok
 
     def complete(self) -> bool:

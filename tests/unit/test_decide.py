@@ -36,7 +36,7 @@ def ranked(*names: str) -> tuple[Ranked, ...]:
 HELD_BY_ME = RoleHolder(ME, "a:1", term=7, lease=LEASE, mod_revision=8)
 HELD_BY_OTHER = RoleHolder(OTHER, "b:1", term=9, lease=0xB2, mod_revision=9)
 MY_OLD_KEY = RoleHolder(ME, "a:1", term=5, lease=0xDEAD, mod_revision=5)
-MALFORMED = MalformedRole("not JSON (JSONDecodeError)", term=11, lease=0, mod_revision=12)
+MALFORMED = MalformedRole("not JSON: x", term=11, lease=0, mod_revision=12)
 ELECTED = state(elected(OTHER, 3))
 LOCAL = Local(name=ME, now=100.0, lease=LEASE, lease_valid=True, serving_term=None,
               rank_step=1.0, lease_ttl=3.0)
@@ -52,7 +52,7 @@ CASES = [
     ("no-lease", View(50, None, ELECTED), replace(LOCAL, lease=None, lease_valid=False),
      Action.OPEN_LEASE, "no lease"),
     ("malformed-fresh", View(50, MALFORMED, ELECTED), replace(LOCAL, malformed_seen=99.0),
-     Action.WAIT_MALFORMED, "role key malformed (not JSON (JSONDecodeError)): deleting it in 2.0s"),
+     Action.WAIT_MALFORMED, "role key malformed (not JSON: x): deleting it in 2.0s"),
     ("malformed-old", View(50, MALFORMED, ELECTED), replace(LOCAL, malformed_seen=90.0),
      Action.CLEAR_MALFORMED, "guarded by revision 12"),
     ("malformed-while-serving", View(50, MALFORMED, ELECTED), replace(LOCAL, serving_term=7),
@@ -136,7 +136,7 @@ def test_wait_rank_topic_is_stable_while_the_wait_ticks_down() -> None:
 @pytest.mark.parametrize("raw,lease,reason", [
     (b'{"node": "n", "flower_address": "h:1", "term": 3}', 5, None),
     (b"garbage", 5, "not JSON"),
-    (b"[" * 1500 + b"]" * 1500, 5, "not JSON"),
+    (b"[" * 1500 + b"]" * 1500, 5, "nested more than"),
     (b'["n"]', 5, "not a JSON object"),
     (b'{"node": 3}', 5, "no node name"),
     (b'{"node": "n", "flower_address": 7}', 5, "flower_address"),
