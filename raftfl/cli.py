@@ -115,6 +115,16 @@ def _node_options(fn: Any) -> Any:
         click.option("--test-size", type=click.IntRange(100), default=1000, show_default=True),
         click.option("--epochs", type=click.IntRange(1), default=1, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--app", "app", type=click.Path(path_type=Path, exists=True,
+                                                      file_okay=False), default=None,
+                     help="A Flower app directory (pyproject.toml with [tool.flwr.app]) "
+                          "[default: the bundled quick-start app]."),
+        click.option("--run-config", default=None, metavar='"KEY=VALUE ..."',
+                     help="Override the app's [tool.flwr.app.config] (Flower's syntax; used by "
+                          "the node that creates the cluster)."),
+        click.option("--node-config", default=None, metavar='"KEY=VALUE ..."',
+                     help="This node's context.node_config [default: partition-id and "
+                          "num-partitions from its place in the federation]."),
         click.option("--round-timeout", type=click.FloatRange(1), default=120.0,
                      show_default=True, help="Seconds Flower waits for fit results."),
         click.option("--start-timeout", type=click.FloatRange(1), default=300.0,
@@ -170,7 +180,8 @@ def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes:
         client_port=kw["client_port"], flower_port=kw["flower_port"], join=join,
         lease_ttl=kw["lease_ttl"], priority=kw["priority"], nofailover=kw["nofailover"],
         rank_step=kw["rank_step"], probe_interval=kw["probe_interval"],
-        round_timeout=kw["round_timeout"], start_timeout=kw["start_timeout"], run=run)
+        round_timeout=kw["round_timeout"], start_timeout=kw["start_timeout"], run=run,
+        app=kw["app"], run_config=kw["run_config"], node_config=kw["node_config"])
 
 
 @node.command("start")
@@ -293,8 +304,12 @@ def main() -> None:
               show_default=True, help="Directory for summary.json, rounds.csv, accuracy.png.")
 @click.option("--lease-ttl", type=click.IntRange(2, 60), default=3, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the nodes' data dirs and logs.")
+@click.option("--app", "app", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              default=None, help="A Flower app directory [default: the bundled quick-start app].")
+@click.option("--run-config", default=None, metavar='"KEY=VALUE ..."',
+              help="Override the app's run config (Flower's syntax).")
 def demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, summary_json: Path | None,
-         out: Path, lease_ttl: int, keep: bool) -> None:
+         out: Path, lease_ttl: int, keep: bool, app: Path | None, run_config: str | None) -> None:
     """Run a local cluster, kill the aggregator mid-round, verify the outcome."""
     from raftfl.lab.demo import run_demo
 
@@ -302,7 +317,7 @@ def demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, summary_jso
         raise click.BadParameter(f"round {kill_at} > --rounds {rounds}",
                                  param_hint="--kill-aggregator-at")
     sys.exit(run_demo(nodes, rounds, kill_at, dataset, out, summary_json, lease_ttl, keep,
-                      echo=click.echo))
+                      echo=click.echo, app=app, run_config=run_config))
 
 
 @cli.command()

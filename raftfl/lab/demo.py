@@ -33,14 +33,17 @@ SHOWN = (AggregatorElected, RoundStarted, RoundCommitted, StepDown, CheckpointFa
 
 def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir: Path,
              summary_json: Path | None, lease_ttl: int = 3, keep: bool = False,
-             echo: Any = print, timeout: float | None = None) -> int:
+             echo: Any = print, timeout: float | None = None, app: Path | None = None,
+             run_config: str | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = timeout or 120 + 40 * rounds
     from raftfl.task.data import resolve_kind
 
     dataset = resolve_kind(dataset)
     cluster = LocalCluster(n=nodes, rounds=rounds, dataset=dataset, cluster="demo",
-                           lease_ttl=lease_ttl, keep=keep)
+                           lease_ttl=lease_ttl, keep=keep,
+                           extra_args=["--app", str(app)] if app else [],
+                           node_args={0: ["--run-config", run_config]} if run_config else {})
     try:
         cluster.start()
         echo(f"demo: {nodes} nodes on 127.0.0.1 ports {cluster.base}..{cluster.base + nodes - 1}"
@@ -89,6 +92,7 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
             "final_model_sha256": finals,
             "accuracy": [state.committed[r].accuracy for r in sorted(state.committed)],
             "loss": [state.committed[r].loss for r in sorted(state.committed)],
+            "metrics": [state.committed[r].metrics for r in sorted(state.committed)],
             "terms": [state.committed[r].term for r in sorted(state.committed)],
             "aggregators": [state.committed[r].node for r in sorted(state.committed)],
             "ok": verdict.ok,
@@ -122,7 +126,8 @@ def _write_outputs(out_dir: Path, summary: dict[str, Any], state: Any) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     rounds = sorted(state.committed)
-    ax.plot(rounds, summary["accuracy"], marker="o", label="test accuracy")
+    ax.plot(rounds, [a if a is not None else float("nan") for a in summary["accuracy"]],
+            marker="o", label="test accuracy")
     for fo in summary["failovers"]:
         first_new = next((r for r in rounds if state.committed[r].node == fo["new"]), None)
         if first_new is not None:
@@ -143,7 +148,8 @@ def _print_summary(summary: dict[str, Any], echo: Any) -> None:
     echo("")
     echo("round  accuracy  term  aggregator")
     for i, r in enumerate(sorted(set(summary["committed_rounds"]))):
-        echo(f"{r:>5}  {summary['accuracy'][i]:>8.3f}  {summary['terms'][i]:>4}  "
+        acc = summary["accuracy"][i]
+        echo(f"{r:>5}  {'-' if acc is None else f'{acc:.3f}':>8}  {summary['terms'][i]:>4}  "
              f"{summary['aggregators'][i]}")
     for fo in summary["failovers"]:
         t0 = fo["killed_at"]
@@ -151,7 +157,7 @@ def _print_summary(summary: dict[str, Any], echo: Any) -> None:
         def rel(t: float | None, t0: float | None = t0) -> str:
             return "?" if t is None or t0 is None else f"+{t - t0:.2f}s"
 
-        echo(f"failover {fo['failed']} -> {fo['new']}: killed, lease expiry seen "
+        echo(f"failover {fo['failed']} -> {fo['new']}: killed, role freed "
              f"{rel(fo['lease_expired_at'])}, elected {rel(fo['elected_at'])}, resumed "
              f"{rel(fo['resumed_at'])}; recovery {fo['recovery_s']} s")
     models = set(summary["final_model_sha256"].values())
