@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import time
 import urllib.request
 from collections.abc import Callable
@@ -40,13 +41,12 @@ TRAIN_SIZE = 600  # small: rounds are WAN-bound, not compute-bound
 TEST_SIZE = 200
 ENDLESS_ROUNDS = 100_000  # the healthy run is stopped at its deadline, not by its config
 START_WAIT_S = 180.0
-# Per-node RTT to a common core (ms); node 0 is the first aggregator. The nearest survivor is
-# never the first by name, and its mean RTT is >= 50 ms below the runner-up's, well beyond
-# the noise of the nodes' own probes under load.
+# Per-node RTT to a common core (ms). The nearest node is never the first by name, and it
+# leads the runner-up by >= 40 ms, well beyond the noise of the nodes' own probes.
 RANKING_DELAYS = {
-    3: [40.0, 120.0, 10.0],  # survivors' mean RTT to all peers: node 2 90 ms, node 1 145 ms
-    5: [30.0, 120.0, 90.0, 10.0, 110.0],  # node 3 97.5 ms, then node 2 157.5 ms
-}
+    3: [110.0, 150.0, 10.0],  # mean RTT to both peers: node 2 140 ms, node 0 190, node 1 210
+    5: [60.0, 130.0, 0.0, 125.0, 130.0],  # node 2 111 ms, then node 0 156; without node 2,
+}                                          # node 0 leads node 3 by 43 ms or more
 SAMPLE_WINDOW_S = 12.0  # the HA loop ranks by the last 10 samples (1 s apart)
 
 
@@ -129,6 +129,7 @@ class WanResult:
     relay_late_mean_ms: float | None = None  # the relay's own error (late releases, busy CPU)
     relay_late_max_ms: float | None = None
     frozen: str | None = None
+    frozen_at: float | None = None
     stop_to_vacant_s: float | None = None
     stop_to_elected_s: float | None = None
     stop_to_resumed_s: float | None = None
@@ -137,11 +138,11 @@ class WanResult:
 
 def wan_run(spec: WanSpec, seconds: float, rounds: int = ENDLESS_ROUNDS, lease_ttl: int = 3,
             freeze: bool = True, echo: Echo = print, progress_s: float = 30.0,
-            cluster: str = "wan", etcd_timeouts: tuple[int, int] | None = None) -> \
-        tuple[WanResult, RttLog]:
+            cluster: str = "wan", etcd_timeouts: tuple[int, int] | None = None,
+            logs_to: Path | None = None) -> tuple[WanResult, RttLog]:
     """Run `rounds` rounds under `spec` until they complete or `seconds` have passed since the
     first election; count takeovers; then (with `freeze`) SIGSTOP the aggregator and time its
-    replacement."""
+    replacement. `logs_to` receives a copy of every node's log."""
     rtts = RttLog()
     with WanLab(spec, etcd_timeouts=etcd_timeouts) as lab:
         result = WanResult(spec.n, seconds, lease_ttl, *lab.etcd_timing)
@@ -156,6 +157,10 @@ def wan_run(spec: WanSpec, seconds: float, rounds: int = ENDLESS_ROUNDS, lease_t
                 echo(c.tail_logs(25))
                 raise
             finally:
+                if logs_to is not None:
+                    logs_to.mkdir(parents=True, exist_ok=True)
+                    for node in c.nodes:
+                        shutil.copy(node.log_path, logs_to / node.log_path.name)
                 result.elections = [{"ts": e.ts, "node": e.node, "term": e.term, "rank": e.rank}
                                     for e in _events(c, AggregatorElected)]
         result.nft_drops = lab.drops()
@@ -213,7 +218,7 @@ def _freeze(c: LocalCluster, r: WanResult, lease_ttl: int, echo: Echo) -> None:
     name, term = holder
     vacancies = len(c.vacancies)
     stopped = c.freeze(name)
-    r.frozen = name
+    r.frozen, r.frozen_at = name, stopped
     echo(f"SIGSTOP {name} (the aggregator, term {term})")
     try:
         el = c.wait_event(lambda e: isinstance(e, AggregatorElected) and e.term > term,
@@ -240,7 +245,7 @@ def bench_wan(spec: WanSpec, minutes: float, lease_ttl: int, out: Path, echo: Ec
         echo(line)
     try:
         result, rtts = wan_run(spec, minutes * 60, lease_ttl=lease_ttl, echo=echo,
-                               etcd_timeouts=etcd_timeouts)
+                               etcd_timeouts=etcd_timeouts, logs_to=out / "wan_logs")
     except Skip as exc:
         raise RaftflError(f"cannot run the WAN lab here: {exc}") from exc
     summary = {**asdict(result), "links": [{"a": i, "b": j, **asdict(x)}
@@ -253,7 +258,8 @@ def bench_wan(spec: WanSpec, minutes: float, lease_ttl: int, out: Path, echo: Ec
         echo(line)
     echo(f"{'OK' if ok else 'TARGET MISSED'}: {result.takeovers} takeover(s) in "
          f"{result.seconds / 60:.1f} min (target 0); frozen aggregator replaced after "
-         f"{result.stop_to_elected_s} s (lease TTL {lease_ttl} s). Files in {out}/wan.*")
+         f"{result.stop_to_elected_s} s (lease TTL {lease_ttl} s). Files in {out}/wan.*, "
+         f"node logs in {out}/wan_logs/")
     return (0 if ok else 1), summary
 
 
@@ -295,6 +301,8 @@ def _plot_wan(path: Path, rtts: RttLog, r: WanResult) -> None:
     for k, el in enumerate(r.elections):
         ax.axvline(el["ts"] - t0, color="red", linewidth=1,
                    label="election" if k == 0 else None)
+    if r.frozen_at is not None:
+        ax.axvline(r.frozen_at - t0, color="black", linestyle="--", linewidth=1, label="SIGSTOP")
     ax.set_xlabel("seconds since the first election")
     ax.set_ylabel("RTT measured by the node (ms)")
     ax.set_title(f"WAN run, {r.nodes} nodes: {r.takeovers} takeover(s); SIGSTOP replaced "
@@ -307,15 +315,16 @@ def _plot_wan(path: Path, rtts: RttLog, r: WanResult) -> None:
 
 # -- the ranking on real latency ----------------------------------------------------------------
 @dataclass
-class RankingResult:
+class ElectionCheck:
+    """One election of a ranking trial, against what the emulated links predict."""
+
     nodes: int
-    delays_ms: list[float]
-    killed: str
+    stage: str  # "bootstrap" (-a auto: every node ranks all) or "failover" (after a SIGKILL)
     winner: str
     winner_rank: int
-    expected: str  # the nearest survivor by the emulated links
+    expected: str | None  # nearest candidate by the links; None when latency cannot decide
     ranking: list[dict[str, Any]]  # as recorded in the aggregator_elected event
-    predicted_rtt_ms: dict[str, float]  # mean emulated RTT of each survivor to every peer
+    predicted_rtt_ms: dict[str, float]  # each candidate's mean emulated RTT to its peers
     problems: list[str]
     relay_late_mean_ms: float | None = None
     relay_late_max_ms: float | None = None
@@ -326,63 +335,84 @@ class RankingResult:
 
 
 def ranking_trial(n: int, echo: Echo = print, jitter_ms: float = 10.0, load: bool = False,
-                  workdir: Path | None = None) -> RankingResult:
-    """Kill the aggregator after every node has measured its peers; check that the election
-    followed the ranking, that the ranking's favourite is the nearest survivor by the emulated
-    links, and that no node saw a peer nearer than its link allows (the delays were real).
+                  workdir: Path | None = None) -> list[ElectionCheck]:
+    """Two elections under unequal per-node delays: the bootstrap one (`-a auto`: every node
+    has measured every peer), then the one after a SIGKILL of that aggregator, once a full
+    window of samples is in. Each must follow the ranking the nodes recorded, its winner
+    must be the nearest candidate by the emulated links (unless latency cannot tell them
+    apart), and no node may have seen a mean RTT below what its links allow.
 
-    Without `load` the first aggregator holds before round 1 (a test hold), so no training
-    runs while the nodes measure: here N nodes share 2 cores, and their CPU contention, an
-    artifact of the lab, would otherwise add to every RTT a node measures in-process and
-    delay every node's reaction. `workdir` keeps the nodes' logs and data."""
-    delays = RANKING_DELAYS[n]
-    spec = WanSpec.from_node_delays(delays, jitter_ms)
+    Without `load` the aggregator holds before round 1 (a test hold), so no training runs
+    while the nodes measure: here N nodes share 2 cores, and their CPU contention, an
+    artifact of the lab, would add to every RTT a node measures in-process and delay every
+    node's reaction. `workdir` keeps the nodes' logs and data."""
+    spec = WanSpec.from_node_delays(RANKING_DELAYS[n], jitter_ms)
     with WanLab(spec) as lab, LocalCluster(
-            n=n, rounds=200, cluster=f"rank{n}", train_size=TRAIN_SIZE, test_size=TEST_SIZE,
-            ips=lab.ips, wrappers=lab.wrappers, workdir=workdir,
-            node_env=_hold_first(lab.node_env(), not load)) as c:
+            n=n, rounds=200, cluster=f"rank{n}", aggregator="auto", train_size=TRAIN_SIZE,
+            test_size=TEST_SIZE, ips=lab.ips, wrappers=lab.wrappers, workdir=workdir,
+            node_env=lab.node_env() if load else _idle(lab.node_env())) as c:
+        names = [x.name for x in c.nodes]
         try:
             first = first_term(c)
-            names = [x.name for x in c.nodes]
             c.wait_for(lambda: _sampled(c), START_WAIT_S, "latency samples from every node")
             time.sleep(SAMPLE_WINDOW_S)  # a full window of samples under the emulated links
-            killed = first.node
-            c.kill(killed)
-            echo(f"{n} nodes: SIGKILL {killed} (the aggregator) after {SAMPLE_WINDOW_S:.0f} s "
-                 "of samples")
-            el = c.wait_event(lambda e: isinstance(e, AggregatorElected) and e.term > first.term,
-                              120, "the election after the kill")
+            c.kill(first.node)
+            echo(f"{n} nodes: {first.node} elected at bootstrap; SIGKILL after "
+                 f"{SAMPLE_WINDOW_S:.0f} s of samples")
+            second = c.wait_event(lambda e: isinstance(e, AggregatorElected)
+                                  and e.term > first.term, 120, "the election after the kill")
         except RaftflError:
             echo(c.tail_logs(25))
             raise
-    dead = names.index(killed)
-    survivors = [i for i in range(n) if i != dead]
-    predicted = {names[i]: spec.mean_rtt(i, list(range(n))) for i in survivors}
-    among_survivors = {names[i]: spec.mean_rtt(i, survivors) if len(survivors) > 1 else 0.0
-                       for i in survivors}
-    expected = min(predicted, key=lambda k: (predicted[k], k))
+    dead = names.index(first.node)
+    everyone = list(range(n))
+    survivors = [i for i in everyone if i != dead]
+    checks = [_check(first, spec, names, everyone, [everyone], "bootstrap", jitter_ms),
+              _check(second, spec, names, survivors, [everyone, survivors], "failover",
+                     jitter_ms)]
+    stats = lab.relay_stats or {}
+    for check_ in checks:
+        check_.relay_late_mean_ms = stats.get("late_mean_ms")
+        check_.relay_late_max_ms = stats.get("late_max_ms")
+    return checks
+
+
+TIE_MS = 25.0  # candidates closer than this on the links are a tie: latency cannot decide
+
+
+def _check(el: AggregatorElected, spec: WanSpec, names: list[str], candidates: list[int],
+           peer_sets: list[list[int]], stage: str, jitter_ms: float) -> ElectionCheck:
+    """`peer_sets`: the peers a candidate's mean RTT may have been taken over (after a kill,
+    the dead node counts or not, depending on whether its record outlived the role key)."""
+    means = [{names[i]: spec.mean_rtt(i, peers) for i in candidates} for peers in peer_sets]
+    favourites = []
+    for mean in means:
+        order = sorted(mean, key=lambda k: (mean[k], k))
+        clear = len(order) == 1 or mean[order[1]] - mean[order[0]] >= TIE_MS
+        favourites.append(order[0] if clear else None)
+    expected = favourites[0] if len(set(favourites)) == 1 else None
     problems = []
     top = el.ranking[0]["node"] if el.ranking else None
     if el.node != top or el.rank != 0:
-        problems.append(f"the election did not follow the ranking: {el.node} won at rank "
-                        f"{el.rank}, the ranking's first is {top}")
-    if el.node != expected:
-        problems.append(f"{el.node} won; the nearest survivor by the emulated links is {expected}")
+        problems.append(f"{stage}: the election did not follow the ranking: {el.node} won at "
+                        f"rank {el.rank}, the ranking's first is {top}")
+    if expected is not None and el.node != expected:
+        problems.append(f"{stage}: {el.node} won; the nearest by the emulated links is {expected}")
     for entry in el.ranking:
         name, seen = entry["node"], entry.get("rtt_ms")
-        floor = min(predicted.get(name, 0.0), among_survivors.get(name, 0.0)) - jitter_ms
-        if name in predicted and (seen is None or seen < floor):
-            problems.append(f"{name}: the ranking saw a mean RTT of {seen} ms, below what its "
+        if name not in means[0]:
+            continue
+        floor = min(m[name] for m in means) - jitter_ms
+        if seen is None or seen < floor:
+            problems.append(f"{stage}: {name} ranked on a mean RTT of {seen} ms, below what its "
                             f"links allow ({floor:.0f} ms): the delay was not applied")
-    stats = lab.relay_stats or {}
-    return RankingResult(n, delays, killed, el.node, el.rank, expected, list(el.ranking),
-                         predicted, problems, stats.get("late_mean_ms"), stats.get("late_max_ms"))
+    return ElectionCheck(spec.n, stage, el.node, el.rank, expected, list(el.ranking), means[0],
+                         problems)
 
 
-def _hold_first(env: dict[int, dict[str, str]], hold: bool) -> dict[int, dict[str, str]]:
-    if hold:
-        env[0][HOLD_ENV] = f"round_start:1:{int(START_WAIT_S * 2)}"
-    return env
+def _idle(env: dict[int, dict[str, str]]) -> dict[int, dict[str, str]]:
+    """Whoever aggregates holds before round 1 (round_start is an aggregator-only phase)."""
+    return {i: {**e, HOLD_ENV: f"round_start:1:{int(START_WAIT_S * 2)}"} for i, e in env.items()}
 
 
 def _sampled(c: LocalCluster) -> bool:
@@ -393,42 +423,43 @@ def _sampled(c: LocalCluster) -> bool:
 
 def bench_ranking(nodes_list: list[int], out: Path, echo: Echo = print, load: bool = False) -> \
         tuple[int, list[dict[str, Any]]]:
-    """`raftfl bench ranking`: print a table per N; write ranking.csv, ranking.png, ranking.json."""
+    """`raftfl bench ranking`: print a table per election; write ranking.csv, .png, .json."""
     unknown = [n for n in nodes_list if n not in RANKING_DELAYS]
     if unknown:
         raise RaftflError(f"bench ranking has delay layouts for {sorted(RANKING_DELAYS)} nodes, "
                           f"not {unknown}")
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    checks: list[ElectionCheck] = []
     for n in nodes_list:
         try:
-            res = ranking_trial(n, echo, load=load)
+            trial = ranking_trial(n, echo, load=load)
         except Skip as exc:
             raise RaftflError(f"cannot run the WAN lab here: {exc}") from exc
-        results.append(res)
-        for line in _ranking_table(res):
-            echo(line)
-    rows = [{"nodes": r.nodes, "node": e["node"], "score": e["score"], "rtt_ms": e.get("rtt_ms"),
-             "predicted_rtt_ms": round(r.predicted_rtt_ms.get(e["node"], 0.0), 1) or None,
+        checks += trial
+        for check_ in trial:
+            for line in _ranking_table(check_):
+                echo(line)
+    rows = [{"nodes": r.nodes, "stage": r.stage, "node": e["node"], "score": e["score"],
+             "rtt_ms": e.get("rtt_ms"), "links_rtt_ms": r.predicted_rtt_ms.get(e["node"]),
              "winner": e["node"] == r.winner, "expected": e["node"] == r.expected}
-            for r in results for e in r.ranking]
+            for r in checks for e in r.ranking]
     with open(out / "ranking.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    summary = [{**asdict(r), "ok": r.ok} for r in results]
+    summary = [{**asdict(r), "ok": r.ok} for r in checks]
     (out / "ranking.json").write_text(json.dumps(summary, indent=2))
-    _plot_ranking(out / "ranking.png", results)
-    ok = all(r.ok for r in results)
+    _plot_ranking(out / "ranking.png", checks)
+    ok = all(r.ok for r in checks)
     echo(f"{'OK' if ok else 'FAILED'}: " + "; ".join(
-        f"{r.nodes} nodes -> {r.winner} (expected {r.expected})" for r in results)
-         + f". Files in {out}/ranking.*")
+        f"{r.nodes} nodes, {r.stage} -> {r.winner} (expected {r.expected or 'a tie on latency'})"
+        for r in checks) + f". Files in {out}/ranking.*")
     return (0 if ok else 1), summary
 
 
-def _ranking_table(r: RankingResult) -> list[str]:
-    lines = [f"{r.nodes} nodes: killed {r.killed}; elected {r.winner} at rank {r.winner_rank}; "
-             f"nearest survivor by the links: {r.expected}; relay lateness mean "
+def _ranking_table(r: ElectionCheck) -> list[str]:
+    lines = [f"{r.nodes} nodes, {r.stage}: elected {r.winner} at rank {r.winner_rank}; nearest by "
+             f"the links: {r.expected or 'a tie on latency'}; relay lateness mean "
              f"{r.relay_late_mean_ms} ms, max {r.relay_late_max_ms} ms",
              f"  {'node':22} {'score':>9} {'RTT seen':>9} {'RTT links':>9}"]
     for e in r.ranking:
@@ -440,24 +471,24 @@ def _ranking_table(r: RankingResult) -> list[str]:
     return lines + [f"  problem: {p}" for p in r.problems]
 
 
-def _plot_ranking(path: Path, results: list[RankingResult]) -> None:
+def _plot_ranking(path: Path, checks: list[ElectionCheck]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.5), squeeze=False)
-    for ax, r in zip(axes[0], results, strict=True):
+    fig, axes = plt.subplots(1, len(checks), figsize=(3.6 * len(checks), 3.5), squeeze=False)
+    for ax, r in zip(axes[0], checks, strict=True):
         entries = [e for e in r.ranking if e["node"] in r.predicted_rtt_ms]
-        labels = [e["node"].split(":")[0].rsplit(".", 1)[-1] for e in entries]
         xs = range(len(entries))
         ax.bar([x - 0.2 for x in xs], [e.get("rtt_ms") or 0 for e in entries], 0.4,
                label="RTT the ranking saw")
         ax.bar([x + 0.2 for x in xs], [r.predicted_rtt_ms[e["node"]] for e in entries], 0.4,
                label="RTT of the emulated links")
-        ax.set_xticks(list(xs), [f".{lb}" + (" *" if e["node"] == r.winner else "")
-                                 for lb, e in zip(labels, entries, strict=True)])
-        ax.set_title(f"{r.nodes} nodes (* elected)", fontsize=9)
+        ax.set_xticks(list(xs), [e["node"].split(":")[0].rsplit(".", 1)[-1]
+                                 + (" *" if e["node"] == r.winner else "") for e in entries])
+        ax.set_title(f"{r.nodes} nodes, {r.stage} (* elected)", fontsize=9)
+        ax.set_xlabel("node (last octet), best ranked first", fontsize=8)
         ax.set_ylabel("mean RTT (ms)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
