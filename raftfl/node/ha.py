@@ -216,8 +216,7 @@ class Node:
                 raise NodeFatal(f"this cluster runs the Flower app {self.config.app!r}; this "
                                 f"node has {self.app.name!r} ({self.app.root}): give --app")
             # Import the app (and torch with it) now, not when the first instruction comes.
-            self.apps = ThreadPoolExecutor(1, "app").submit(
-                lambda: (self.app.load_server_app(), self.app.load_client_app()))
+            self.apps = ThreadPoolExecutor(1, "app").submit(self._import_app)
             info = MemberInfo(node=self.opts.name, ip=self.opts.ip,
                               client_port=self.opts.etcd_client_port,
                               flower_address=self.opts.flower_address,
@@ -234,6 +233,15 @@ class Node:
             return self._loop()
         finally:
             self._shutdown()
+
+    def _import_app(self) -> tuple[Any, Any]:
+        """Import the app (and torch with it) ahead of the first instruction. Torch gets
+        one thread per node by default (RAFTFL_TORCH_THREADS): several nodes share a host's
+        cores, and the node's keepalive must keep its turn while the ClientApp trains."""
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("RAFTFL_TORCH_THREADS", "1")))
+        return self.app.load_server_app(), self.app.load_client_app()
 
     def _healthy(self) -> bool:
         assert self.store is not None
