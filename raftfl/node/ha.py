@@ -235,13 +235,14 @@ class Node:
             self._shutdown()
 
     def _import_app(self) -> tuple[Any, Any]:
-        """Import the app (and torch with it) ahead of the first instruction. Torch gets
-        one thread per node by default (RAFTFL_TORCH_THREADS): several nodes share a host's
-        cores, and the node's keepalive must keep its turn while the ClientApp trains."""
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("RAFTFL_TORCH_THREADS", "1")))
-        return self.app.load_server_app(), self.app.load_client_app()
+        """Import the app (and torch with it, if it uses torch) ahead of the first
+        instruction. Torch gets one thread per node by default (RAFTFL_TORCH_THREADS):
+        several nodes share a host's cores, and the node's keepalive must keep its turn while
+        the ClientApp trains."""
+        apps = self.app.load_server_app(), self.app.load_client_app()
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(os.environ.get("RAFTFL_TORCH_THREADS", "1")))
+        return apps
 
     def _healthy(self) -> bool:
         assert self.store is not None
