@@ -68,8 +68,11 @@ TRAIN_SIZE, TEST_SIZE = 1500, 300  # explicit, small: a run lasts ~15-30 s
 # Explicit node settings, so a soak does not change when node-start defaults do.
 NODE_ARGS = ["--epochs", "1", "--round-timeout", "30", "--rank-step", "1",
              "--probe-interval", "1"]
-RUN_TIMEOUT_S = 180.0  # from a run's start to run_completed
-STEP_TIMEOUT_S = 90.0  # for each awaited event within a run
+# A run is stuck when no event at all arrives for STALL_S (a round under heavy load on a
+# shared 2-core machine has taken 55 s); the absolute caps only bound a run that crawls.
+STALL_S = 90.0
+RUN_TIMEOUT_S = 900.0  # from a run's start to run_completed
+STEP_TIMEOUT_S = 300.0  # for each awaited event within a run
 EXIT_TIMEOUT_S = 60.0
 CRASH_MARKERS = ("internal error", "Traceback (most recent call last)")
 
@@ -364,16 +367,23 @@ class Run:
 
     def _wait(self, predicate: Callable[[Any], bool], what: str,
               timeout: float = STEP_TIMEOUT_S) -> Any:
-        """The first collected event matching `predicate`; gives up at once when no node
-        process is left to write it."""
-        deadline = time.monotonic() + timeout
+        """The first collected event matching `predicate`. Gives up when no node process is
+        left to write it, when no event at all arrived for STALL_S, or after `timeout`."""
+        now = time.monotonic()
+        deadline, seen, progressed = now + timeout, len(self.c.log), now
         while True:
             try:
                 return self.c.wait_event(predicate, 1.0, what)
             except RaftflError:
+                now = time.monotonic()
+                if len(self.c.log) != seen:
+                    seen, progressed = len(self.c.log), now
                 if not any(n.alive for n in self.c.nodes):
                     raise RaftflError(f"every node exited before {what}") from None
-                if time.monotonic() >= deadline:
+                if now - progressed >= STALL_S:
+                    raise RaftflError(f"no event for {STALL_S:.0f}s while waiting for {what}") \
+                        from None
+                if now >= deadline:
                     raise RaftflError(f"timed out after {timeout:.0f}s waiting for {what}") \
                         from None
 
@@ -585,6 +595,7 @@ def summarise(records: list[RunRecord], opts: SoakOptions, elapsed: float,
         "skipped": skipped,
         "survivor_crash_logs": crashes,
         "faulted_node_errors": [asdict(c) for r in records for c in r.faulted_node_errors],
+        "schedule": [r.plan for r in records],
         "violations": [{"run": r.run, "plan": r.plan, "violations": r.violations,
                         "logs": r.logs} for r in records if r.violations],
         "seed": opts.seed, "nodes": opts.nodes, "lease_ttl_s": opts.lease_ttl,
