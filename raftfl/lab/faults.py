@@ -29,7 +29,6 @@ from raftfl.core.events import (
 from raftfl.core.invariants import check, failovers
 from raftfl.core.latency import TEST_EXTRA_RTT_ENV
 from raftfl.core.replay import replay
-from raftfl.etcd.store import Store
 from raftfl.lab.localcluster import LocalCluster
 from raftfl.lab.testhooks import HOLD_ENV
 
@@ -106,11 +105,7 @@ def freeze_agg(c: LocalCluster, ctx: dict[str, Any]) -> None:
 def kill_etcd_leader(c: LocalCluster, ctx: dict[str, Any]) -> None:
     el = first_term(c)
     at(c, RoundStarted, 2, el.term)
-    leader = None
-    for node in c.nodes:
-        st = Store.endpoint_status(node.client_endpoint)
-        if st.leader == st.header.member_id:
-            leader = node.name
+    leader = c.etcd_leader()
     if leader is None or leader == el.node:
         raise RaftflError(f"etcd leader is {leader}, expected a worker (MoveLeader)")
     c.kill(leader)
