@@ -384,7 +384,8 @@ def soak(duration: float, nodes: int, seed: int, lease_ttl: int, max_runs: int |
          summary_json: Path | None, out: Path) -> None:
     """Training runs back to back with random faults; checks the invariants after each.
 
-    Exits 0 only when no node that was not faulted crashed and no invariant was violated.
+    Exits 0 only when no node that was not faulted crashed, no invariant was violated and
+    the soak itself did not fail.
     """
     from raftfl.lab.soak import SoakOptions
     from raftfl.lab.soak import soak as run_soak

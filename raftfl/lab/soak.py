@@ -215,10 +215,11 @@ class RunRecord:
     faults: list[FaultRecord] = field(default_factory=list)
     seconds: float = 0.0
     logs: str | None = None  # where this run's node logs were kept (failed runs only)
+    harness_error: str | None = None  # the soak itself failed in this run (not the nodes)
 
     @property
     def ok(self) -> bool:
-        return not self.violations and not self.crashes
+        return not self.violations and not self.crashes and not self.harness_error
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -258,13 +259,17 @@ class Run:
             self.c.wait_for(lambda: not any(n.alive and not n.stopped and n.name not in self.late
                                             for n in self.c.nodes),
                             EXIT_TIMEOUT_S, "the nodes to finish")
-        except RaftflError as exc:
-            self.rec.violations.append(f"harness: {exc}")
+        except RaftflError as exc:  # the run stalled or its nodes died: checked below
+            self.rec.violations.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the harness failed: this run proves nothing
+            self.rec.harness_error = f"{type(exc).__name__}: {exc}"
         finally:
-            self._thaw_all()
-            self._evaluate()
-            self._keep_logs(keep_logs_in)
-            self.c.close()
+            try:
+                self._thaw_all()
+                self._evaluate()
+                self._keep_logs(keep_logs_in)
+            finally:
+                self.c.close()
         self.rec.seconds = round(time.monotonic() - started, 1)
         return self.rec
 
@@ -479,7 +484,7 @@ def _crash(run: int, node: NodeProc) -> SurvivorCrash | None:
     reason = (f"exited with {code}" if code not in (None, 0) else "") + \
         ("; " if code not in (None, 0) and hit is not None else "") + \
         (f"logged: {lines[hit].strip()[:160]}" if hit is not None else "")
-    start = hit if hit is not None else max(0, len(lines) - 15)
+    start = max(0, hit - 2) if hit is not None else max(0, len(lines) - 15)
     return SurvivorCrash(run, node.name, reason, str(node.log_path),
                          "\n".join(lines[start:start + 25]))
 
@@ -540,7 +545,9 @@ def soak(opts: SoakOptions, echo: Callable[[str], None] = print) -> int:
     echo(format_summary(records, summary))
     if interrupted:
         return 130
-    return 0 if summary["survivor_crashes"] == 0 and summary["invariant_violations"] == 0 else 1
+    clean = not (summary["survivor_crashes"] or summary["invariant_violations"]
+                 or summary["harness_errors"])
+    return 0 if clean else 1
 
 
 def progress_line(rec: RunRecord, elapsed: float) -> str:
@@ -555,8 +562,10 @@ def progress_line(rec: RunRecord, elapsed: float) -> str:
         parts.append(f"{f.fault} [{f.victim_role} {f.victim}] -> {how}"
                      + (", restarted too late to rejoin" if f.late_restart else
                         ", restarted" if f.restarted else ""))
-    verdict = "ok" if rec.ok else \
-        f"VIOLATION ({len(rec.violations)} violation(s), {len(rec.crashes)} survivor crash(es))"
+    verdict = "ok" if rec.ok else (f"FAILED ({len(rec.violations)} invariant violation(s), "
+                                   f"{len(rec.crashes)} survivor crash(es)"
+                                   + (f", soak error: {rec.harness_error}" if rec.harness_error
+                                      else "") + ")")
     return (f"run {rec.run:3d} {int(elapsed) // 60:3d}:{int(elapsed) % 60:02d}  "
             f"{'; '.join(parts)}  {verdict} ({rec.commits} commits, {rec.seconds:.0f} s)")
 
@@ -586,6 +595,8 @@ def summarise(records: list[RunRecord], opts: SoakOptions, elapsed: float,
         "survivor_crashes": len(crashes),
         "invariant_violations": sum(len(r.violations) for r in records),
         "runs_with_violations": sum(1 for r in records if r.violations),
+        "harness_errors": [{"run": r.run, "error": r.harness_error} for r in records
+                           if r.harness_error],
         "recovery_p50_s": percentile(recoveries, 50),
         "recovery_p95_s": percentile(recoveries, 95),
         "recovery_max_s": max(recoveries, default=None),
@@ -678,4 +689,6 @@ def format_summary(records: list[RunRecord], s: dict[str, Any]) -> str:
             lines.append(f"  run {r.run} ({r.plan}): {v}")
         for c in r.crashes:
             lines.append(f"  run {r.run}: survivor {c.node} {c.reason} (log {c.log})")
+        if r.harness_error:
+            lines.append(f"  run {r.run}: the soak itself failed: {r.harness_error}")
     return "\n".join(lines)

@@ -2,25 +2,34 @@
 
 A seed must replay the same faults (so a soak that found something can be rerun), and a long
 enough schedule must reach every target, signal and phase. Also the small parsers the
-command uses.
+command uses, what counts as a survivor crash, and the summary's counts.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
+from raftfl.lab.localcluster import NodeProc
 from raftfl.lab.soak import (
     PHASES,
     REJOIN_HOLD_S,
     SIGNALS,
     TARGETS,
     Fault,
+    FaultRecord,
     Plan,
+    RunRecord,
+    SoakOptions,
+    SurvivorCrash,
+    _crash,
+    format_summary,
     parse_duration,
     percentile,
     schedule,
+    summarise,
 )
 
 HOLD_PHASES = {"round_start", "fit_start", "fit", "checkpoint"}  # what testhooks knows
@@ -105,3 +114,50 @@ def test_parse_duration_rejects(text: str) -> None:
 ])
 def test_percentile_is_nearest_rank(values: list[float], q: float, expected: float | None) -> None:
     assert percentile(values, q) == expected
+
+
+# -- survivor crashes and the summary, on records made by hand ---------------------------------
+@pytest.mark.parametrize(("log", "crashed"), [
+    ("12:00:01 [n] round 2 committed\n12:00:02 [n] final model saved\n", False),
+    ("raftfl: internal error: AttributeError: 'NoneType' object has no attribute 'x'\n", True),
+    ("ERROR raftfl.node.ha: HA cycle failed\nTraceback (most recent call last):\n  File x\n", True),
+    ("", False),
+])
+def test_crash_is_an_internal_error_or_a_traceback(tmp_path: Path, log: str,
+                                                   crashed: bool) -> None:
+    node = NodeProc("n", "127.0.0.1", 1, tmp_path, tmp_path / "n.log", [], {})
+    node.log_path.write_text(log)
+    found = _crash(3, node)
+    assert (found is not None) == crashed
+    if found is not None:
+        assert found.run == 3 and found.log == str(node.log_path)
+        assert found.excerpt.splitlines()[0] in log
+
+
+def _fired(run: int, kind: str, recovery: float | None, resume: float) -> FaultRecord:
+    return FaultRecord(run, kind, kind, "random", victim="n", victim_role="aggregator",
+                       at=100.0, failover=recovery is not None, recovery_s=recovery,
+                       resume_s=resume)
+
+
+def test_summary_counts_and_percentiles() -> None:
+    ok = RunRecord(1, "p1", "single", 3, 4, commits=4, failovers=1,
+                   faults=[_fired(1, "kill aggregator", 2.0, 5.0)])
+    bad = RunRecord(2, "p2", "single", 3, 4, commits=3, failovers=1,
+                    violations=["run not completed"],
+                    crashes=[SurvivorCrash(2, "m", "exited with 1", "/x.log", "boom")],
+                    faults=[_fired(2, "stop aggregator", 4.0, 9.0),
+                            FaultRecord(2, "kill worker", "kill worker", "random",
+                                        missed="the run completed first")])
+    opts = SoakOptions(duration_s=60, seed=5)
+    s = summarise([ok, bad], opts, 61.0, {"partition": {"count": 1, "reason": "no netns"}})
+    assert (s["runs"], s["faults"], s["faults_missed"], s["failovers"]) == (2, 2, 1, 2)
+    assert (s["survivor_crashes"], s["invariant_violations"]) == (1, 1)
+    assert (s["recovery_p50_s"], s["recovery_p95_s"]) == (2.0, 4.0)
+    assert s["per_fault"]["stop aggregator"]["faults"] == 1
+    assert s["survivor_crash_logs"][0]["log"] == "/x.log" and s["seed"] == 5
+    assert s["schedule"] == ["p1", "p2"]
+    text = format_summary([ok, bad], s)
+    assert "survivor crashes 1, invariant violations 1" in text
+    assert "skipped 1 partition run(s): no netns" in text
+    assert not bad.ok and ok.ok
