@@ -324,7 +324,8 @@ class ElectionCheck:
     winner_rank: int
     expected: str | None  # nearest candidate by the links; None when latency cannot decide
     ranking: list[dict[str, Any]]  # as recorded in the aggregator_elected event
-    predicted_rtt_ms: dict[str, float]  # each candidate's mean emulated RTT to its peers
+    predicted_rtt_ms: dict[str, float]  # each candidate's mean emulated RTT to all its peers
+    survivors_rtt_ms: dict[str, float] | None  # ... to the survivors only (failover)
     problems: list[str]
     relay_late_mean_ms: float | None = None
     relay_late_max_ms: float | None = None
@@ -402,12 +403,13 @@ def _check(el: AggregatorElected, spec: WanSpec, names: list[str], candidates: l
         name, seen = entry["node"], entry.get("rtt_ms")
         if name not in means[0]:
             continue
-        floor = min(m[name] for m in means) - jitter_ms
+        i = names.index(name)
+        floor = min(spec.link(i, j).rtt_ms for j in peer_sets[0] if j != i) - jitter_ms
         if seen is None or seen < floor:
             problems.append(f"{stage}: {name} ranked on a mean RTT of {seen} ms, below what its "
                             f"links allow ({floor:.0f} ms): the delay was not applied")
     return ElectionCheck(spec.n, stage, el.node, el.rank, expected, list(el.ranking), means[0],
-                         problems)
+                         means[1] if len(means) > 1 else None, problems)
 
 
 def _idle(env: dict[int, dict[str, str]]) -> dict[int, dict[str, str]]:
@@ -461,12 +463,14 @@ def _ranking_table(r: ElectionCheck) -> list[str]:
     lines = [f"{r.nodes} nodes, {r.stage}: elected {r.winner} at rank {r.winner_rank}; nearest by "
              f"the links: {r.expected or 'a tie on latency'}; relay lateness mean "
              f"{r.relay_late_mean_ms} ms, max {r.relay_late_max_ms} ms",
-             f"  {'node':22} {'score':>9} {'RTT seen':>9} {'RTT links':>9}"]
+             f"  {'node':22} {'score':>9} {'RTT seen':>9} {'RTT links':>15}"]
     for e in r.ranking:
         seen = f"{e['rtt_ms']:.1f}" if e.get("rtt_ms") is not None else "-"
         pred = r.predicted_rtt_ms.get(e["node"])
-        lines.append(f"  {e['node']:22} {e['score']:9.2f} {seen:>9} "
-                     f"{'-' if pred is None else f'{pred:.1f}':>9}"
+        links = "-" if pred is None else f"{pred:.1f}"
+        if pred is not None and r.survivors_rtt_ms:  # all peers / survivors only
+            links += f" / {r.survivors_rtt_ms[e['node']]:.1f}"
+        lines.append(f"  {e['node']:22} {e['score']:9.2f} {seen:>9} {links:>15}"
                      + ("  <- elected" if e["node"] == r.winner else ""))
     return lines + [f"  problem: {p}" for p in r.problems]
 
