@@ -380,8 +380,10 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
               help="Summary file; CSV, PNG and failed runs' logs go beside it.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/soak"),
               show_default=True, help="Output directory when --summary-json is not given.")
+@click.option("--keep-logs", is_flag=True,
+              help="Keep every run's node logs (by default only failed runs').")
 def soak(duration: float, nodes: int, seed: int, lease_ttl: int, max_runs: int | None,
-         summary_json: Path | None, out: Path) -> None:
+         summary_json: Path | None, out: Path, keep_logs: bool) -> None:
     """Training runs back to back with random faults; checks the invariants after each.
 
     Exits 0 only when no node that was not faulted crashed, no invariant was violated and
@@ -391,7 +393,7 @@ def soak(duration: float, nodes: int, seed: int, lease_ttl: int, max_runs: int |
     from raftfl.lab.soak import soak as run_soak
 
     sys.exit(run_soak(SoakOptions(duration, nodes, seed, lease_ttl, max_runs, out,
-                                  summary_json), echo=click.echo))
+                                  summary_json, keep_logs), echo=click.echo))
 
 
 @cli.group()

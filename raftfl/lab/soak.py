@@ -2,10 +2,11 @@
 
 The fault matrix (`faults.py`) proves each fault at the one phase its scenario pins. A soak
 draws the target (the aggregator, a worker, the etcd Raft leader's node), the signal
-(SIGKILL, or SIGSTOP then SIGCONT after more than the lease TTL) and the phase (before fit,
-during fit, during the checkpoint, between rounds, or a random delay after a round started)
-at random, run after run, to meet the timings no scenario has seen; some runs take two
-failures in a row, some cut the aggregator's link (where network namespaces can be made).
+(SIGKILL, or SIGSTOP then SIGCONT after more than the lease TTL; the etcd leader's node is
+stopped with its etcd member, like a hung host) and the phase (before fit, during fit,
+during the checkpoint, between rounds, or a random delay after a round started) at random,
+run after run, to meet the timings no scenario has seen; some runs take two failures in a
+row, some cut the aggregator's link (where network namespaces can be made).
 A killed node is restarted on its data dir once the cluster has moved on, so a run stays at
 N nodes. After every run the invariants of `invariants.check` are checked, and every node
 that was *not* faulted must have exited 0 without an `internal error` or a traceback in its
@@ -106,14 +107,17 @@ class Plan:
     rounds: int
     faults: tuple[Fault, ...]
 
-    def holds(self) -> str:
-        """RAFTFL_TEST_HOLD for every node: only the role that reaches a phase holds there."""
+    def holds(self, first_aggregator: bool) -> str:
+        """RAFTFL_TEST_HOLD for the first aggregator (node 0, bootstrapped with -a self) or
+        for the other nodes. The aggregator's phases hold only on node 0, where the first
+        fault strikes: a successor re-running that round must not hold again, or the hold
+        would be counted as recovery time."""
         specs = []
         for f in self.faults:
             template = PHASE_AT.get(f.phase, (None, ""))[1]
-            if template:
+            if template and template.startswith("fit:") != first_aggregator:
                 specs.append(template.format(r=f.round, next=f.round + 1) + f":{HOLD_S:g}")
-        if any(f.signal == "kill" for f in self.faults):
+        if any(f.signal == "kill" for f in self.faults):  # on whoever serves the last round
             specs.append(f"round_start:{self.rounds}:{REJOIN_HOLD_S:g}")
         return ",".join(specs)
 
@@ -230,11 +234,11 @@ class Run:
                  netns: dict[str, Any] | None) -> None:
         self.plan = plan
         self.lease_ttl = lease_ttl
-        env = {HOLD_ENV: plan.holds()} if plan.holds() else {}
+        env = {i: {HOLD_ENV: plan.holds(first_aggregator=i == 0)} for i in range(nodes)}
         netns = netns or {}
         self.c = LocalCluster(n=nodes, rounds=plan.rounds, cluster=f"soak{plan.index}",
                               lease_ttl=lease_ttl, train_size=TRAIN_SIZE, test_size=TEST_SIZE,
-                              node_env={i: env for i in range(nodes)},
+                              node_env=env,
                               extra_args=[*NODE_ARGS, "--seed", str(seed)],
                               ips=netns.get("ips"), wrappers=netns.get("wrappers"))
         self.links: list[str] = netns.get("links", [])
@@ -246,9 +250,10 @@ class Run:
                              faults=[FaultRecord(plan.index, f.describe(), f.kind, f.phase)
                                      for f in plan.faults])
 
-    def execute(self, keep_logs_in: Path) -> RunRecord:
-        """Carry the plan out and check the run; a failed run's node logs are copied into
-        `keep_logs_in`/run-NNN before the cluster (and its data) is removed."""
+    def execute(self, keep_logs_in: Path, keep_all: bool = False) -> RunRecord:
+        """Carry the plan out and check the run; a failed run's node logs (every run's with
+        `keep_all`) are copied into `keep_logs_in`/run-NNN before the cluster (and its data)
+        is removed."""
         started = time.monotonic()
         try:
             self.c.start()
@@ -267,7 +272,7 @@ class Run:
             try:
                 self._thaw_all()
                 self._evaluate()
-                self._keep_logs(keep_logs_in)
+                self._keep_logs(keep_logs_in, keep_all)
             finally:
                 self.c.close()
         self.rec.seconds = round(time.monotonic() - started, 1)
@@ -435,9 +440,9 @@ class Run:
                 (self.rec.faulted_node_errors if node.name in self.faulted
                  else self.rec.crashes).append(problem)
 
-    def _keep_logs(self, root: Path) -> None:
+    def _keep_logs(self, root: Path, keep_all: bool) -> None:
         rec = self.rec
-        if rec.ok and not rec.faulted_node_errors:
+        if rec.ok and not rec.faulted_node_errors and not keep_all:
             return
         dest = root / f"run-{rec.run:03d}"
         dest.mkdir(parents=True, exist_ok=True)
@@ -499,6 +504,7 @@ class SoakOptions:
     max_runs: int | None = None
     out: Path = Path("runs/soak")
     summary_json: Path | None = None
+    keep_logs: bool = False  # every run's node logs, not only failed runs'
 
 
 def soak(opts: SoakOptions, echo: Callable[[str], None] = print) -> int:
@@ -529,7 +535,7 @@ def soak(opts: SoakOptions, echo: Callable[[str], None] = print) -> int:
                     continue
             try:
                 rec = Run(plan, opts.nodes, opts.lease_ttl, opts.seed, netns).execute(
-                    out / "logs")
+                    out / "logs", opts.keep_logs)
             finally:
                 if netns:
                     netns_teardown(netns)

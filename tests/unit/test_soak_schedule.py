@@ -66,22 +66,33 @@ def test_every_plan_is_runnable(seed: int) -> None:
             assert first.round <= 2 and second.phase == "next"
         if plan.kind == "partition":
             assert [f.signal for f in plan.faults] == ["cut"]
-        for spec in filter(None, plan.holds().split(",")):
-            phase, rnd, seconds = spec.split(":")
-            assert phase in HOLD_PHASES and 1 <= int(rnd) <= plan.rounds and float(seconds) > 0
+        for first in (True, False):
+            for spec in filter(None, plan.holds(first).split(",")):
+                phase, rnd, seconds = spec.split(":")
+                assert phase in HOLD_PHASES and 1 <= int(rnd) <= plan.rounds
+                assert float(seconds) > 0
 
 
-@pytest.mark.parametrize(("fault", "rounds", "holds"), [
-    (Fault("aggregator", "stop", "before_fit", 2, 0.0, 0.5, 1.0), 4, "fit_start:2:4"),
-    (Fault("worker", "stop", "during_fit", 1, 0.3, 0.5, 1.0), 4, "fit:1:4"),
-    (Fault("aggregator", "stop", "during_checkpoint", 3, 0.0, 0.5, 1.0), 4, "checkpoint:3:4"),
-    (Fault("worker", "stop", "between_rounds", 2, 0.3, 0.5, 1.0), 4, "round_start:3:4"),
-    (Fault("worker", "stop", "random", 2, 1.2, 0.5, 1.0), 4, ""),
-    # A SIGKILL also holds the last round, so the restarted node can rejoin in time.
-    (Fault("worker", "kill", "random", 2, 1.2, 0.5, 1.0), 4, f"round_start:4:{REJOIN_HOLD_S:g}"),
+REJOIN = f"round_start:4:{REJOIN_HOLD_S:g}"
+
+
+@pytest.mark.parametrize(("fault", "aggregator_holds", "other_holds"), [
+    # The aggregator's phases hold on the first aggregator only (a successor re-running the
+    # round must not hold again); fit holds on the workers.
+    (Fault("aggregator", "stop", "before_fit", 2, 0.0, 0.5, 1.0), "fit_start:2:4", ""),
+    (Fault("worker", "stop", "during_fit", 1, 0.3, 0.5, 1.0), "", "fit:1:4"),
+    (Fault("aggregator", "stop", "during_checkpoint", 3, 0.0, 0.5, 1.0), "checkpoint:3:4", ""),
+    (Fault("worker", "stop", "between_rounds", 2, 0.3, 0.5, 1.0), "round_start:3:4", ""),
+    (Fault("worker", "stop", "random", 2, 1.2, 0.5, 1.0), "", ""),
+    # A SIGKILL also holds the last round on every node, so the restarted one can rejoin.
+    (Fault("worker", "kill", "random", 2, 1.2, 0.5, 1.0), REJOIN, REJOIN),
+    (Fault("aggregator", "kill", "before_fit", 1, 0.0, 0.5, 1.0), f"fit_start:1:4,{REJOIN}",
+     REJOIN),
 ])
-def test_holds_pin_the_phase(fault: Fault, rounds: int, holds: str) -> None:
-    assert Plan(1, "single", rounds, (fault,)).holds() == holds
+def test_holds_pin_the_phase(fault: Fault, aggregator_holds: str, other_holds: str) -> None:
+    plan = Plan(1, "single", 4, (fault,))
+    assert plan.holds(first_aggregator=True) == aggregator_holds
+    assert plan.holds(first_aggregator=False) == other_holds
 
 
 def test_descriptions_name_the_fault() -> None:
