@@ -487,7 +487,8 @@ def _plot_ranking(path: Path, checks: list[ElectionCheck]) -> None:
         xs = range(len(entries))
         ax.bar([x - 0.2 for x in xs], [e.get("rtt_ms") or 0 for e in entries], 0.4,
                label="RTT the ranking saw")
-        ax.bar([x + 0.2 for x in xs], [r.predicted_rtt_ms[e["node"]] for e in entries], 0.4,
+        links = r.survivors_rtt_ms or r.predicted_rtt_ms  # after a kill: the peers ranked over
+        ax.bar([x + 0.2 for x in xs], [links[e["node"]] for e in entries], 0.4,
                label="RTT of the emulated links")
         ax.set_xticks(list(xs), [e["node"].split(":")[0].rsplit(".", 1)[-1]
                                  + (" *" if e["node"] == r.winner else "") for e in entries])
