@@ -56,6 +56,7 @@ from raftfl.etcd.member import (
 )
 from raftfl.etcd.store import Compacted, EtcdNoSpace, EtcdUnavailable, Fence, Resync, Store
 from raftfl.files import write_atomic
+from raftfl.lab.testhooks import hold
 from raftfl.node import runapp
 from raftfl.node.election import Election
 from raftfl.node.holder_probe import HolderProbe
@@ -482,7 +483,9 @@ class Node:
                 self.election.adopt(d.term, self.session.lease)
                 self._record_election(d.term, view)
             case Action.SERVE:
-                assert d.term is not None
+                assert d.term is not None and self.session.lease is not None
+                if self.election.term != d.term:  # e.g. stepped down on a late refresh that
+                    self.election.adopt(d.term, self.session.lease)  # then succeeded: ours
                 self._serve(d.term)
                 if time.monotonic() - self._leader_checked > LEADER_CHECK_S:
                     self._move_leader_away()
@@ -644,11 +647,12 @@ class Node:
         if fleet is None:
             return 0
         deadline = time.monotonic() + self.opts.client_wait
-        while True:
+        while not fleet.stopped:  # stopped: we stepped down, the hooks' next write fails
             have = len(fleet.node_ids())
-            if have >= self._expected_workers() or time.monotonic() >= deadline or fleet.stopped:
+            if have >= self._expected_workers() or time.monotonic() >= deadline:
                 return have
             time.sleep(0.05)
+        return 0
 
     def _expected_workers(self) -> int:
         if self.session is None:
@@ -752,9 +756,10 @@ class Node:
             arrays = message.content.array_records
             if len(arrays) == 1 and arrays_sha256(next(iter(arrays.values()))) != stamp.base:
                 return f"the arrays are not base model {stamp.base[:12]}"
-        if stamp.round:
+        if stamp.round and message.metadata.message_type == "train":
             self.emit(f"training round {stamp.round} for term {stamp.term}",
-                      once=f"fit{stamp.term}:{stamp.round}:{message.metadata.message_type}")
+                      once=f"fit{stamp.term}:{stamp.round}")
+            hold("fit", stamp.round)
         return None
 
     # -- the end ----------------------------------------------------------------------------
