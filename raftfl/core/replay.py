@@ -10,12 +10,17 @@ after its term began), so a larger one is forged and rejected: accepted, it woul
 later real commit look stale. And the state-changing events an aggregator writes (commits,
 fallbacks, completion) count only from a term whose `aggregator_elected` is in the log.
 Rejected events are recorded in `rejected`, never folded, never fatal.
+
+`fold(state, more)` is the same fold continued from a state already folded over the events
+before `more` (the event log's incremental view); `FLState.snapshot()` copies a state so a
+later fold into the original cannot change what a reader was handed.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from raftfl.core.events import (
     AggregatorElected,
@@ -84,9 +89,19 @@ class FLState:
     def done(self) -> bool:
         return self.completed is not None
 
+    def snapshot(self) -> FLState:
+        """A copy with containers of its own (the events in them are immutable)."""
+        return replace(self, **{f.name: copy.copy(getattr(self, f.name)) for f in fields(self)
+                                if isinstance(getattr(self, f.name), dict | list | set)})
+
 
 def replay(log: Iterable[Logged]) -> FLState:
-    state = FLState()
+    return fold(FLState(), log)
+
+
+def fold(state: FLState, log: Iterable[Logged]) -> FLState:
+    """Continue `state` (folded over the events before `log`) with `log`, in place; returns it.
+    `fold(replay(a), b)` equals `replay(a + b)` when `b` follows `a` in log order."""
     for item in log:
         _apply(state, item)
     return state

@@ -4,20 +4,25 @@ Append is a create-only transaction on `events/<seq>`, optionally fenced by the 
 term, so history is never rewritten and a deposed aggregator cannot add to it. Readers
 decode in key order, skip (and count) anything malformed, and fold with `replay`. Each event
 is paired with its key's create revision, which replay checks the event's term against.
+
+The HA loop asks for the state every cycle, and a federation's log only grows, so
+`current()` keeps the folded state (`Folded`) and folds only what was appended since: a
+cycle costs the new events, not the history. Readers get a snapshot that later folds leave
+alone.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import Event, MalformedEvent, decode
 from raftfl.core.keys import Keys, seq_of
 from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
-from raftfl.core.replay import FLState, Logged, replay
+from raftfl.core.replay import FLState, Logged, fold, replay
 from raftfl.etcd.store import KV, CreateResult, Fence, Resync, Store
 
 log = logging.getLogger(__name__)
@@ -32,12 +37,45 @@ class ReadResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
 
 
+class Folded:
+    """The log folded so far. `add(new)` folds only the new events onto it (events once
+    written never change: appends are create-only), and returns a snapshot that equals
+    `replay` of everything added, in log order. An event that does not come after the ones
+    already folded (a hand-written key below the last sequence number, or an overwritten
+    one) makes it fold everything again, so the answer never depends on arrival order."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, Logged] = {}
+        self._last = 0  # the highest sequence number folded
+        self._state = FLState()  # folded into; never handed out
+        self._snapshot = FLState()  # handed out; never folded into
+        self.refolds = 0
+
+    def add(self, items: Iterable[Logged]) -> FLState:
+        latest = {i.seq: i for i in items}  # one per key: the last read wins
+        new = sorted((i for i in latest.values() if self._seen.get(i.seq) != i),
+                     key=lambda i: i.seq)
+        if not new:
+            return self._snapshot
+        in_order = new[0].seq > self._last
+        for item in new:
+            self._seen[item.seq] = item
+        self._last = max(self._last, new[-1].seq)
+        if in_order:
+            fold(self._state, new)
+        else:
+            self.refolds += 1
+            self._state = replay(self._seen[seq] for seq in sorted(self._seen))
+        self._snapshot = self._state.snapshot()
+        return self._snapshot
+
+
 class EventLog:
     def __init__(self, store: Store, keys: Keys):
         self.store = store
         self.keys = keys
         self._next_hint = 0
-        self._seen: dict[int, Logged] = {}  # cache behind current()
+        self._folded = Folded()  # behind current()
         self._seen_rev = 0
         self._lock = threading.Lock()
 
@@ -88,19 +126,17 @@ class EventLog:
 
     def current(self, revision: int | None = None) -> tuple[FLState, int]:
         """The state now (or as of `revision`, not older than the previous call's), fetching
-        only what was appended since the previous call.
+        and folding only what was appended since the previous call.
 
-        Appends are create-only, so an event once read never changes: each call costs the
-        new events, not the whole history, while the fold still runs over every event.
+        The state is shared by the callers until new events arrive: read it, never change it.
         """
         with self._lock:
             if revision is not None and revision <= self._seen_rev:
                 revision = None  # never older than what we already folded
             result = self.read(revision, since=self._seen_rev + 1)
-            for item in result.events:
-                self._seen[item.seq] = item
+            state = self._folded.add(result.events)
             self._seen_rev = revision or result.revision  # a pinned read: the header says "now"
-            return replay(self._seen[seq] for seq in sorted(self._seen)), self._seen_rev
+            return state, self._seen_rev
 
     def tail(self, start_revision: int, stop: threading.Event) -> Iterator[Logged]:
         """New events from `start_revision` on, resuming across member failures, each once.
