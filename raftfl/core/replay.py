@@ -65,10 +65,12 @@ class FLState:
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (seq, why): never folded
     last_seq: int = 0
     events: int = 0
+    # max(committed), kept by the fold: computed per commit, it made a fold quadratic.
+    top_round: int = field(default=0, repr=False, compare=False)
 
     @property
     def last_committed_round(self) -> int:
-        return max(self.committed, default=0)
+        return self.top_round
 
     @property
     def last_model(self) -> str | None:
@@ -154,6 +156,7 @@ def _apply(state: FLState, item: Logged) -> None:
             for rnd in sorted(r for r in state.committed if r > ev.fallback_round):
                 del state.committed[rnd]
                 state.rolled_back.append(rnd)
+            state.top_round = max(state.committed, default=0)
         case RoundCommitted():
             if ev.round in state.committed:
                 state.duplicate_commits.append(item.seq)
@@ -162,6 +165,7 @@ def _apply(state: FLState, item: Logged) -> None:
             if ev.round != state.next_round or ev.base_model != expected_base:
                 state.chain_breaks.append(ev.round)
             state.committed[ev.round] = ev
+            state.top_round = max(state.top_round, ev.round)
             state.commit_order.append(ev.round)
         case RunCompleted():
             if state.completed is None:

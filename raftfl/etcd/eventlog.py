@@ -6,15 +6,19 @@ decode in key order, skip (and count) anything malformed, and fold with `replay`
 is paired with its key's create revision, which replay checks the event's term against.
 
 The HA loop asks for the state every cycle, and a federation's log only grows, so
-`current()` keeps the folded state (`Folded`) and folds only what was appended since: a
-cycle costs the new events, not the history. Readers get a snapshot that later folds leave
-alone.
+`current()` keeps the folded state (`Folded`) and folds only what was appended since, and
+reads only the keys after the newest one it has read (etcd scans the whole range it is asked
+for, even to return nothing): a cycle costs the new events, not the history. Appends land
+after the newest key their writer has read; a key written below it (by hand, or by a writer
+that had not read the newest) is picked up by a sweep of the whole log every `SWEEP_S`.
+Readers get a snapshot that later folds leave alone.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -28,6 +32,7 @@ from raftfl.etcd.store import KV, CreateResult, Fence, Resync, Store
 log = logging.getLogger(__name__)
 
 MAX_APPEND_ATTEMPTS = 50
+SWEEP_S = 60.0  # how often current() also reads below the newest key (hand-written keys)
 
 
 @dataclass
@@ -77,12 +82,14 @@ class EventLog:
         self._next_hint = 0
         self._folded = Folded()  # behind current()
         self._seen_rev = 0
+        self._next_seq = 0  # after the newest key current() has read (0: nothing read yet)
+        self._swept = 0.0  # when current() last read the whole log
         self._lock = threading.Lock()
 
     def append(self, event: Event, fence: Fence | None = None) -> int:
         """Append at the next free sequence number; returns it. Raises FencedOut if fenced."""
         with self._lock:
-            seq = self._next_hint or self._last_seq() + 1
+            seq = max(self._next_hint, self._next_seq) or self._last_seq() + 1
             value = event.to_json()
             for _ in range(MAX_APPEND_ATTEMPTS):
                 result = self.store.create(self.keys.event(seq), value, fence=fence)
@@ -107,9 +114,13 @@ class EventLog:
         kvs, _ = self.store.range(self.keys.events, keys_only=True)
         return max((s for kv in kvs if (s := seq_of(kv.key)) is not None), default=0)
 
-    def read(self, revision: int | None = None, since: int | None = None) -> ReadResult:
-        """Every event in log order (as of `revision`; only keys written from `since` on)."""
-        kvs, rev = self.store.range(self.keys.events, revision=revision, min_mod_revision=since)
+    def read(self, revision: int | None = None, since: int | None = None,
+             from_seq: int | None = None) -> ReadResult:
+        """Every event in log order (as of `revision`; only keys written from `since` on;
+        only keys from sequence number `from_seq` on)."""
+        start = self.keys.event(from_seq) if from_seq else None
+        kvs, rev = self.store.range(self.keys.events, revision=revision, min_mod_revision=since,
+                                    start=start)
         result = ReadResult([], rev)
         for kv in kvs:
             item = self._decode(kv)
@@ -133,7 +144,15 @@ class EventLog:
         with self._lock:
             if revision is not None and revision <= self._seen_rev:
                 revision = None  # never older than what we already folded
-            result = self.read(revision, since=self._seen_rev + 1)
+            now = time.monotonic()
+            sweep = now - self._swept >= SWEEP_S
+            result = self.read(revision, since=self._seen_rev + 1,
+                               from_seq=None if sweep else self._next_seq)
+            if sweep:
+                self._swept = now
+            seqs = [item.seq for item in result.events]
+            seqs += [s for key, _ in result.skipped if (s := seq_of(key)) is not None]
+            self._next_seq = max([self._next_seq, *(s + 1 for s in seqs)])
             state = self._folded.add(result.events)
             self._seen_rev = revision or result.revision  # a pinned read: the header says "now"
             return state, self._seen_rev

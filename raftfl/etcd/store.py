@@ -241,9 +241,11 @@ class Store:
 
     def range(self, prefix: str, revision: int | None = None, limit: int | None = None,
               descending: bool = False, keys_only: bool = False,
-              min_mod_revision: int | None = None) -> tuple[list[KV], int]:
-        """Keys under `prefix` in key order (as of `revision`, changed since `min_mod_revision`)
-        and the revision read."""
+              min_mod_revision: int | None = None, start: str | None = None
+              ) -> tuple[list[KV], int]:
+        """Keys under `prefix` in key order (as of `revision`, changed since `min_mod_revision`;
+        from key `start` on) and the revision read. etcd reads every key of the range to apply
+        `min_mod_revision`; `start` narrows the range itself."""
         kwargs: dict[str, Any] = {"keys_only": keys_only}
         if revision:
             kwargs["revision"] = revision
@@ -253,7 +255,11 @@ class Store:
             kwargs["limit"] = limit
         if descending:
             kwargs.update(sort_order="descend", sort_target="key")
-        resp = self.call(lambda: self.client.get_prefix_response(prefix, **kwargs))
+        if start is not None:
+            end = etcd3.utils.prefix_range_end(prefix.encode())
+            resp = self.call(lambda: self.client.get_range_response(start, end, **kwargs))
+        else:
+            resp = self.call(lambda: self.client.get_prefix_response(prefix, **kwargs))
         return [_kv(kv) for kv in resp.kvs], resp.header.revision
 
     def revision(self) -> int:

@@ -179,7 +179,8 @@ class SizeRow:
     defragmented: int
 
 
-def _serves(endpoint: str) -> bool:
+def serves(endpoint: str) -> bool:
+    """True when the member at `endpoint` answers a read (for `running_members`)."""
     store = Store([endpoint], timeout=1.0, retry_for=0.5)
     try:
         store.get("/raftfl-bench/health")
@@ -197,7 +198,7 @@ def measure_sizes(rounds: int, every: int | None, model_bytes: int, workdir: Pat
     specs = loopback_specs(workdir, "bench", NODES, free_base_port(2 * NODES))
     rows: list[SizeRow] = []
     variant = f"retention every {every} rounds" if every else "no retention"
-    with running_members(specs, find_etcd(), _serves) as members:
+    with running_members(specs, find_etcd(), serves) as members:
         endpoints = [m.spec.client_endpoint for m in members]
         store = Store(endpoints)
         try:
