@@ -385,6 +385,8 @@ class Node:
         measured = True
         if not state.elections and self.opts.aggregator == "auto":
             measured = self._peers_measured(rev)
+            if not measured:  # the rank clock starts once everyone can rank the same way
+                self._vacancy_seen = None
         return View(rev, role, state, ranking, ranked_at, self._vacancy_rev, measured, max_rtt)
 
     def _observe_holder(self, rev: int, role: RoleHolder, state: FLState) -> View:

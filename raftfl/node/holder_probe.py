@@ -18,7 +18,7 @@ from collections.abc import Callable
 from raftfl.core.evidence import Evidence, Probe, fold, gone
 
 PROBE_INTERVAL_S = 0.05
-CONNECT_TIMEOUT_S = 0.25
+CONNECT_TIMEOUT_S = 1.0  # well above a WAN round trip: a refusal comes back in one RTT anyway
 
 
 def probe(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> Probe:
