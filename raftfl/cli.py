@@ -401,30 +401,120 @@ def bench() -> None:
     """Benchmarks that print figures and write CSV + PNG."""
 
 
-@bench.command("recovery")
-@click.option("--runs", type=click.IntRange(1), default=5, show_default=True)
-@click.option("--nodes", type=click.IntRange(3, 9), default=3, show_default=True)
-@click.option("--lease-ttl", type=click.IntRange(2, 60), default=3, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"),
-              show_default=True)
-def bench_recovery(runs: int, nodes: int, lease_ttl: int, out: Path) -> None:
-    """Recovery time (kill -> first fit of the resumed round) over repeated kills."""
-    from raftfl.lab.bench import recovery
+def _int_list(low: int, high: int) -> Any:
+    """A click callback: "3,5,7" (or the option repeated) -> [3, 5, 7], each in low..high."""
+    def parse(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[int]:
+        out = []
+        for text in ",".join(values).split(","):
+            if not text.strip():
+                continue
+            if not text.strip().isdigit() or not low <= int(text) <= high:
+                raise click.BadParameter(f"{text.strip()!r}: expected whole numbers from {low} "
+                                         f"to {high}, comma-separated")
+            out.append(int(text))
+        if not out:
+            raise click.BadParameter("give at least one number")
+        return out
+    return parse
 
-    sys.exit(recovery(runs, nodes, lease_ttl, out, echo=click.echo))
+
+def _bench_out(as_json: bool) -> tuple[Any, Any]:
+    """(echo, progress): with --json, the table and progress go to stderr, JSON to stdout."""
+    if as_json:
+        return (lambda line: click.echo(line, err=True)), (lambda line: click.echo(line, err=True))
+    return click.echo, click.echo
+
+
+def _bench_exit(result: tuple[int, dict[str, Any]], as_json: bool) -> None:
+    code, summary = result
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    sys.exit(code)
+
+
+_OUT = click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"),
+                    show_default=True, help="Where the CSV and PNG files go.")
+_JSON = click.option("--json", "as_json", is_flag=True,
+                     help="Print the summary as JSON on stdout (table and progress on stderr).")
+
+
+@bench.command("recovery")
+@click.option("--nodes", "nodes_list", multiple=True, default=("3,5,7",), show_default=True,
+              callback=_int_list(3, 9), help="Cluster sizes, comma-separated.")
+@click.option("--runs", type=click.IntRange(1), default=5, show_default=True,
+              help="Faults per cluster size.")
+@click.option("--ttl", "--lease-ttl", "ttl", type=click.IntRange(2, 60), default=3,
+              show_default=True, help="Lease TTL of every node (s).")
+@click.option("--fault", type=click.Choice(["kill", "stop"]), default="kill", show_default=True,
+              help="SIGKILL the aggregator's process group, or SIGSTOP it (SIGCONT once "
+                   "replaced).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the kill points.")
+@_OUT
+@_JSON
+def bench_recovery(nodes_list: list[int], runs: int, ttl: int, fault: str, seed: int, out: Path,
+                   as_json: bool) -> None:
+    """Recovery timeline after an aggregator fault at a random point of a round: evidence,
+    role free, elected, server up, first fit (recovery), training, committed."""
+    from raftfl.lab.bench_recovery import bench_recovery as run
+
+    echo, progress = _bench_out(as_json)
+    _bench_exit(run(nodes_list, runs, ttl, fault, seed, out, echo=echo, progress=progress),
+                as_json)
 
 
 @bench.command("traffic")
-@click.option("--nodes", "nodes_list", type=click.IntRange(2, 9), multiple=True,
-              default=(3, 5), show_default=True)
+@click.option("--nodes", "nodes_list", multiple=True, default=("3,5,8",), show_default=True,
+              callback=_int_list(2, 9), help="Cluster sizes, comma-separated.")
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"),
-              show_default=True)
-def bench_traffic(nodes_list: tuple[int, ...], rounds: int, out: Path) -> None:
-    """Replication bytes per round (etcd Raft and clients) against Flower's model bytes."""
-    from raftfl.lab.bench import traffic
+@_OUT
+@_JSON
+def bench_traffic(nodes_list: list[int], rounds: int, out: Path, as_json: bool) -> None:
+    """Bytes per round on Raft, etcd-client and Flower channels, in model copies: etcd's
+    metrics, cross-checked with kernel counters (network namespaces; needs root)."""
+    from raftfl.lab.bench_traffic import bench_traffic as run
 
-    sys.exit(traffic(list(nodes_list), rounds, out, echo=click.echo))
+    echo, progress = _bench_out(as_json)
+    _bench_exit(run(nodes_list, rounds, out, echo=echo, progress=progress), as_json)
+
+
+@bench.command("overhead")
+@click.option("--nodes", type=click.IntRange(2, 9), default=3, show_default=True)
+@click.option("--rounds", type=click.IntRange(3, 100), default=5, show_default=True,
+              help="Rounds per run (round 1 is warm-up and not timed).")
+@click.option("--reps", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Runs per engine, alternating.")
+@click.option("--train-size", type=click.IntRange(100), default=2000, show_default=True)
+@click.option("--test-size", type=click.IntRange(10), default=500, show_default=True)
+@_OUT
+@_JSON
+def bench_overhead(nodes: int, rounds: int, reps: int, train_size: int, test_size: int,
+                   out: Path, as_json: bool) -> None:
+    """The quick-start app under plain Flower (Deployment Engine) and under raftfl,
+    alternating: the ratio of round wall time and of bytes."""
+    from raftfl.lab.bench_overhead import bench_overhead as run
+
+    echo, progress = _bench_out(as_json)
+    try:
+        result = run(nodes, rounds, reps, train_size, test_size, out, echo=echo,
+                     progress=progress)
+    except RaftflError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _bench_exit(result, as_json)
+
+
+@bench.command("replay")
+@click.option("--events", "counts", multiple=True, default=("1000,10000,100000",),
+              show_default=True, callback=_int_list(1, 10_000_000),
+              help="Log lengths, comma-separated.")
+@_OUT
+@_JSON
+def bench_replay(counts: list[int], out: Path, as_json: bool) -> None:
+    """Time to rebuild the FL state from N events (decode + replay, and from etcd), and the
+    cost of one HA cycle afterwards."""
+    from raftfl.lab.bench_replay import bench_replay as run
+
+    echo, progress = _bench_out(as_json)
+    _bench_exit(run(counts, out, echo=echo, progress=progress), as_json)
 
 
 @bench.command("retention")

@@ -1,5 +1,5 @@
 """What every `raftfl bench` command hands back: percentiles, one fixed-width table, a CSV,
-and a JSON summary.
+and a JSON summary; and `LogTail`, which stamps processes' log lines as they appear.
 
 Why one module: the recovery, traffic, overhead and replay benchmarks report the same way
 (a table on stdout, or JSON on stdout with the table and progress on stderr), so a reader
@@ -11,8 +11,11 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
+import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +76,43 @@ def machine() -> dict[str, Any]:
 
 
 Echo = Callable[[str], None]
+
+
+@dataclass
+class LogTail:
+    """Stamps, on arrival, the lines matching `pattern` that processes write to their log
+    files (polled every 10 ms), and calls `sample()` on each poll (e.g. to read a counter)."""
+
+    logs: dict[str, Path]  # name -> log file
+    pattern: re.Pattern[str]
+    sample: Callable[[], Any] | None = None
+    lines: list[tuple[float, str, str]] = field(default_factory=list)  # (time, name, line)
+    samples: list[tuple[float, Any]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> LogTail:
+        threading.Thread(target=self._run, name="logtail", daemon=True).start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        offsets = dict.fromkeys(self.logs, 0)
+        partial = dict.fromkeys(self.logs, "")
+        while not self._stop.wait(0.01):
+            for name, path in self.logs.items():
+                try:
+                    with open(path, "rb") as fh:
+                        fh.seek(offsets[name])
+                        data = fh.read()
+                except OSError:
+                    continue
+                if not data:
+                    continue
+                now = time.time()
+                offsets[name] += len(data)
+                *complete, partial[name] = (partial[name] + data.decode(errors="replace")).split("\n")
+                self.lines += [(now, name, line) for line in complete if self.pattern.search(line)]
+            if self.sample is not None:
+                self.samples.append((time.time(), self.sample()))

@@ -1,0 +1,197 @@
+"""`raftfl bench traffic`: bytes per training round on each channel, in model copies.
+
+Why: the proof of concept replicated 10-45 copies of the model per round through Raft.
+raftfl stores one checkpoint per round, so Raft should carry about n copies (aggregator ->
+leader -> every other member) while Flower carries the training traffic itself.
+
+Two independent sources:
+* etcd's own `/metrics` on every member: `etcd_network_peer_sent_bytes_total` (Raft) and
+  the client gRPC bytes sent and received (every etcd client: nodes, probes, watches);
+* the kernel (root only): every node runs in its own network namespace (`netns_setup`,
+  veth links to a bridge), where nftables counters split the bytes each node sends by port
+  (peer ports: Raft; client ports: etcd clients; Flower ports: Flower), and the veth
+  counters give what crossed each node's link. Kernel bytes include TCP/IP headers and
+  ACKs, so they run a few percent above etcd's payload counters; Flower's bytes come from
+  here only (Flower has no counters of its own).
+
+The window is round 1's start to round R's commit, so start-up is excluded; etcd's
+metrics are scraped outside the kernel window so the scrapes are not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from raftfl.core.address import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET
+from raftfl.core.events import RoundCommitted, RoundStarted
+from raftfl.lab.bench import MODEL_BYTES, plot_bars
+from raftfl.lab.bench_report import Column, Echo, machine, table, write_csv
+from raftfl.lab.faults import Skip, at, first_term, netns_setup, netns_teardown
+from raftfl.lab.localcluster import LocalCluster
+
+CHANNELS = ("raft", "client", "flower")
+NFT_TABLE = "rflbench"
+
+_METRIC = re.compile(r'^(etcd_network_peer_sent_bytes_total|etcd_network_client_grpc_sent_bytes_total'
+                     r'|etcd_network_client_grpc_received_bytes_total)(\{[^}]*\})? ([0-9.e+]+)$')
+
+
+def etcd_bytes(endpoint: str) -> dict[str, float]:
+    """Peer (Raft) and client gRPC byte counters of one member, from its /metrics."""
+    out = {"raft": 0.0, "client": 0.0}
+    with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            m = _METRIC.match(line)
+            if m:
+                out["raft" if "peer" in m.group(1) else "client"] += float(m.group(3))
+    return out
+
+
+def _ports(base: int, n: int, offset: int) -> str:
+    return f"{base + offset}-{base + offset + n - 1}"
+
+
+def nft_rules(base: int, n: int) -> str:
+    """Counters of the bytes sent from one namespace, by the port range they touch."""
+    ranges = {"raft": _ports(base, n, 0), "client": _ports(base, n, CLIENT_PORT_OFFSET),
+              "flower": _ports(base, n, FLOWER_PORT_OFFSET)}
+    rules = "\n".join(f'    tcp {d} {{ {r} }} counter name "{ch}"'
+                      for ch, r in ranges.items() for d in ("sport", "dport"))
+    counters = "\n".join(f"  counter {ch} {{ }}" for ch in CHANNELS)
+    return (f"table inet {NFT_TABLE} {{\n{counters}\n  chain out {{\n"
+            f"    type filter hook output priority 0; policy accept;\n{rules}\n  }}\n}}\n")
+
+
+class Kernel:
+    """The kernel's view of a namespaced cluster: nft counters per namespace, veth counters."""
+
+    def __init__(self, ctx: dict[str, Any]):
+        self.ctx = ctx
+
+    def install(self, base: int, n: int) -> None:
+        for ns in self.ctx["ns"]:
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=nft_rules(base, n),
+                           text=True, check=True, capture_output=True, timeout=10)
+
+    def read(self) -> dict[str, float]:
+        out = dict.fromkeys([*CHANNELS, "veth"], 0.0)
+        for ns in self.ctx["ns"]:
+            text = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "counters",
+                                   "table", "inet", NFT_TABLE], check=True, capture_output=True,
+                                  text=True, timeout=10).stdout
+            for item in json.loads(text)["nftables"]:
+                if "counter" in item:
+                    out[item["counter"]["name"]] += item["counter"]["bytes"]
+        for link in self.ctx["links"]:  # the host end: rx = what the node sent onto its link
+            out["veth"] += int(Path(f"/sys/class/net/{link}/statistics/rx_bytes").read_text())
+        return out
+
+
+def _namespaces(n: int) -> tuple[dict[str, Any] | None, str | None]:
+    """Namespaces for the cross-check, or why there are none."""
+    if os.geteuid() != 0:
+        return None, "not root: the kernel cross-check (network namespaces, nftables) is skipped"
+    if subprocess.run(["sh", "-c", "command -v nft"], capture_output=True).returncode != 0:
+        return None, "nft not installed: the kernel cross-check is skipped"
+    try:
+        return netns_setup(n, f"10.214.{os.getpid() % 250}"), None
+    except Skip as exc:
+        return None, f"{exc}: the kernel cross-check is skipped"
+
+
+def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
+    ctx, skipped = _namespaces(n)
+    if skipped:
+        progress(skipped)
+    try:
+        with LocalCluster(n=n, rounds=rounds, cluster=f"traffic{n}", train_size=2000,
+                          test_size=500, ips=ctx["ips"] if ctx else None,
+                          wrappers=ctx["wrappers"] if ctx else None) as c:
+            kernel = Kernel(ctx) if ctx else None
+            if kernel:
+                kernel.install(c.base, n)
+            el = first_term(c)
+            at(c, RoundStarted, 1, el.term)
+            etcd0 = {x.name: etcd_bytes(x.client_endpoint) for x in c.nodes}
+            k0 = kernel.read() if kernel else None
+            t0 = time.time()
+            progress(f"{n} nodes: round 1 started; measuring {rounds} rounds")
+            # The last commit, not run_completed: after that the nodes leave with their members.
+            c.wait_event(lambda e: isinstance(e, RoundCommitted) and e.round == rounds, 300,
+                         "the last commit")
+            k1 = kernel.read() if kernel else None
+            elapsed = time.time() - t0
+            etcd1 = {x.name: etcd_bytes(x.client_endpoint) for x in c.nodes}
+            state = c.state()
+            ok = sorted(state.committed) == list(range(1, rounds + 1)) and not (
+                state.duplicate_commits or state.stale_commits or state.chain_breaks
+                or state.rejected)
+    finally:
+        if ctx:
+            netns_teardown(ctx)
+    per_round = {ch: sum(etcd1[k][ch] - etcd0[k][ch] for k in etcd1) / rounds
+                 for ch in ("raft", "client")}
+    row: dict[str, Any] = {
+        "nodes": n, "rounds": rounds, "seconds_per_round": round(elapsed / rounds, 2),
+        "raft_bytes": int(per_round["raft"]), "client_bytes": int(per_round["client"]),
+        "raft_copies": round(per_round["raft"] / MODEL_BYTES, 2),
+        "client_copies": round(per_round["client"] / MODEL_BYTES, 2), "ok": ok}
+    if k0 is not None and k1 is not None:
+        kr = {ch: (k1[ch] - k0[ch]) / rounds for ch in k1}
+        row.update({
+            "kernel_raft_bytes": int(kr["raft"]), "kernel_client_bytes": int(kr["client"]),
+            "kernel_flower_bytes": int(kr["flower"]), "veth_bytes": int(kr["veth"]),
+            "flower_copies": round(kr["flower"] / MODEL_BYTES, 2),
+            "kernel_raft_vs_etcd": round(kr["raft"] / per_round["raft"], 3)
+            if per_round["raft"] else None,
+            "kernel_client_vs_etcd": round(kr["client"] / per_round["client"], 3)
+            if per_round["client"] else None})
+    else:
+        row["crosscheck"] = skipped
+    progress(f"{n} nodes: Raft {row['raft_copies']} copies/round, etcd clients "
+             f"{row['client_copies']}, Flower {row.get('flower_copies', '-')}"
+             + (f"; kernel/etcd: Raft {row.get('kernel_raft_vs_etcd')}, clients "
+                f"{row.get('kernel_client_vs_etcd')}" if k0 is not None else ""))
+    return row
+
+
+COLUMNS = [Column("nodes", "nodes"), Column("seconds_per_round", "s/round", "{:.2f}"),
+           Column("raft_copies", "Raft copies", "{:.2f}"),
+           Column("client_copies", "etcd-client copies", "{:.2f}"),
+           Column("flower_copies", "Flower copies (kernel)", "{:.2f}"),
+           Column("raft_bytes", "Raft B/round (etcd)"),
+           Column("kernel_raft_vs_etcd", "Raft kernel/etcd", "{:.3f}"),
+           Column("kernel_client_vs_etcd", "client kernel/etcd", "{:.3f}"),
+           Column("veth_bytes", "veth B/round"), Column("ok", "ok")]
+
+
+def bench_traffic(nodes_list: list[int], rounds: int, out: Path, echo: Echo = print,
+                  progress: Echo | None = None) -> tuple[int, dict[str, Any]]:
+    progress = progress or echo
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, n in enumerate(nodes_list, 1):
+        progress(f"[{i}/{len(nodes_list)}] {n} nodes, {rounds} rounds")
+        rows.append(measure(n, rounds, progress))
+    write_csv(out / "traffic.csv", rows)
+    plot_bars(out / "traffic.png", "Raft replication per round, in model copies",
+              [r["nodes"] for r in rows], [r["raft_copies"] for r in rows], "nodes",
+              "model copies (248 KB) per round")
+    summary = {"bench": "traffic", "rounds": rounds, "model_bytes": MODEL_BYTES,
+               "machine": machine(), "rows": rows,
+               "files": [str(out / "traffic.csv"), str(out / "traffic.png")]}
+    echo(table(rows, COLUMNS))
+    echo(f"per round, from round 1's start to round {rounds}'s commit; a model copy is "
+         f"{MODEL_BYTES} B; kernel bytes include TCP/IP headers and ACKs")
+    skipped = {r["crosscheck"] for r in rows if r.get("crosscheck")}
+    for reason in skipped:
+        echo(reason)
+    echo(f"wrote {out / 'traffic.csv'} and {out / 'traffic.png'}")
+    return (0 if all(r["ok"] for r in rows) else 1), summary
