@@ -139,7 +139,8 @@ def run_flower(n: int, rounds: int, train_size: int, test_size: int, workdir: Pa
                                  "--run-config", config], env=env, capture_output=True,
                                 timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
         (workdir / "flwr-run.log").write_bytes(result.stdout + result.stderr)
-        if result.returncode != 0 or b"Strategy execution finished" not in result.stdout:
+        if result.returncode != 0 or b"Strategy execution finished" not in \
+                result.stdout + result.stderr:
             raise RaftflError(f"flwr run failed (exit {result.returncode}); see "
                               f"{workdir / 'flwr-run.log'}")
         total = time.monotonic() - started
@@ -217,7 +218,14 @@ def bench_overhead(nodes: int, rounds: int, reps: int, train_size: int, test_siz
                      f"load {os.getloadavg()[0]:.1f}")
             with tempfile.TemporaryDirectory(prefix=f"raftfl-overhead-{engine}-") as tmp:
                 runner = run_flower if engine == "flower" else run_raftfl
-                row = runner(nodes, rounds, train_size, test_size, Path(tmp), progress)
+                try:
+                    row = runner(nodes, rounds, train_size, test_size, Path(tmp), progress)
+                except RaftflError:
+                    kept = out / f"overhead-failed-{engine}-{rep}"
+                    shutil.copytree(tmp, kept, dirs_exist_ok=True,
+                                    ignore=shutil.ignore_patterns("member*", "*.npz", "etcd*"))
+                    progress(f"  {engine} failed: logs kept in {kept}")
+                    raise
             row["rep"] = rep
             if "bytes_per_round" in row:
                 row["mb_per_round"] = round(row["bytes_per_round"] / 1e6, 3)
