@@ -184,9 +184,16 @@ def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes:
         app=kw["app"], run_config=kw["run_config"], node_config=kw["node_config"])
 
 
+exit_on_complete_option = click.option(
+    "--exit-on-complete", is_flag=True,
+    help="Leave once no run is left: write the last run's final model to the data dir and "
+         "exit (by default a node stays up for the next `raftfl run submit`).")
+
+
 @node.command("start")
 @_node_options
-def node_start(**kw: Any) -> None:
+@exit_on_complete_option
+def node_start(exit_on_complete: bool, **kw: Any) -> None:
     """Start a node: its etcd member, its prober and its FL role.
 
     \b
@@ -197,12 +204,15 @@ def node_start(**kw: Any) -> None:
     """
     from raftfl.node.ha import Node
 
-    sys.exit(Node(_build_options(False, **kw)).run())
+    opts = _build_options(False, **kw)
+    opts.exit_on_complete = exit_on_complete
+    sys.exit(Node(opts).run())
 
 
 @node.command("join")
 @_node_options
-def node_join(**kw: Any) -> None:
+@exit_on_complete_option
+def node_join(exit_on_complete: bool, **kw: Any) -> None:
     """Add a node to a running cluster (etcd member add), then start it.
 
     -n names running nodes; the new member learns the full membership from them.
@@ -211,6 +221,7 @@ def node_join(**kw: Any) -> None:
     from raftfl.node.ha import Node
 
     opts = _build_options(True, **kw)
+    opts.exit_on_complete = exit_on_complete
     if opts.etcd_endpoints is None:
         opts.peers = add_member(opts)
     sys.exit(Node(opts).run())
@@ -238,12 +249,14 @@ def node_leave(address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...]
 @endpoints_option
 @cluster_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--run", "run_id", type=click.IntRange(1), default=None,
+              help="The run whose rounds to show [default: the newest].")
 def status(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
-           cluster: str, as_json: bool) -> None:
+           cluster: str, as_json: bool, run_id: int | None) -> None:
     """Members, their context, the aggregator, the etcd leader and health."""
     from raftfl.inspection import cluster_status, format_status
 
-    info = cluster_status(_endpoints(nodes + more_nodes, endpoints), cluster)
+    info = cluster_status(_endpoints(nodes + more_nodes, endpoints), cluster, run_id)
     click.echo(json.dumps(info, indent=2) if as_json else format_status(info))
 
 
@@ -254,13 +267,109 @@ def status(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str |
 @cluster_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event (default).")
 @click.option("--summary", is_flag=True, help="Print the replayed state instead of events.")
+@click.option("--run", "run_id", type=click.IntRange(1), default=None,
+              help="The run whose log to replay [default: the newest].")
 def history(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
-            cluster: str, as_json: bool, summary: bool) -> None:
-    """Replay the event log: one JSON object per line (seq, type, ts, node, ...)."""
+            cluster: str, as_json: bool, summary: bool, run_id: int | None) -> None:
+    """Replay a run's event log: one JSON object per line (seq, type, ts, node, ...)."""
     from raftfl.inspection import history_lines
 
-    for line in history_lines(_endpoints(nodes + more_nodes, endpoints), cluster, summary):
+    for line in history_lines(_endpoints(nodes + more_nodes, endpoints), cluster, summary,
+                              run_id):
         click.echo(line)
+
+
+@cli.group("run")
+def run_group() -> None:
+    """Submit, list and stop runs on a running federation."""
+
+
+def _submitter() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"[:255]
+
+
+@run_group.command("submit")
+@peers_option
+@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@endpoints_option
+@cluster_option
+@click.option("--app", "app", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              required=True, help="The Flower app directory to run (its pyproject.toml and "
+                                  "python files are stored in etcd, at most 1 MiB).")
+@click.option("--run-config", default=None, metavar='"KEY=VALUE ..."',
+              help="Override the app's [tool.flwr.app.config] (Flower's syntax).")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"run\": ID, ...} as JSON.")
+def run_submit(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
+               cluster: str, app: Path, run_config: str | None, as_json: bool) -> None:
+    """Package a Flower app and queue it as a new run; prints the run id."""
+    import hashlib
+
+    from raftfl.core.keys import Keys
+    from raftfl.core.runconfig import RunSpec, spec_rounds
+    from raftfl.etcd import runs
+    from raftfl.etcd.store import Store
+    from raftfl.node import runapp
+    from raftfl.node.package import pack
+
+    flower_app = runapp.load(app)
+    config = runapp.run_config(flower_app, {}, run_config)
+    blob = pack(flower_app.root)
+    spec = RunSpec(app=flower_app.name, app_sha256=hashlib.sha256(blob).hexdigest(),
+                   run_config=config, rounds=spec_rounds(config), by=_submitter())
+    store = Store(_endpoints(nodes + more_nodes, endpoints), retry_for=10)
+    try:
+        run_id = runs.submit(store, Keys(cluster), spec, blob)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"run": run_id, "app": spec.app, "rounds": spec.rounds,
+                               "app_sha256": spec.app_sha256, "package_bytes": len(blob)}))
+    else:
+        click.echo(run_id)
+
+
+@run_group.command("list")
+@peers_option
+@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@endpoints_option
+@cluster_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of runs.")
+def run_list(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
+             cluster: str, as_json: bool) -> None:
+    """Every run: app, state (queued/running/completed/stopped), rounds, final model."""
+    from raftfl.inspection import format_runs
+    from raftfl.inspection import run_list as list_runs
+
+    rows = list_runs(_endpoints(nodes + more_nodes, endpoints), cluster)
+    click.echo(json.dumps(rows, indent=2) if as_json else format_runs(rows))
+
+
+@run_group.command("stop")
+@peers_option
+@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@click.argument("run_id", metavar="RUN", type=click.IntRange(1))
+@endpoints_option
+@cluster_option
+def run_stop(nodes: tuple[str, ...], more_nodes: tuple[str, ...], run_id: int,
+             endpoints: str | None, cluster: str) -> None:
+    """Stop a run: the aggregator ends its ServerApp at once and moves on (a queued run is
+    skipped). Recorded as `run_stopped` in the run's log."""
+    from raftfl.core.keys import Keys
+    from raftfl.etcd import runs
+    from raftfl.etcd.store import Store
+
+    store = Store(_endpoints(nodes + more_nodes, endpoints), retry_for=10)
+    try:
+        click.echo(runs.stop(store, Keys(cluster), run_id, _submitter(), "raftfl run stop"))
+    finally:
+        store.close()
 
 
 def main() -> None:

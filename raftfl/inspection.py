@@ -1,7 +1,8 @@
-"""Read-only views of a cluster for `raftfl status` and `raftfl history`.
+"""Read-only views of a cluster for `raftfl status`, `raftfl history` and `raftfl run list`.
 
-Status also reports etcd's alarms: under NOSPACE etcd refuses every write, so training
-stops, and the operator needs to see that, and the fix, in one place.
+Status and history show one run (`--run N`; by default the newest). Status also reports
+etcd's alarms: under NOSPACE etcd refuses every write, so training stops, and the operator
+needs to see that, and the fix, in one place.
 """
 
 from __future__ import annotations
@@ -13,13 +14,26 @@ from typing import Any
 from raftfl.core.keys import Keys
 from raftfl.core.latency import summarize
 from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
-from raftfl.core.replay import replay
+from raftfl.core.replay import FLState, replay
+from raftfl.core.runs import active, run_state
+from raftfl.etcd import runs
 from raftfl.etcd.context import read_members, read_samples
-from raftfl.etcd.eventlog import EventLog
+from raftfl.etcd.eventlog import EventLog, ReadResult
 from raftfl.etcd.store import Store, nospace_fix
 
 
-def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
+def _run_log(store: Store, keys: Keys, run: int | None) -> tuple[int | None, ReadResult]:
+    """Run `run` (checked to exist), or the newest run, and its log (empty: no run yet)."""
+    if run is not None:
+        runs.spec(store, keys, run)  # NoSuchRun: one line
+    else:
+        run = len(runs.ids(store, keys)) or None
+    if run is None:
+        return None, ReadResult([], store.revision())
+    return run, EventLog(store, keys.run(run)).read()
+
+
+def cluster_status(endpoints: list[str], cluster: str, run: int | None = None) -> dict[str, Any]:
     store = Store(endpoints, retry_for=5)
     keys = Keys(cluster)
     try:
@@ -42,7 +56,7 @@ def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
         names = {m.id: m.name for m in etcd_members}
         alarms = [{"member": names.get(member_id, f"{member_id:x}"), "alarm": kind}
                   for member_id, kind in store.alarms()]
-        read = EventLog(store, keys).read()
+        run, read = _run_log(store, keys, run)
         state, rev = replay(read.events), read.revision
         members = []
         for m in etcd_members:
@@ -66,9 +80,11 @@ def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
             "members": members,
             "etcd_leader": next((m["name"] for m in members if m["leader"]), None),
             "aggregator": None if holder is None else {**holder, "term": agg.create_revision},
+            "run": run,
             "rounds": state.rounds,
             "committed_rounds": state.commit_order,
             "completed": state.done,
+            "stopped": state.stopped is not None,
             "last_model_sha256": state.last_model,
             "alarms": alarms,
             "skipped": {"events": len(read.skipped), "rejected_events": len(state.rejected),
@@ -100,8 +116,12 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append("aggregator: " + (f"{agg['node']} term {agg['term']} at "
                                        f"{agg['flower_address']}" if agg else "none"))
     done = info["committed_rounds"]
-    lines.append(f"rounds: {len(done)}/{info['rounds'] or '?'} committed"
-                 + (" (run completed)" if info["completed"] else ""))
+    if info["run"] is None:
+        lines.append("run: none yet (raftfl run submit, or a node started with -r)")
+    else:
+        lines.append(f"run {info['run']}: {len(done)}/{info['rounds'] or '?'} rounds committed"
+                     + (" (completed)" if info["completed"] else "")
+                     + (" (stopped)" if info["stopped"] else ""))
     skipped = {kind: n for kind, n in info["skipped"].items() if n}
     if skipped:
         lines.append("skipped as malformed: " + ", ".join(f"{n} {kind}" for kind, n in skipped.items()))
@@ -118,16 +138,17 @@ def format_status(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def history_lines(endpoints: list[str], cluster: str, summary: bool) -> Iterator[str]:
+def history_lines(endpoints: list[str], cluster: str, summary: bool,
+                  run: int | None = None) -> Iterator[str]:
     store = Store(endpoints, retry_for=5)
     try:
-        log = EventLog(store, Keys(cluster))
-        result = log.read()
+        run, result = _run_log(store, Keys(cluster), run)
         if summary:
             state = replay(result.events)
             yield json.dumps({
-                "rounds": state.rounds, "committed_rounds": state.commit_order,
-                "completed": state.done, "terms": [e.term for e in state.elections],
+                "run": run, "rounds": state.rounds, "committed_rounds": state.commit_order,
+                "completed": state.done, "stopped": state.stopped is not None,
+                "terms": [e.term for e in state.elections],
                 "aggregators": [e.node for e in state.elections],
                 "duplicate_commits": state.duplicate_commits, "stale_commits": state.stale_commits,
                 "skipped": len(result.skipped), "rejected": len(state.rejected),
@@ -139,3 +160,38 @@ def history_lines(endpoints: list[str], cluster: str, summary: bool) -> Iterator
             yield json.dumps({"skipped": key, "reason": reason})
     finally:
         store.close()
+
+
+def run_list(endpoints: list[str], cluster: str) -> list[dict[str, Any]]:
+    """Every run, oldest first: its app, state, rounds, aggregator and final model."""
+    store = Store(endpoints, retry_for=5)
+    keys = Keys(cluster)
+    try:
+        specs = {rid: runs.spec(store, keys, rid) for rid in runs.ids(store, keys)}
+        states: dict[int, FLState] = {
+            rid: replay(EventLog(store, keys.run(rid)).read().events) for rid in specs}
+        now = active(states)
+        return [{
+            "run": rid, "app": spec.app, "state": run_state(rid, states[rid], now),
+            "rounds_committed": len(states[rid].committed),
+            "rounds": states[rid].rounds or spec.rounds,
+            "aggregator": states[rid].aggregator,
+            "final_model_sha256": states[rid].completed.model_sha256
+            if states[rid].completed else None,
+            "stopped_by": states[rid].stopped.node if states[rid].stopped else None,
+            "submitted": spec.submitted, "by": spec.by, "run_config": spec.run_config,
+        } for rid, spec in specs.items()]
+    finally:
+        store.close()
+
+
+def format_runs(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no runs yet (raftfl run submit, or a node started with -r)"
+    lines = [f"{'run':>4}  {'app':<20} {'state':<10} {'rounds':>7}  {'aggregator':<22} model"]
+    for r in rows:
+        rounds = f"{r['rounds_committed']}/{r['rounds'] or '?'}"
+        model = (r["final_model_sha256"] or "")[:12]
+        lines.append(f"{r['run']:>4}  {r['app'][:20]:<20} {r['state']:<10} {rounds:>7}  "
+                     f"{r['aggregator'] or '':<22} {model}")
+    return "\n".join(lines)

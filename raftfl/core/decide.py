@@ -19,7 +19,8 @@ from raftfl.core.role import MalformedRole, RoleHolder
 
 
 class Action(Enum):
-    FINISH = "finish"  # the run completed: fetch the final model and leave
+    FINISH = "finish"  # --exit-on-complete, and the last run completed: fetch its model, leave
+    IDLE = "idle"  # no run queued or running: wait for `raftfl run submit`
     OPEN_LEASE = "open_lease"  # no lease (first cycle, or lost): grant one, publish presence
     STEP_DOWN = "step_down"  # stop serving now
     RECORD_ELECTION = "record_election"  # our term has no aggregator_elected yet: append it
@@ -44,7 +45,7 @@ class View:
 
     revision: int
     role: RoleHolder | MalformedRole | None
-    state: FLState
+    state: FLState  # the active run's; with no active run, the newest finished run's
     ranking: tuple[Ranked, ...] = ()  # when vacant: every node's ranking at `ranked_at`
     ranked_at: int = 0
     vacancy_revision: int | None = None  # the role key's delete revision, once a watch saw it
@@ -53,6 +54,8 @@ class View:
     holder_gone: bool = False  # this node's probes say the holder's host is gone
     suspected_by: frozenset[str] = frozenset()  # nodes that published the same evidence
     live_members: frozenset[str] = frozenset()  # nodes with a member record
+    run: int | None = 1  # the active run: the lowest one neither completed nor stopped
+    elected_before: bool = False  # an earlier run recorded an election (bootstrap is over)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Local:
     lease_ttl: float = 3.0
     vacancy_seen: float | None = None  # monotonic time this node first saw the vacancy
     malformed_seen: float | None = None  # monotonic time this node first saw a malformed key
+    exit_on_complete: bool = False  # leave once no run is left and the last one completed
 
 
 @dataclass(frozen=True)
@@ -80,17 +84,19 @@ class Decision:
     holder: RoleHolder | None = None
     rank: int | None = None
     wait_s: float | None = None
+    run: int | None = None
 
     @property
-    def topic(self) -> tuple[Action, int | None, int | None]:
+    def topic(self) -> tuple[Action, int | None, int | None, int | None]:
         """What makes two decisions 'the same' for logging (the wait figure ticks down)."""
-        return self.action, self.term, self.rank
+        return self.action, self.term, self.rank, self.run
 
 
 def decide(view: View, local: Local) -> Decision:
     state, role = view.state, view.role
-    if state.done:
-        assert state.completed is not None
+    if view.run is None and local.exit_on_complete and state.finished:
+        if state.completed is None:
+            return Decision(Action.FINISH, "the last run was stopped: leaving")
         return Decision(Action.FINISH, f"run completed (term {state.completed.term}, model "
                         f"{state.completed.model_sha256[:12]}): fetching the final model")
     if local.serving_term is not None and not local.lease_valid:
@@ -98,6 +104,8 @@ def decide(view: View, local: Local) -> Decision:
                         f"from term {local.serving_term}", term=local.serving_term)
     if local.lease is None:
         return Decision(Action.OPEN_LEASE, "no lease: opening one and publishing this node")
+    if view.run is None:
+        return Decision(Action.IDLE, "no run queued: waiting for `raftfl run submit`")
     if isinstance(role, MalformedRole):
         return _malformed(role, local)
     if isinstance(role, RoleHolder):
@@ -128,8 +136,8 @@ def _held(role: RoleHolder, view: View, local: Local) -> Decision:
         rounds = view.state.rounds
         nxt = view.state.next_round
         where = f"round {nxt} of {rounds}" if rounds else "the first round"
-        return Decision(Action.SERVE, f"aggregator for term {role.term}: serving {where}",
-                        term=role.term, holder=role)
+        return Decision(Action.SERVE, f"aggregator for term {role.term}: serving run "
+                        f"{view.run}, {where}", term=role.term, holder=role, run=view.run)
     if local.serving_term is not None:
         return Decision(Action.STEP_DOWN, f"{role.node} holds term {role.term}: stepping down "
                         f"from term {local.serving_term}", term=local.serving_term, holder=role)
@@ -159,7 +167,7 @@ def _vacant(view: View, local: Local) -> Decision:
     if local.nofailover:
         return Decision(Action.NOFAILOVER, "role vacant; this node is nofailover and will not "
                         "campaign")
-    if not view.state.elections:  # the first election: the seed's -a flag decides
+    if not view.state.elections and not view.elected_before:  # the first: -a decides
         if local.bootstrap in ("self", local.name):
             return Decision(Action.CAMPAIGN, "bootstrap: campaigning for the first term", rank=0)
         if local.bootstrap != "auto":

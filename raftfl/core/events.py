@@ -161,6 +161,15 @@ class RunCompleted(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RunStopped(Event):
+    """An operator stopped the run (`raftfl run stop`): the aggregator ends its ServerApp
+    and moves on to the next run; a queued run is skipped."""
+
+    type: ClassVar[str] = "run_stopped"
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeJoined(Event):
     type: ClassVar[str] = "node_joined"
 
@@ -174,7 +183,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
         RunStarted, AggregatorElected, StepDown, RoundStarted, FitResults,
-        CheckpointSaved, RoundCommitted, CheckpointFallback, RunCompleted, NodeJoined, NodeLeft,
+        CheckpointSaved, RoundCommitted, CheckpointFallback, RunCompleted, RunStopped,
+        NodeJoined, NodeLeft,
     )
 }
 
@@ -206,6 +216,8 @@ def describe(ev: Event) -> str:
                     f"({ev.reason}); falling back to round {ev.fallback_round}")
         case RunCompleted():
             return f"run completed, model {ev.model_sha256[:12]}"
+        case RunStopped():
+            return f"run stopped by {ev.node}" + (f": {ev.reason}" if ev.reason else "")
         case NodeJoined():
             return f"{ev.node} joined"
         case NodeLeft():

@@ -1,13 +1,25 @@
 """The etcd key schema. Everything a cluster writes lives under `/raftfl/<cluster>/`.
 
-    config                     run configuration, created once
-    events/<seq:012d>          the FL event log; zero-padded so key order is log order
+The cluster's own keys (`Keys`):
+
+    config                     cluster configuration (nodes, ranking weights), created once
     latency/<node>/<seq:012d>  RTT samples, one writer per node, bound to the writer's lease
     members/<node>             liveness and context, bound to the node's lease
     aggregator                 the role; bound to the holder's lease; create revision = term
     suspects/<term>/<node>     a node's evidence that term's holder is gone; on its lease
+
+and each run's (`RunKeys`, from `keys.run(id)`), under `runs/<id>/`:
+
+    spec                       the run spec (app, run config, rounds), created once: its
+                               creation allocates the id
+    app/<sha256>/meta, /<i>    the app package (pyproject.toml and python files), verified
+    events/<seq:012d>          the run's FL event log; zero-padded so key order is log order
     checkpoints/<sha256>/meta  checkpoint manifest (round, size, chunk count)
     checkpoints/<sha256>/<i>   checkpoint chunks (<= 1 MiB each)
+
+A federation outlives its runs, so the role, membership and latency are the cluster's, and
+everything a run writes is the run's: a new run starts with an empty log, and an old run's
+history stays readable (`raftfl history --run N`).
 
 The cluster name is checked here too, so no code path can build keys (or the data dirs named
 after them) from an unsafe name.
@@ -15,11 +27,13 @@ after them) from an unsafe name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from raftfl.core.address import check_cluster_name
+from raftfl.core.errors import RaftflError
 
 SEQ_WIDTH = 12
+MAX_RUN_ID = 10**9
 
 
 @dataclass(frozen=True)
@@ -38,11 +52,12 @@ class Keys:
         return self.root + "config"
 
     @property
-    def events(self) -> str:
-        return self.root + "events/"
+    def runs(self) -> str:
+        return self.root + "runs/"
 
-    def event(self, seq: int) -> str:
-        return f"{self.events}{seq:0{SEQ_WIDTH}d}"
+    def run(self, run_id: int) -> RunKeys:
+        """The keys of run `run_id` (and, through them, the cluster's)."""
+        return RunKeys(self.cluster, run_id)
 
     @property
     def latency(self) -> str:
@@ -71,9 +86,49 @@ class Keys:
     def suspect(self, term: int, node: str) -> str:
         return self.suspects(term) + node
 
+
+@dataclass(frozen=True)
+class RunKeys(Keys):
+    """One run's keys; the cluster's keys stay reachable through it (it is a `Keys`).
+
+    `blobs` names the directory the content-addressed blob functions (raftfl/etcd/
+    checkpoint.py) work in: "checkpoints" for models, "app" for the run's app package, so
+    both are chunked and sha256-verified by the same code."""
+
+    run_id: int
+    blobs: str = "checkpoints"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.run_id, bool) or not isinstance(self.run_id, int) \
+                or not 1 <= self.run_id <= MAX_RUN_ID:
+            raise RaftflError(f"run id {self.run_id!r} not in 1..{MAX_RUN_ID}")
+        if self.blobs not in ("checkpoints", "app"):
+            raise ValueError(f"unknown blob directory {self.blobs!r}")
+
+    @property
+    def run_root(self) -> str:
+        return f"{self.runs}{self.run_id}/"
+
+    @property
+    def spec(self) -> str:
+        return self.run_root + "spec"
+
+    @property
+    def app(self) -> RunKeys:
+        """The same run, with the blob functions pointed at its app package."""
+        return replace(self, blobs="app")
+
+    @property
+    def events(self) -> str:
+        return self.run_root + "events/"
+
+    def event(self, seq: int) -> str:
+        return f"{self.events}{seq:0{SEQ_WIDTH}d}"
+
     @property
     def checkpoints(self) -> str:
-        return self.root + "checkpoints/"
+        return f"{self.run_root}{self.blobs}/"
 
     def checkpoint_meta(self, sha: str) -> str:
         return f"{self.checkpoints}{sha}/meta"

@@ -31,6 +31,7 @@ from raftfl.core.events import (
     RoundStarted,
     RunCompleted,
     RunStarted,
+    RunStopped,
     StepDown,
 )
 
@@ -57,6 +58,7 @@ class FLState:
     step_downs: list[StepDown] = field(default_factory=list)
     fallbacks: list[CheckpointFallback] = field(default_factory=list)
     completed: RunCompleted | None = None
+    stopped: RunStopped | None = None  # an operator's `raftfl run stop`
     max_term: int = 0
     duplicate_commits: list[int] = field(default_factory=list)  # seqs
     stale_commits: list[int] = field(default_factory=list)  # seqs
@@ -90,6 +92,11 @@ class FLState:
     @property
     def done(self) -> bool:
         return self.completed is not None
+
+    @property
+    def finished(self) -> bool:
+        """Completed or stopped: the run will not train again."""
+        return self.completed is not None or self.stopped is not None
 
     def snapshot(self) -> FLState:
         """A copy with containers of its own (the events in them are immutable)."""
@@ -170,3 +177,6 @@ def _apply(state: FLState, item: Logged) -> None:
         case RunCompleted():
             if state.completed is None:
                 state.completed = ev
+        case RunStopped():
+            if state.stopped is None:
+                state.stopped = ev

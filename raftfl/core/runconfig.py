@@ -1,14 +1,18 @@
-"""The run configuration: written once to `config` when the cluster is created, read by all.
+"""The cluster configuration (`config`, written once when the cluster is created) and each
+run's spec (`runs/<id>/spec`, written once when the run is submitted), read by all.
 
-Every node trains with the same settings and shards the data the same way because they all
-read this one record, not their own command lines. The record is range-checked on both
-sides: a node refuses to create a configuration it could not run, and refuses (one line,
+Every node shards the data the same way and ranks with the same weights because they all
+read `config`, and trains a run with the same app and settings because they all read its
+spec, not their own command lines. `RunConfig` also carries the task flags of the node that
+creates the cluster: with `-r` they make its first run. Both records are range-checked on
+both sides: a node refuses to create a record it could not run, and refuses (one line,
 non-zero exit) a stored one that is malformed, instead of failing later inside training.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
@@ -27,6 +31,7 @@ MAX_NODES = 1000
 MAX_TRAIN = 100_000  # images per node's dataset copy: ~1.2 GB of float32 at the upper bound
 MAX_TEST = 20_000
 WEIGHT_NAMES = tuple(f.name for f in fields(Weights))
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -106,3 +111,31 @@ def ensure(store: Store, keys: Keys, proposed: RunConfig | None) -> RunConfig | 
         store.create(keys.config, proposed.to_json())
     kv = store.get(keys.config)
     return RunConfig.from_json(kv.value) if kv else None
+
+
+@dataclass(frozen=True)
+class RunSpec(Record):
+    """What a run is: its Flower app (by name and package hash) and its run config."""
+
+    KIND: ClassVar[str] = "run spec"
+
+    app: str  # the app's name (its pyproject's project.name)
+    app_sha256: str  # its package under runs/<id>/app/ (raftfl/node/package.py)
+    run_config: dict[str, bool | int | float | str]  # the app's, with the overrides applied
+    rounds: int | None = None  # num-server-rounds, when the app has it
+    by: str = ""  # who submitted it (a node name, or the CLI's user@host)
+    submitted: float = field(default_factory=time.time)
+
+    def check(self) -> None:
+        require(0 < len(self.app) <= 255, f"app name of {len(self.app)} characters")
+        require(_SHA256.fullmatch(self.app_sha256) is not None,
+                f"app_sha256 {self.app_sha256[:16]!r} is not a sha256")
+        require(self.rounds is None or 1 <= self.rounds <= MAX_ROUNDS,
+                f"rounds {self.rounds} not in 1..{MAX_ROUNDS}")
+        require(len(self.by) <= 255, f"submitter of {len(self.by)} characters")
+
+
+def spec_rounds(run_config: dict[str, bool | int | float | str]) -> int | None:
+    """The rounds a run config asks for (Flower's `num-server-rounds`), if it says."""
+    rounds = run_config.get("num-server-rounds")
+    return rounds if type(rounds) is int else None

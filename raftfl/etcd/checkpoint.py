@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from raftfl.core.errors import FencedOut, RaftflError
-from raftfl.core.keys import Keys
+from raftfl.core.keys import RunKeys
 from raftfl.core.records import MalformedRecord, Record, require
 from raftfl.etcd.store import CreateResult, Fence, Store
 
@@ -59,7 +59,7 @@ def sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def save(store: Store, keys: Keys, blob: bytes, round_: int, fence: Fence | None,
+def save(store: Store, keys: RunKeys, blob: bytes, round_: int, fence: Fence | None,
          chunk_bytes: int = CHUNK_BYTES) -> Manifest:
     """Write `blob`; keys already present are verified and repaired (see the module doc)."""
     if not 0 < chunk_bytes <= CHUNK_BYTES:
@@ -101,7 +101,7 @@ def _write(store: Store, key: str, value: bytes | str, fence: Fence | None,
     raise FencedOut(f"checkpoint write {key} rejected: the writer was deposed")
 
 
-def load(store: Store, keys: Keys, digest: str) -> bytes:
+def load(store: Store, keys: RunKeys, digest: str) -> bytes:
     """Read and verify one checkpoint; raises CorruptCheckpoint on any mismatch."""
     meta = store.get(keys.checkpoint_meta(digest))
     if meta is None:
@@ -122,7 +122,7 @@ def load(store: Store, keys: Keys, digest: str) -> bytes:
     return blob
 
 
-def prune(store: Store, keys: Keys, keep: set[str], fence: Fence | None) -> list[str]:
+def prune(store: Store, keys: RunKeys, keep: set[str], fence: Fence | None) -> list[str]:
     """Delete every checkpoint not in `keep` (fenced: only the aggregator prunes)."""
     kvs, _ = store.range(keys.checkpoints, keys_only=True)
     stored = {kv.key[len(keys.checkpoints):].split("/", 1)[0] for kv in kvs}

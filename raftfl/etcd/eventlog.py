@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import Event, MalformedEvent, decode
-from raftfl.core.keys import Keys, seq_of
+from raftfl.core.keys import RunKeys, seq_of
 from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
 from raftfl.core.replay import FLState, Logged, fold, replay
 from raftfl.etcd.store import KV, CreateResult, Fence, Resync, Store
@@ -76,7 +76,7 @@ class Folded:
 
 
 class EventLog:
-    def __init__(self, store: Store, keys: Keys):
+    def __init__(self, store: Store, keys: RunKeys):
         self.store = store
         self.keys = keys
         self._next_hint = 0

@@ -18,6 +18,7 @@ private module, so this is a re-implementation of the same rules on the stdlib's
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 import threading
@@ -119,6 +120,17 @@ class FlowerApp:
 
         return self._load(self.clientapp, ClientApp)
 
+    def unload(self) -> None:
+        """Forget this app's modules and take its directory off `sys.path`, so the next run's
+        app may use the same module names; objects already loaded keep working."""
+        prefix = str(self.root) + os.sep
+        with _import_lock:
+            while str(self.root) in sys.path:
+                sys.path.remove(str(self.root))
+            for name, module in list(sys.modules.items()):
+                if any(place.startswith(prefix) for place in _places(module)):
+                    del sys.modules[name]
+
     def _load(self, ref: str, kind: type) -> Any:
         module_name, _, attrs = ref.partition(":")
         with _import_lock:
@@ -139,6 +151,20 @@ class FlowerApp:
         if not isinstance(obj, kind):
             raise AppError(f"{ref} in {self.root} is not a {kind.__name__}")
         return obj
+
+
+def _places(module: Any) -> list[str]:
+    """Where a module was loaded from: its file, or a namespace package's directories (none
+    for a module that does not say, or whose attributes raise)."""
+    try:
+        spec = getattr(module, "__spec__", None)
+        places = [getattr(module, "__file__", None), getattr(spec, "origin", None)]
+        locations = getattr(spec, "submodule_search_locations", None)
+        if isinstance(locations, list) or type(locations).__name__ == "_NamespacePath":
+            places += list(locations)
+    except Exception:  # noqa: BLE001 - a module with odd attributes is not the app's
+        return []
+    return [p for p in places if isinstance(p, str)]
 
 
 def load_app(path: str | Path) -> FlowerApp:

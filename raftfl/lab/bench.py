@@ -98,7 +98,7 @@ def measure_sizes(rounds: int, every: int | None, model_bytes: int, workdir: Pat
         endpoints = [m.spec.client_endpoint for m in members]
         store = Store(endpoints)
         try:
-            keys = Keys("bench")
+            keys = Keys("bench").run(1)
             log = EventLog(store, keys)
             keeper = Retention(store, every) if every else None
             term = store.revision()

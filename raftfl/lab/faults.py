@@ -176,7 +176,7 @@ def corrupt_checkpoint(c: LocalCluster, ctx: dict[str, Any]) -> None:
     el = first_term(c)
     committed = at(c, RoundCommitted, 2, el.term)
     store = c.store()
-    store.put(c.keys.checkpoint_chunk(committed.model_sha256, 0), b"\x00garbage")
+    store.put(c.run_keys.checkpoint_chunk(committed.model_sha256, 0), b"\x00garbage")
     at(c, RoundStarted, 3, el.term)
     c.kill(el.node)
     ctx["corrupted"] = committed.model_sha256

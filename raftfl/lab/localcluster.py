@@ -1,6 +1,8 @@
 """A local N-node cluster of real `raftfl node` processes on loopback.
 
-Used by `raftfl demo`, the fault harness, the benchmarks and the end-to-end tests. It only
+Used by `raftfl demo`, the fault harness, the benchmarks and the end-to-end tests. Its nodes
+train one run (run 1, submitted by node 0's `-r`) and leave (`--exit-on-complete`); set
+`exit_on_complete=False` for a federation that stays up for `raftfl run submit`. It only
 ever signals the PIDs it started, and `close()` always reaps them and removes its data.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 
 from raftfl.core.address import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, check_port_free
 from raftfl.core.errors import RaftflError
-from raftfl.core.keys import Keys
+from raftfl.core.keys import Keys, RunKeys
 from raftfl.core.replay import FLState, Logged, replay
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Change, Store
@@ -101,6 +103,7 @@ class LocalCluster:
     node_env: dict[int, dict[str, str]] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     aggregator: str = "self"  # node 0's -a; the others follow node 0 (or "auto")
+    exit_on_complete: bool = True  # the nodes leave after run 1 (the collector follows it)
     ips: list[str] | None = None  # one address per node (network-namespace clusters)
     wrappers: list[list[str]] | None = None  # command prefix per node, e.g. ip netns exec
     nodes: list[NodeProc] = field(default_factory=list)
@@ -120,6 +123,7 @@ class LocalCluster:
             args = ["node", "start", "-a", agg, "-s", name, "-n", *[x for x in names if x != name],
                     "--cluster", self.cluster, "--data-dir", str(data_dir),
                     "--lease-ttl", str(self.lease_ttl), "--start-timeout", "120",
+                    *(["--exit-on-complete"] if self.exit_on_complete else []),
                     *self.extra_args, *self.node_args.get(i, [])]
             if i == 0 or self.aggregator == "auto":
                 args += ["-r", str(self.rounds), "--dataset", self.dataset,
@@ -142,7 +146,7 @@ class LocalCluster:
         even after the nodes (and with them the etcd members) have left."""
         self._stop = threading.Event()
         store = Store(self.endpoints, retry_for=20)
-        events = EventLog(store, self.keys)
+        events = EventLog(store, self.run_keys)
 
         def tail() -> None:
             for item in events.tail(1, self._stop):
@@ -249,6 +253,11 @@ class LocalCluster:
     @property
     def keys(self) -> Keys:
         return Keys(self.cluster)
+
+    @property
+    def run_keys(self) -> RunKeys:
+        """Run 1's keys: the run whose log `log` collects."""
+        return self.keys.run(1)
 
     def state(self) -> FLState:
         """The replayed state of what has been collected so far."""

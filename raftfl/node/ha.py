@@ -6,9 +6,15 @@ logs its sentence when it changes, and `act()`s on it:
 
     role vacant     -> rank candidates at the vacancy's revision; the node at rank k
                        campaigns after k * rank_step seconds (create-if-absent)
-    role is mine    -> record the election if missing, then serve the rounds that remain
+    role is mine    -> record the election in the run's log if missing, then serve the
+                       rounds that remain
     role is theirs  -> train for them (and stop serving, if this node still was)
-    run completed   -> fetch and verify the final model, then leave
+    no run left     -> wait for the next `raftfl run submit` (with --exit-on-complete:
+                       fetch and verify the final model, then leave)
+
+The federation outlives its runs (raftfl/node/runs.py): the role is the cluster's, and the
+aggregator serves the active run (the lowest one neither completed nor stopped), records its
+completion, and moves on to the next; every node writes each completed run's final model.
 
 One thread owns the node's state: this loop. Watch threads only queue changes and wake it;
 the keepalive thread swaps in an immutable lease state (and stops a server whose lease ran
@@ -26,7 +32,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,15 +39,24 @@ from typing import Any
 from raftfl.core.address import NodeAddress, check_port_free
 from raftfl.core.decide import Action, Decision, Local, View, decide
 from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
-from raftfl.core.events import AggregatorElected, Event, NodeJoined, NodeLeft, StepDown, describe
+from raftfl.core.events import (
+    AggregatorElected,
+    Event,
+    NodeJoined,
+    NodeLeft,
+    RunStopped,
+    StepDown,
+    describe,
+)
 from raftfl.core.evidence import gone
 from raftfl.core.keys import Keys
 from raftfl.core.members import MemberInfo
 from raftfl.core.ranking import Ranked, rank
 from raftfl.core.replay import FLState
 from raftfl.core.role import MalformedRole, RoleHolder, parse_role
-from raftfl.core.runconfig import RunConfig, ensure
+from raftfl.core.runconfig import RunConfig, RunSpec, ensure, spec_rounds
 from raftfl.etcd import checkpoint
+from raftfl.etcd import runs as stored_runs
 from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.member import (
@@ -55,12 +69,13 @@ from raftfl.etcd.member import (
     wait_healthy,
 )
 from raftfl.etcd.store import Compacted, EtcdNoSpace, EtcdUnavailable, Fence, Resync, Store
-from raftfl.files import write_atomic
 from raftfl.lab.testhooks import hold
 from raftfl.node import runapp
 from raftfl.node.election import Election
 from raftfl.node.holder_probe import HolderProbe
+from raftfl.node.package import pack
 from raftfl.node.recorder import AppRecorder, resume_point
+from raftfl.node.runs import Runs
 from raftfl.node.session import Session, candidates
 from raftfl.node.worker import WorkerRunner
 
@@ -70,7 +85,7 @@ LOOP_WAIT_S = 1.0
 MAX_BACKOFF_S = 10.0  # a failing cycle is retried after 1, 2, 4, 8, then every 10 s
 LEADER_CHECK_S = 5.0  # how often a serving aggregator makes sure it does not lead etcd
 SERVE_RETRY_S = 10.0  # then give the role up (exit) instead of holding it without serving
-RUN_RUN_ID = 1  # the Flower run id of the federation's run
+STOP_JOIN_S = 5.0  # how long a stopped run's ServerApp thread gets to end
 
 
 @dataclass
@@ -97,11 +112,12 @@ class NodeOptions:
     round_timeout: float = 120.0
     start_timeout: float = 300.0
     move_leader: bool = True
-    run: RunConfig | None = None  # proposed run config (used when this node creates the cluster)
+    run: RunConfig | None = None  # proposed cluster config; with it, this node submits run 1
     linger: float = 15.0
-    app: Path | None = None  # a Flower app directory; None: the bundled quick-start app
-    run_config: str | None = None  # --run-config "k=v ..." (used when creating the cluster)
+    app: Path | None = None  # run 1's Flower app directory; None: the bundled quick-start app
+    run_config: str | None = None  # --run-config "k=v ..." (for run 1)
     node_config: str | None = None  # --node-config "k=v ...": this node's context.node_config
+    exit_on_complete: bool = False  # leave once no run is left (the last one's model saved)
 
     @property
     def name(self) -> str:
@@ -134,14 +150,14 @@ class Node:
         self.wake = threading.Event()
         self.member: EtcdMember | None = None
         self.store: Store | None = None
-        self.events: EventLog  # set once etcd answers, in run()
+        self.runs: Runs  # set once etcd answers, in run()
+        self.run_id: int | None = None  # the active run, as of the last observe()
+        self._events_watch: tuple[int, threading.Event] | None = None  # (run, its stop)
         self.session: Session | None = None
-        self.server: Any = None  # the ServerAppHost of our term
+        self.server: Any = None  # the ServerAppHost of our term and the active run
         self.recorder: AppRecorder | None = None
         self.fleet: Any = None  # our FleetServer, while we serve
-        self.app: Any = None  # the Flower app (raftfl.flower.app.FlowerApp)
-        self.apps: Future[tuple[Any, Any]] | None = None  # (ServerApp, ClientApp), imported
-        self._client_host: Any = None
+        self._client_hosts: dict[int, Any] = {}  # run -> ClientAppHost (worker thread only)
         self.worker: WorkerRunner | None = None
         self.election: Election  # set once etcd answers, in run()
         self.role_changes: queue.Queue[Any] = queue.Queue()  # from the role watch
@@ -210,14 +226,13 @@ class Node:
             if self.member is not None:
                 wait_healthy(self.member, self._healthy, self.opts.start_timeout, self.emit)
             self.emit(f"etcd healthy; client endpoints {','.join(endpoints)}")
-            self.events = EventLog(self.store, self.keys)
-            self.app = runapp.load(self.opts.app)
+            first = self._first_run(self.opts.run) if self.opts.run is not None else None
+            self.runs = Runs(self.store, self.keys, self.opts.dir)
             self.config = self._await_config()
-            if self.config.app and self.config.app != self.app.name:
-                raise NodeFatal(f"this cluster runs the Flower app {self.config.app!r}; this "
-                                f"node has {self.app.name!r} ({self.app.root}): give --app")
-            # Import the app (and torch with it) now, not when the first instruction comes.
-            self.apps = ThreadPoolExecutor(1, "app").submit(self._import_app)
+            if first is not None and stored_runs.submit(self.store, self.keys, *first,
+                                                        run_id=1) == 1:
+                self.emit(f"submitted run 1: app {first[0].app}")
+            self.runs.refresh()
             info = MemberInfo(node=self.opts.name, ip=self.opts.ip,
                               client_port=self.opts.etcd_client_port,
                               flower_address=self.opts.flower_address,
@@ -227,7 +242,7 @@ class Node:
                                    self._lease_lost, self.opts.probe_interval)
             self.session.open()
             self.session.start()
-            self.events.append(NodeJoined(node=self.opts.name))
+            self.runs.join_log().append(NodeJoined(node=self.opts.name))
             self.worker = WorkerRunner(runapp.node_id(self.opts.name), self.opts.name,
                                        self._handle)
             self._watch()
@@ -235,15 +250,11 @@ class Node:
         finally:
             self._shutdown()
 
-    def _import_app(self) -> tuple[Any, Any]:
-        """Import the app (and torch with it, if it uses torch) ahead of the first
-        instruction. Torch gets one thread per node by default (RAFTFL_TORCH_THREADS):
-        several nodes share a host's cores, and the node's keepalive must keep its turn while
-        the ClientApp trains."""
-        apps = self.app.load_server_app(), self.app.load_client_app()
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(int(os.environ.get("RAFTFL_TORCH_THREADS", "1")))
-        return apps
+    @property
+    def events(self) -> EventLog:
+        """The active run's event log."""
+        assert self.run_id is not None
+        return self.runs.log(self.run_id)
 
     def _healthy(self) -> bool:
         assert self.store is not None
@@ -253,26 +264,31 @@ class Node:
     def _await_config(self) -> RunConfig:
         assert self.store is not None
         deadline = time.monotonic() + self.opts.start_timeout
-        proposed = self.opts.run
-        if proposed is not None:
-            # raftfl's task flags configure the bundled app; other apps take --run-config
-            # (and -r, as num-server-rounds).
-            bundled = self.app.root == runapp.bundled_app()
-            flags = {f: getattr(proposed, f) for f in runapp.FLAG_KEYS
-                     if bundled or f == "rounds"}
-            proposed = replace(proposed, app=self.app.name, run_config=runapp.run_config(
-                self.app, flags, self.opts.run_config))
         while not self.stop.is_set():
-            cfg = ensure(self.store, self.keys, proposed)
+            cfg = ensure(self.store, self.keys, self.opts.run)
             if cfg is not None:
-                self.emit(f"run: app {cfg.app or self.app.name}, {cfg.rounds} rounds, "
-                          f"{len(cfg.nodes)} initial nodes", once="config")
+                self.emit(f"cluster of {len(cfg.nodes)} initial nodes", once="config")
                 return cfg
             if time.monotonic() > deadline:
-                raise RaftflError("no run configuration in etcd: start the first node with -r ROUNDS")
-            self.emit("waiting for the run configuration (start a node with -r ROUNDS)", once="wcfg")
+                raise RaftflError("no cluster configuration in etcd: start the first node "
+                                  "with -r ROUNDS")
+            self.emit("waiting for the cluster configuration (start a node with -r ROUNDS)",
+                      once="wcfg")
             self.stop.wait(1.0)
         raise RaftflError("stopped")
+
+    def _first_run(self, proposed: RunConfig) -> tuple[RunSpec, bytes]:
+        """Run 1, which the node with -r submits (unless it exists: a restart, or a peer's):
+        this node's app, packaged. raftfl's task flags configure the bundled app; other apps
+        take --run-config (and -r, as num-server-rounds)."""
+        app = runapp.load(self.opts.app)
+        bundled = app.root == runapp.bundled_app()
+        flags = {f: getattr(proposed, f) for f in runapp.FLAG_KEYS if bundled or f == "rounds"}
+        run_config = runapp.run_config(app, flags, self.opts.run_config)
+        blob = pack(app.root)
+        return RunSpec(app=app.name, app_sha256=hashlib.sha256(blob).hexdigest(),
+                       run_config=run_config, rounds=spec_rounds(run_config),
+                       by=self.opts.name), blob
 
     # -- watches ----------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -287,12 +303,25 @@ class Node:
                     self.role_changes.put(change)
                     self.wake.set()
 
+        threading.Thread(target=self._guard(role), name="role", daemon=True).start()
+
+    def _watch_events(self, run_id: int, revision: int) -> None:
+        """Wake the loop on each new event of the active run (a new watch when it changes)."""
+        if self._events_watch is not None:
+            if self._events_watch[0] == run_id:
+                return
+            self._events_watch[1].set()
+        stop = threading.Event()
+        self._events_watch = (run_id, stop)
+        log = self.runs.log(run_id)
+
         def events() -> None:
-            for _ in self.events.tail(rev + 1, self.stop):
+            for _ in log.tail(revision + 1, stop):
+                if self.stop.is_set():
+                    return
                 self.wake.set()
 
-        for target in (role, events):
-            threading.Thread(target=self._guard(target), name=target.__name__, daemon=True).start()
+        threading.Thread(target=self._guard(events), name=f"events-{run_id}", daemon=True).start()
 
     def _guard(self, fn: Any) -> Any:
         def run() -> None:
@@ -305,7 +334,8 @@ class Node:
 
     # -- HA loop ----------------------------------------------------------------------------
     def _loop(self) -> int:
-        """Observe, decide, act, until the run completes or the node is stopped.
+        """Observe, decide, act, until the node is stopped (or, with --exit-on-complete, no
+        run is left).
 
         A cycle that fails is logged and retried with bounded backoff: a loop error never
         stops the embedded etcd member (only shutdown and `node leave` do).
@@ -352,8 +382,9 @@ class Node:
             return False
 
     def cycle(self) -> bool:
-        """One reconciliation. Returns True when the run has completed."""
+        """One reconciliation. Returns True when the node is to leave (--exit-on-complete)."""
         view = self.observe()
+        self._save_finished_runs()
         decision = decide(view, self._local())
         if decision.topic != self._last_topic:
             self._last_topic = decision.topic
@@ -367,7 +398,9 @@ class Node:
         kvs, rev = self.store.range(self.keys.aggregator)
         kv = next((k for k in kvs if k.key == self.keys.aggregator), None)
         role = parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision) if kv else None
-        state, _ = self.events.current(revision=rev)
+        runs = self.runs.refresh(rev)
+        self._activate(runs.active, rev)
+        state = runs.state
         now = time.monotonic()
         if role is None:
             self._vacancy_seen = self._vacancy_seen or now
@@ -375,19 +408,53 @@ class Node:
             self._vacancy_seen, self._vacancy_rev = None, None
         self._malformed_seen = (self._malformed_seen or now) if isinstance(role, MalformedRole) \
             else None
-        if isinstance(role, RoleHolder) and role.node != self.opts.name and not state.done:
-            return self._observe_holder(rev, role, state)
+        at_run = {"run": runs.active, "elected_before": runs.elected_before}
+        if isinstance(role, RoleHolder) and role.node != self.opts.name and runs.active:
+            return replace(self._observe_holder(rev, role, state), **at_run)
         self.holder_probe.follow(None)
-        if role is not None or state.done or self.opts.nofailover:
-            return View(rev, role, state)
+        if role is not None or runs.active is None or self.opts.nofailover:
+            return View(rev, role, state, **at_run)
         at = self._vacancy_rev or rev
         ranking, ranked_at, max_rtt = self._ranking(at, state)
         measured = True
-        if not state.elections and self.opts.aggregator == "auto":
+        if not state.elections and not runs.elected_before and self.opts.aggregator == "auto":
             measured = self._peers_measured(rev)
             if not measured:  # the rank clock starts once everyone can rank the same way
                 self._vacancy_seen = None
-        return View(rev, role, state, ranking, ranked_at, self._vacancy_rev, measured, max_rtt)
+        return View(rev, role, state, ranking, ranked_at, self._vacancy_rev, measured, max_rtt,
+                    **at_run)
+
+    def _activate(self, run_id: int | None, revision: int) -> None:
+        """When the active run changes: unpack and import its app, watch its log."""
+        if run_id == self.run_id:
+            return
+        self.run_id = run_id
+        if run_id is None:
+            return
+        run_app = self.runs.app(run_id)
+        if run_app.flower_app is None:
+            self.emit(f"run {run_id}: its app cannot be used ({run_app.apps.exception()})")
+        else:
+            spec = run_app.spec
+            assert spec is not None
+            self.emit(f"run {run_id}: app {spec.app}"
+                      + (f", {spec.rounds} rounds" if spec.rounds else ""))
+        self._watch_events(run_id, revision)
+
+    def _save_finished_runs(self) -> None:
+        """Write each newly completed run's final model to <data-dir>/runs/<id>/ (not with
+        --exit-on-complete, which writes the last one's to the data dir as it leaves)."""
+        for run_id, state in list(self.runs.finished.items()):
+            out = self.opts.dir / "runs" / str(run_id)
+            if state.completed is not None and not self.opts.exit_on_complete \
+                    and not (out / "result.json").exists():
+                try:
+                    path = self.runs.save_final_model(run_id, state, out, self.opts.name)
+                    self.emit(f"run {run_id} completed: final model "
+                              f"{state.completed.model_sha256[:12]} verified, saved to {path}")
+                except checkpoint.CorruptCheckpoint as exc:
+                    self.emit(f"run {run_id} completed, but its final model is unusable: {exc}")
+            del self.runs.finished[run_id]
 
     def _observe_holder(self, rev: int, role: RoleHolder, state: FLState) -> View:
         """Another node holds the role: probe its host, and read who else suspects it."""
@@ -468,11 +535,13 @@ class Node:
                      lease_valid=self.session.valid, serving_term=serving,
                      bootstrap=self.opts.aggregator, nofailover=self.opts.nofailover,
                      rank_step=self.opts.rank_step, lease_ttl=float(self.opts.lease_ttl),
-                     vacancy_seen=self._vacancy_seen, malformed_seen=self._malformed_seen)
+                     vacancy_seen=self._vacancy_seen, malformed_seen=self._malformed_seen,
+                     exit_on_complete=self.opts.exit_on_complete)
 
     def act(self, d: Decision, view: View) -> bool:
-        """Carry a decision out. Returns True when the run has completed."""
+        """Carry a decision out. Returns True when the node is to leave."""
         assert self.worker is not None and self.session is not None and self.store is not None
+        self._retire_server()
         match d.action:
             case Action.FINISH:
                 return True
@@ -567,7 +636,8 @@ class Node:
         except RaftflError:
             pass
         self.emit(f"elected aggregator, term {term}"
-                  + (f" (rank {d.rank}, score {me.score:.2f})" if d and me else ""))
+                  + (f" (rank {d.rank}, score {me.score:.2f})" if d and me else "")
+                  + f" (run {self.run_id})")
         self._move_leader_away()
         self.wake.set()
 
@@ -579,15 +649,17 @@ class Node:
         or it failed) is joined first, and only then is the log re-read, so a round the old
         one committed is never committed again. This node's own ClientApp trains too.
         """
-        assert self.store is not None and self.worker is not None and self.config is not None
+        assert self.store is not None and self.worker is not None and self.run_id is not None
         fence = self.election.fence
         assert fence is not None and fence.create_revision == term
+        run_id = self.run_id
         self.worker.follow(self.opts.flower_address, term)
         host, recorder = self.server, self.recorder
         if host is not None and recorder is not None and recorder.term == term:
             if host.state == "running":
                 return
             if host.state == "completed" and recorder.complete():
+                self._completed(recorder)
                 return
             if isinstance(recorder.failure, EtcdNoSpace):
                 raise recorder.failure  # the loop reports it and steps down
@@ -599,11 +671,20 @@ class Node:
                 raise RaftflError("the previous ServerApp thread did not stop")
             self.server = None
         state, _ = self.events.current()
-        if state.done:
+        if state.finished:
             return
         self._predecessor = next((e.node for e in reversed(state.elections) if e.term < term), None)
-        assert self.apps is not None
-        server_app, _ = self.apps.result()
+        run_app = self.runs.app(run_id)
+        try:
+            server_app, _ = run_app.apps.result()
+        except Exception as exc:  # noqa: BLE001 - the app's fault: skip the run, say why
+            reason = f"its app cannot be used: {type(exc).__name__}: {exc}"[:500]
+            self.events.append(RunStopped(node=self.opts.name, reason=reason))
+            self.emit(f"run {run_id} stopped: {reason}")
+            return
+        spec = run_app.spec
+        assert spec is not None
+        keys = self.keys.run(run_id)
         from raftfl.flower.fleet import FleetServer
         from raftfl.flower.grid import RaftGrid
         from raftfl.flower.host import ServerAppHost
@@ -612,21 +693,20 @@ class Node:
             if self.fleet is None or self.fleet.stopped:
                 host_ip, _, port = self.opts.flower_address.rpartition(":")
                 self.fleet = FleetServer(host_ip, int(port)).start()
-            resume = resume_point(self.store, self.keys, self.events, state, fence,
-                                  self.opts.name)
+            resume = resume_point(self.store, keys, self.events, state, fence, self.opts.name)
             self.recorder = AppRecorder(
-                store=self.store, keys=self.keys, events=self.events, fence=fence,
+                store=self.store, keys=keys, events=self.events, fence=fence,
                 node=self.opts.name, workers=self._wait_for_workers, on_event=self._on_event)
             if resume is not None:
                 self.recorder.base = state.committed[resume.next_round - 1].model_sha256 \
                     if resume.next_round > 1 else state.initial_model
                 self.recorder.last_round = resume.next_round - 1
-            grid = RaftGrid(self.fleet, run_id=RUN_RUN_ID, term=term, hooks=self.recorder,
+            grid = RaftGrid(self.fleet, run_id=run_id, term=term, hooks=self.recorder,
                             resume=resume)
-            self.emit(f"serving {self.app.name} from round {resume.next_round if resume else 0}"
-                      f" on {self.opts.flower_address}"
+            self.emit(f"serving run {run_id} ({spec.app}) from round "
+                      f"{resume.next_round if resume else 0} on {self.opts.flower_address}"
                       + (f" (model {self.recorder.base[:12]})" if self.recorder.base else ""))
-            self.server = ServerAppHost(server_app, grid, self.config.run_config).start()
+            self.server = ServerAppHost(server_app, grid, spec.run_config).start()
             self._serve_failing_since = None
         except FencedOut:
             self._step_down("fenced out while resuming")
@@ -640,6 +720,30 @@ class Node:
                 raise NodeFatal(f"cannot serve on {self.opts.flower_address} for "
                                 f"{SERVE_RETRY_S:.0f}s ({exc}): resigned the role") from exc
             self.emit(f"cannot serve yet ({exc}); retrying")
+
+    def _completed(self, recorder: AppRecorder) -> None:
+        """After `run_completed`: keep only the final model of the run's checkpoints."""
+        assert self.store is not None and recorder.base is not None
+        try:
+            checkpoint.prune(self.store, recorder.keys, {recorder.base}, recorder.fence)
+        except RaftflError as exc:
+            log.info("pruning the completed run's checkpoints failed: %s", exc)
+
+    def _retire_server(self) -> None:
+        """The ServerApp of a run that is no longer active ends: at once if the run was
+        stopped (it records nothing more), and is forgotten if it completed."""
+        host, recorder = self.server, self.recorder
+        if host is None or host.grid.run_id == self.run_id:
+            return
+        self.server = self.recorder = None
+        if recorder is not None:
+            recorder.deposed = True  # its hooks' next write is refused
+        if host.state == "running":
+            host.stop()  # stops the fleet server too: _serve starts a new one
+            self.fleet = None
+            self.emit(f"run {host.grid.run_id} stopped: ServerApp ended")
+            if not host.join(timeout=STOP_JOIN_S):
+                log.warning("the stopped run's ServerApp thread is still running")
 
     def _wait_for_workers(self) -> int:
         """Before each round: every live node's worker (ours too) for up to `client_wait`
@@ -729,20 +833,42 @@ class Node:
 
     # -- worker role ------------------------------------------------------------------------
     def _handle(self, msg_id: str, payload: bytes) -> bytes:
-        """One instruction for this node's ClientApp (called in the worker thread)."""
-        if self._client_host is None:
-            from raftfl.flower.app import node_config
-            from raftfl.flower.host import ClientAppHost
+        """One instruction for this node's ClientApp of the run it names (in the worker
+        thread). The run may be one this node's loop has not seen become active yet; an
+        instruction for an earlier run, or one that cannot be read, goes to the current host,
+        which refuses it."""
+        from raftfl.flower.codec import CodecError, decode_message
+        from raftfl.flower.grid import Stamp
 
-            assert self.apps is not None and self.config is not None
-            _, client_app = self.apps.result()
-            self._client_host = ClientAppHost(
-                client_app, run_id=RUN_RUN_ID, node_id=runapp.node_id(self.opts.name),
-                node_config=node_config(self.opts.node_config,
-                                        self.config.shard_index(self.opts.name),
-                                        len(self.config.nodes)),
-                run_config=self.config.run_config, admit=self._admit)
-        return self._client_host.handle(msg_id, payload)
+        try:
+            run_id = Stamp.from_json(decode_message(payload)[1]).run_id
+        except CodecError:
+            run_id = 0
+        current = next(iter(self._client_hosts), None)
+        if run_id < max(current or 1, self.run_id or 1):
+            run_id = current or self.run_id or 1
+        if run_id not in self._client_hosts:
+            self._client_hosts = {run_id: self._client_host(run_id)}  # one run at a time
+        return self._client_hosts[run_id].handle(msg_id, payload)
+
+    def _client_host(self, run_id: int) -> Any:
+        """This node's ClientApp for run `run_id`; one that cannot be loaded answers every
+        instruction with the reason, as a ClientApp that raised."""
+        from raftfl.flower.app import node_config
+        from raftfl.flower.host import ClientAppHost
+
+        assert self.config is not None
+        run_app = self.runs.app(run_id)
+        try:
+            _, client_app = run_app.apps.result()
+        except Exception as exc:  # noqa: BLE001 - reported in each reply
+            client_app = _Unusable(exc)
+        return ClientAppHost(
+            client_app, run_id=run_id, node_id=runapp.node_id(self.opts.name),
+            node_config=node_config(self.opts.node_config,
+                                    self.config.shard_index(self.opts.name),
+                                    len(self.config.nodes)),
+            run_config=run_app.spec.run_config if run_app.spec else {}, admit=self._admit)
 
     def _admit(self, stamp: Any, message: Any) -> str | None:
         """Refuse an instruction from a term that is not the current one, or whose arrays
@@ -766,26 +892,22 @@ class Node:
 
     # -- the end ----------------------------------------------------------------------------
     def _finish(self) -> int:
-        """Fetch and verify the final model, write it to the data dir, linger for peers."""
-        from raftfl.flower.codec import arrays_from_bytes, model_npz
-
+        """--exit-on-complete: fetch and verify the last run's final model, write it to the
+        data dir, linger for peers."""
         assert self.store is not None and self.session is not None
-        state, _ = self.events.current()
-        assert state.completed is not None
-        sha = state.completed.model_sha256
+        runs = self.runs.refresh()
         if self.worker is not None:
             self.worker.stop()
-        blob = checkpoint.load(self.store, self.keys, sha)
-        npz = model_npz(arrays_from_bytes(blob))
-        path = self.opts.dir / "final_model.npz"
-        write_atomic(path, npz)
-        file_sha = hashlib.sha256(npz).hexdigest()
-        write_atomic(path.with_name(path.name + ".sha256"), f"{file_sha}  {path.name}\n")
-        result = {"node": self.opts.name, "final_model_sha256": sha, "final_model_file": str(path),
-                  "final_model_file_sha256": file_sha, "rounds": state.rounds,
-                  "committed": state.commit_order}
-        write_atomic(self.opts.dir / "result.json", json.dumps(result))
-        self.emit(f"final model {sha[:12]} verified, saved to {path}")
+        if runs.state.completed is None:
+            self.emit(f"run {runs.latest} was stopped: no final model")
+            code = 1
+        else:
+            assert runs.latest is not None
+            path = self.runs.save_final_model(runs.latest, runs.state, self.opts.dir,
+                                              self.opts.name)
+            self.emit(f"final model {runs.state.completed.model_sha256[:12]} verified, "
+                      f"saved to {path}")
+            code = 0
         self.session.info.finished = True
         self.store.retry_for = 2.0  # peers are leaving: never wait long for a quorum now
         try:
@@ -800,7 +922,7 @@ class Node:
             except EtcdUnavailable:
                 break
             self.stop.wait(0.5)
-        return 0
+        return code
 
     def _unfinished_peers(self) -> set[str]:
         """Peers that are up but have not fetched the final model yet.
@@ -831,6 +953,8 @@ class Node:
 
     def _shutdown(self) -> None:
         self.stop.set()
+        if self._events_watch is not None:
+            self._events_watch[1].set()
         self.holder_probe.stop()
         if self.worker is not None:
             self.worker.stop()
@@ -840,9 +964,19 @@ class Node:
             if self.signalled and self.store is not None:
                 self.store.retry_for = 2.0  # best effort on the way out: never hang here
                 try:
-                    self.events.append(NodeLeft(node=self.opts.name))
+                    self.runs.join_log().append(NodeLeft(node=self.opts.name))
                 except RaftflError:
                     pass
             self.session.close(revoke=True)
         if self.member is not None:
             self.member.stop()
+
+
+class _Unusable:
+    """Stands in for a ClientApp whose run's app cannot be loaded: raises why, each time."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def __call__(self, message: Any, context: Any) -> Any:
+        raise RaftflError(f"this node cannot load the run's app: {self.error}")

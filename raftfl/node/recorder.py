@@ -25,7 +25,7 @@ from raftfl.core.events import (
     RunCompleted,
     RunStarted,
 )
-from raftfl.core.keys import Keys
+from raftfl.core.keys import RunKeys
 from raftfl.core.replay import FLState
 from raftfl.etcd import checkpoint
 from raftfl.etcd.eventlog import EventLog
@@ -39,7 +39,7 @@ KEEP_CHECKPOINTS = 3
 MAX_CLIENT_METRICS = 32  # per-client metrics are kept in the log for small federations only
 
 
-def resume_point(store: Store, keys: Keys, events: EventLog, state: FLState, fence: Fence,
+def resume_point(store: Store, keys: RunKeys, events: EventLog, state: FLState, fence: Fence,
                  node: str) -> Any:
     """Where a new aggregator picks the run up (`flower.grid.Resume`), or None for a fresh
     run. The newest committed model that verifies; an older one (recorded as a fallback)
@@ -72,7 +72,7 @@ def resume_point(store: Store, keys: Keys, events: EventLog, state: FLState, fen
 class AppRecorder:
     """`RoundHooks` for one term, with fenced etcd writes."""
 
-    def __init__(self, *, store: Store, keys: Keys, events: EventLog, fence: Fence, node: str,
+    def __init__(self, *, store: Store, keys: RunKeys, events: EventLog, fence: Fence, node: str,
                  workers: Callable[[], int], on_event: Callable[[Event], None]):
         self.store, self.keys, self.events, self.fence, self.node = store, keys, events, fence, node
         self.workers = workers

@@ -4,7 +4,8 @@
     raftfl node start -a HOST:P0 -s HOST:P1 -n HOST:P0 HOST:P2
     raftfl node start -a HOST:P0 -s HOST:P2 -n HOST:P0 HOST:P1
 
-Only the data dirs (and, on the first node, a small synthetic dataset) are added. The nodes
+Only the data dirs, `--exit-on-complete` (so the nodes leave after the run, as the seed's
+did) and, on the first node, a small synthetic dataset are added. The nodes
 are real processes; the test only ever signals the PIDs it started, and checks that each
 node's etcd member (a child of the node) is gone once its node is.
 """
@@ -154,9 +155,10 @@ def test_seed_commands_run_a_three_member_cluster(tmp_path: Path) -> None:
     lingering: list[tuple[Path, int]] = []
     try:
         nodes.start(0, ["node", "start", "-a", "self", "-r", "3", "-s", n0, "-n", n1, n2,
-                        "--dataset", "synthetic", "--train-size", "1500", "--test-size", "300"])
-        nodes.start(1, ["node", "start", "-a", n0, "-s", n1, "-n", n0, n2])
-        nodes.start(2, ["node", "start", "-a", n0, "-s", n2, "-n", n0, n1])
+                        "--dataset", "synthetic", "--train-size", "1500", "--test-size", "300",
+                        "--exit-on-complete"])
+        nodes.start(1, ["node", "start", "-a", n0, "-s", n1, "-n", n0, n2, "--exit-on-complete"])
+        nodes.start(2, ["node", "start", "-a", n0, "-s", n2, "-n", n0, n1, "--exit-on-complete"])
 
         def up() -> dict[str, Any] | None:
             for proc, _, _ in nodes.procs:

@@ -24,7 +24,7 @@ from conftest import EtcdCluster, free_port_base, running_cluster
 from raftfl.core.address import check_port_free
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, RunStarted
-from raftfl.core.keys import Keys
+from raftfl.core.keys import Keys, RunKeys
 from raftfl.core.latency import Sample
 from raftfl.core.members import MemberInfo
 from raftfl.etcd.context import read_members, read_samples
@@ -36,9 +36,9 @@ from raftfl.node.session import Session
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fresh_keys(cluster: EtcdCluster) -> Keys:
-    """A key namespace of its own for each test sharing the module cluster."""
-    return Keys(f"{cluster.name}-{os.urandom(4).hex()}")
+def fresh_keys(cluster: EtcdCluster) -> RunKeys:
+    """A key namespace of its own for each test sharing the module cluster (its run 1)."""
+    return Keys(f"{cluster.name}-{os.urandom(4).hex()}").run(1)
 
 
 def elected(term: int) -> AggregatorElected:

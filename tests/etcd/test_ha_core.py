@@ -8,12 +8,16 @@ member of their own); their cycles are driven by the test so each step can be as
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,40 +26,51 @@ from conftest import EtcdCluster
 from raftfl.core.address import NodeAddress
 from raftfl.core.decide import Action, decide
 from raftfl.core.events import AggregatorElected, RunStarted
-from raftfl.core.keys import Keys
-from raftfl.core.runconfig import RunConfig, ensure
+from raftfl.core.keys import Keys, RunKeys
+from raftfl.core.runconfig import RunConfig, RunSpec, ensure
+from raftfl.etcd import runs as stored_runs
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Change, Fence, wait_until
 from raftfl.node import runapp
 from raftfl.node.election import Election
 from raftfl.node.ha import Node, NodeOptions
+from raftfl.node.package import pack
+from raftfl.node.runs import RunApp, Runs
 from raftfl.node.session import MemberInfo, Session
 from raftfl.node.worker import WorkerRunner
 
 
-def make_node(cluster: EtcdCluster, keys: Keys, port: int, priority: float = 0.0,
+def make_node(cluster: EtcdCluster, keys: RunKeys, port: int, priority: float = 0.0,
               **opts: Any) -> Node:
-    """A node wired to the cluster the way `Node.run` wires it, minus process start-up."""
+    """A node wired to the cluster the way `Node.run` wires it, minus process start-up; run 1
+    (the bundled app, whose import is skipped) is submitted if it is not yet."""
     address = NodeAddress("127.0.0.1", port)
     o = NodeOptions(address=address, peers=[], cluster=keys.cluster,
-                    etcd_endpoints=cluster.endpoints, priority=priority, **opts)
+                    etcd_endpoints=cluster.endpoints, priority=priority,
+                    data_dir=Path(tempfile.mkdtemp(prefix="raftfl-ha-")), **opts)
     node = Node(o, out=io.StringIO())
     node.store = cluster.store()
-    node.events = EventLog(node.store, keys)
     node.keys = keys
+    blob = pack(runapp.bundled_app())
+    stored_runs.submit(node.store, keys, RunSpec(app="quickstart", run_config={},
+                                                 app_sha256=hashlib.sha256(blob).hexdigest()),
+                       blob, run_id=1)
+    node.runs = Runs(node.store, keys, o.dir)
+    spec = stored_runs.spec(node.store, keys, 1)
+    node.runs.app = lambda run_id: RunApp(run_id, spec, runapp.load(None),  # type: ignore[method-assign]
+                                          _done((None, None)))
     node.election = Election(node.store, keys.aggregator, o.name, o.flower_address)
     node.config = ensure(node.store, keys, RunConfig(rounds=3, nodes=[o.name]))
     info = MemberInfo(node=o.name, ip="127.0.0.1", client_port=port + 100,
                       flower_address=o.flower_address, priority=priority)
     node.session = Session(node.store, keys, info, o.lease_ttl, node._lease_lost, 3600)
     node.worker = WorkerRunner(runapp.node_id(o.name), o.name, lambda i, p: b"")
-    node.app = runapp.load(None)
     return node
 
 
 @pytest.fixture
-def keys(etcd_cluster_module: EtcdCluster) -> Keys:
-    return Keys(f"ha-{os.urandom(4).hex()}")
+def keys(etcd_cluster_module: EtcdCluster) -> RunKeys:
+    return Keys(f"ha-{os.urandom(4).hex()}").run(1)
 
 
 @pytest.fixture
@@ -68,10 +83,13 @@ def nodes() -> Iterator[list[Node]]:
             node.worker.stop()
         if node.session is not None:
             node.session.close(revoke=True)
+        if node._events_watch is not None:
+            node._events_watch[1].set()
+        shutil.rmtree(node.opts.dir, ignore_errors=True)
 
 
 def test_election_term_is_the_create_revision_and_fences(etcd_cluster_module: EtcdCluster,
-                                                         keys: Keys) -> None:
+                                                         keys: RunKeys) -> None:
     store = etcd_cluster_module.store()
     a, b = Election(store, keys.aggregator, "a", "h:1"), Election(store, keys.aggregator, "b", "h:2")
     la, lb = store.grant(30), store.grant(30)
@@ -92,7 +110,7 @@ def test_election_term_is_the_create_revision_and_fences(etcd_cluster_module: Et
 
 
 def test_a_term_without_its_election_record_is_repaired(etcd_cluster_module: EtcdCluster,
-                                                        keys: Keys, nodes: list[Node]) -> None:
+                                                        keys: RunKeys, nodes: list[Node]) -> None:
     """Defect 4: the create landed but the append did not (crash or outage in between)."""
     node = make_node(etcd_cluster_module, keys, 23100)
     nodes.append(node)
@@ -110,7 +128,7 @@ def test_a_term_without_its_election_record_is_repaired(etcd_cluster_module: Etc
 
 
 def test_polled_vacancy_is_reranked_at_the_delete_revision(etcd_cluster_module: EtcdCluster,
-                                                           keys: Keys, nodes: list[Node]) -> None:
+                                                           keys: RunKeys, nodes: list[Node]) -> None:
     """Defect 2: everyone ranks at R, including a node that first saw the vacancy by polling."""
     store = etcd_cluster_module.store()
     me = make_node(etcd_cluster_module, keys, 23110, rank_step=60.0)
@@ -141,7 +159,7 @@ def test_polled_vacancy_is_reranked_at_the_delete_revision(etcd_cluster_module: 
     assert decision.action is Action.CAMPAIGN and f"vacancy at rev {deleted_at}" in decision.sentence
 
 
-def test_role_churn_never_breaks_a_cycle(etcd_cluster_module: EtcdCluster, keys: Keys,
+def test_role_churn_never_breaks_a_cycle(etcd_cluster_module: EtcdCluster, keys: RunKeys,
                                          nodes: list[Node]) -> None:
     """Defect 1: the role watch flips the vacancy while the loop is mid-cycle."""
     store = etcd_cluster_module.store()
@@ -179,7 +197,7 @@ def test_role_churn_never_breaks_a_cycle(etcd_cluster_module: EtcdCluster, keys:
     assert Action.WAIT_RANK in actions and Action.FOLLOW in actions
 
 
-def test_keepalive_survives_any_exception(etcd_cluster_module: EtcdCluster, keys: Keys) -> None:
+def test_keepalive_survives_any_exception(etcd_cluster_module: EtcdCluster, keys: RunKeys) -> None:
     """Defect 6: an unexpected error in a refresh is a lost lease, never a dead thread."""
     store = etcd_cluster_module.store()
     lost = threading.Event()
@@ -206,7 +224,7 @@ def test_keepalive_survives_any_exception(etcd_cluster_module: EtcdCluster, keys
 
 
 def test_server_restarted_in_its_term_resumes_after_the_old_one(
-        etcd_cluster_module: EtcdCluster, keys: Keys, nodes: list[Node],
+        etcd_cluster_module: EtcdCluster, keys: RunKeys, nodes: list[Node],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Defect 5: the log is re-read after the old ServerApp thread has been joined."""
     import numpy as np
@@ -231,7 +249,7 @@ def test_server_restarted_in_its_term_resumes_after_the_old_one(
         """Stands in for the ServerApp: commits a round while it is being stopped."""
 
         def __init__(self, server_app: Any, grid: Any, run_config: Any) -> None:
-            self.hooks, self.resume = grid.hooks, grid.resume
+            self.grid, self.hooks, self.resume = grid, grid.hooks, grid.resume
             started.append(self.resume.next_round if self.resume else 0)
             self.state, self.error = "running", None
             self._stop = threading.Event()
@@ -259,7 +277,6 @@ def test_server_restarted_in_its_term_resumes_after_the_old_one(
             return not self.thread.is_alive()
 
     monkeypatch.setattr(flower_host, "ServerAppHost", SlowHost)
-    node.apps = _done((None, None))
     term = node.election.campaign(node.session.lease)  # type: ignore[union-attr,arg-type]
     assert term is not None
     for _ in range(3):  # record the election, then serve
@@ -288,7 +305,7 @@ def _done(value: Any) -> Any:
 
 
 def test_malformed_role_key_is_cleared_after_one_ttl(etcd_cluster_module: EtcdCluster,
-                                                     keys: Keys, nodes: list[Node]) -> None:
+                                                     keys: RunKeys, nodes: list[Node]) -> None:
     store = etcd_cluster_module.store()
     node = make_node(etcd_cluster_module, keys, 23140, lease_ttl=2, aggregator="self")
     nodes.append(node)
@@ -309,7 +326,7 @@ def test_malformed_role_key_is_cleared_after_one_ttl(etcd_cluster_module: EtcdCl
     assert view.role is None and decide(view, node._local()).action is Action.CAMPAIGN
 
 
-def test_fence_rejects_a_deposed_term(etcd_cluster_module: EtcdCluster, keys: Keys) -> None:
+def test_fence_rejects_a_deposed_term(etcd_cluster_module: EtcdCluster, keys: RunKeys) -> None:
     store = etcd_cluster_module.store()
     old = Election(store, keys.aggregator, "a", "h:1")
     term = old.campaign(store.grant(30))

@@ -25,7 +25,7 @@ from test_bad_input import _etcdctl, assert_one_line_error, run_cli
 
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import AggregatorElected, NodeJoined, RunStarted
-from raftfl.core.keys import Keys
+from raftfl.core.keys import Keys, RunKeys
 from raftfl.core.latency import Sample
 from raftfl.core.members import MemberInfo
 from raftfl.core.records import SKIPS
@@ -43,8 +43,8 @@ from raftfl.node.recorder import KEEP_CHECKPOINTS
 DEEP = "[" * 1500 + "]" * 1500  # the value from the issue
 
 
-def fresh_keys(cluster: EtcdCluster) -> Keys:
-    return Keys(f"{cluster.name}-{os.urandom(4).hex()}")
+def fresh_keys(cluster: EtcdCluster) -> RunKeys:
+    return Keys(f"{cluster.name}-{os.urandom(4).hex()}").run(1)
 
 
 def _serves(endpoint: str) -> bool:
@@ -256,7 +256,7 @@ def test_nospace_is_one_clear_error_shown_by_status_and_cleared_by_retention(tmp
     with running_members(specs, find_etcd(), _serves):
         endpoint = specs[0].client_endpoint
         store = Store([endpoint], retry_for=5)
-        keys = Keys("nospace")
+        keys = Keys("nospace").run(1)
         log = EventLog(store, keys)
         try:
             with pytest.raises(EtcdNoSpace) as info:

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from raftfl.core.decide import Action, Local, View, decide
-from raftfl.core.events import AggregatorElected, RunCompleted
+from raftfl.core.events import AggregatorElected, RunCompleted, RunStopped
 from raftfl.core.ranking import Ranked
 from raftfl.core.replay import FLState, Logged, replay
 from raftfl.core.role import MalformedRole, RoleHolder, parse_role
@@ -44,8 +44,21 @@ DONE = state(elected(ME, 7), RunCompleted(node=ME, term=7, rounds=3, model_sha25
 
 CASES = [
     # (id, view, local, action, words in the sentence)
-    ("completed", View(50, HELD_BY_ME, DONE), LOCAL,
+    ("completed-exit", View(50, HELD_BY_ME, DONE, run=None), replace(LOCAL, exit_on_complete=True),
      Action.FINISH, "run completed (term 7, model abababababab)"),
+    ("stopped-exit", View(50, None, state(RunStopped(node="cli")), run=None),
+     replace(LOCAL, exit_on_complete=True), Action.FINISH, "the last run was stopped: leaving"),
+    ("completed-stay", View(50, HELD_BY_ME, DONE, run=None), LOCAL,
+     Action.IDLE, "no run queued: waiting for `raftfl run submit`"),
+    ("no-run-yet", View(50, None, FLState(), run=None), replace(LOCAL, exit_on_complete=True),
+     Action.IDLE, "no run queued"),
+    ("idle-lease-lost-while-serving", View(50, HELD_BY_ME, DONE, run=None),
+     replace(LOCAL, serving_term=7, lease_valid=False), Action.STEP_DOWN, "stepping down"),
+    ("next-run-needs-its-record", View(50, HELD_BY_ME, FLState(), run=2), LOCAL,
+     Action.RECORD_ELECTION, "holding term 7 without its election record"),
+    ("next-run-vacant-no-bootstrap", View(50, None, FLState(), ranking=ranked(OTHER, ME), run=2,
+                                          elected_before=True, vacancy_revision=48),
+     replace(LOCAL, bootstrap=OTHER, vacancy_seen=100.0), Action.WAIT_RANK, "my rank 1"),
     ("lease-lost-while-serving", View(50, HELD_BY_ME, state(elected(ME, 7))),
      replace(LOCAL, serving_term=7, lease_valid=False),
      Action.STEP_DOWN, "lease not refreshed within its TTL: stepping down from term 7"),
@@ -60,7 +73,7 @@ CASES = [
     ("mine-without-record", View(50, HELD_BY_ME, ELECTED), LOCAL,
      Action.RECORD_ELECTION, "holding term 7 without its election record"),
     ("mine-serve", View(50, HELD_BY_ME, state(elected(ME, 7))), LOCAL,
-     Action.SERVE, "aggregator for term 7: serving the first round"),
+     Action.SERVE, "aggregator for term 7: serving run 1, the first round"),
     ("other-while-serving", View(50, HELD_BY_OTHER, ELECTED), replace(LOCAL, serving_term=7),
      Action.STEP_DOWN, f"{OTHER} holds term 9: stepping down from term 7"),
     ("my-key-old-lease", View(50, MY_OLD_KEY, ELECTED), LOCAL,

@@ -27,6 +27,7 @@ from raftfl.core.events import (
     RoundStarted,
     RunCompleted,
     RunStarted,
+    RunStopped,
     StepDown,
     decode,
     describe,
@@ -94,6 +95,7 @@ SAMPLES: list = [
     CheckpointFallback(node="n2", term=9, bad_sha256="c" * 64, round=2, fallback_round=1,
                        fallback_sha256="b" * 64, reason="hash mismatch"),
     RunCompleted(node="n2", term=9, rounds=3, model_sha256="d" * 64),
+    RunStopped(node="alice@host", reason="raftfl run stop"),
     NodeJoined(node="n3"),
     NodeLeft(node="n3"),
 ]
