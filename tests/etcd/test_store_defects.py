@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -29,8 +30,8 @@ from raftfl.core.keys import Keys, RunKeys
 from raftfl.core.latency import Sample
 from raftfl.core.members import MemberInfo
 from raftfl.core.records import SKIPS
-from raftfl.core.runconfig import RunConfig, ensure
-from raftfl.etcd import checkpoint
+from raftfl.core.runconfig import RunConfig, RunSpec, ensure
+from raftfl.etcd import checkpoint, runs
 from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.member import MemberSpec, find_etcd, loopback_specs, running_members
@@ -222,7 +223,9 @@ def test_hostile_values_are_skipped_and_counted(etcd_cluster_module: EtcdCluster
     read_members(store, keys)
     assert SKIPS.counts["member record"] == members_before + 3  # once per key, not per read
 
-    # The CLI readers too: one line per skipped event, exit 0.
+    # The CLI readers too (of run 1, given a spec): one line per skipped event, exit 0.
+    spec = RunSpec(app="x", app_sha256=hashlib.sha256(b"pkg").hexdigest(), run_config={})
+    assert runs.submit(store, keys, spec, b"pkg", run_id=1) == 1
     args = ["--endpoints", ",".join(cluster.endpoints), "--cluster", keys.cluster]
     proc = run_cli(["history", *args], tmp_path)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
