@@ -4,12 +4,14 @@ package stored and verified beside its spec, stop, and the node's view of the ac
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from pathlib import Path
 
 import pytest
 from conftest import EtcdCluster
+from test_bad_input import assert_one_line_error, run_cli
 
 from raftfl.core.errors import RaftflError
 from raftfl.core.events import AggregatorElected, RunCompleted
@@ -109,3 +111,30 @@ def test_stop_records_once_and_the_node_moves_on(etcd_cluster_module: EtcdCluste
     assert app.flower_app is not None and app.flower_app.root == tmp_path / "apps" / "2"
     assert app.flower_app.name == runapp.load(None).name
     app.apps.cancel()  # no need to import torch here
+
+
+def test_the_run_commands_answer_bad_input_in_one_line(etcd_cluster_module: EtcdCluster,
+                                                        tmp_path: Path) -> None:
+    keys = fresh_keys(etcd_cluster_module)
+    args = ["--endpoints", ",".join(etcd_cluster_module.endpoints), "--cluster", keys.cluster]
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(
+        (runapp.bundled_app() / "pyproject.toml").read_text())
+    (app / "leak.py").symlink_to("/etc/passwd")
+    proc = run_cli(["run", "submit", *args, "--app", str(app)], tmp_path)
+    assert_one_line_error(proc, 1, "symlink", "leak.py")
+    proc = run_cli(["run", "submit", *args, "--app", str(runapp.bundled_app()),
+                    "--run-config", "no-such-key=1"], tmp_path)
+    assert_one_line_error(proc, 1, "no-such-key")
+    for command in (["run", "stop", *args, "4"], ["history", *args, "--run", "4"],
+                    ["status", *args, "--run", "4"]):
+        assert_one_line_error(run_cli(command, tmp_path), 1, "run 4 does not exist")
+    assert runs.ids(etcd_cluster_module.store(), keys) == []  # nothing was submitted
+
+    proc = run_cli(["run", "submit", *args, "--app", str(runapp.bundled_app()), "--json"],
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["run"] == 1
+    proc = run_cli(["run", "list", *args, "--json"], tmp_path)
+    assert [(r["run"], r["state"]) for r in json.loads(proc.stdout)] == [(1, "running")]
