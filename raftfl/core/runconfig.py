@@ -50,8 +50,6 @@ class RunConfig(Record):
     batch_size: int = 32
     seed: int = 0
     weights: dict[str, float] = field(default_factory=dict)  # ranking weights (ranking.Weights)
-    app: str = ""  # the Flower app's name (its pyproject's project.name); every node runs it
-    run_config: dict[str, bool | int | float | str] = field(default_factory=dict)  # the app's
     created: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
