@@ -402,8 +402,10 @@ class Node:
         self._activate(runs.active, rev)
         state = runs.state
         now = time.monotonic()
-        if role is None:
+        if role is None and runs.active is not None:  # no run, no election: nor a rank clock
             self._vacancy_seen = self._vacancy_seen or now
+        elif role is None:
+            self._vacancy_seen = None
         else:
             self._vacancy_seen, self._vacancy_rev = None, None
         self._malformed_seen = (self._malformed_seen or now) if isinstance(role, MalformedRole) \
