@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +26,9 @@ log = logging.getLogger(__name__)
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
 DEFAULT_ROOT = "~/.cache/raftfl/data"
-# Bounds a CIFAR-10 download attempt so "auto" falls back quickly when offline.
-DOWNLOAD_TIMEOUT_S = 15.0
+# torchvision's extracted CIFAR-10 layout under the root.
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 KINDS = ("cifar10", "synthetic", "auto")
 
 # Synthetic generator knobs: templates live on a padded canvas so each sample
@@ -43,7 +43,7 @@ _MIX_MAX = 0.7
 
 
 class DatasetUnavailable(RuntimeError):
-    """CIFAR-10 is neither on disk nor downloadable (e.g. offline without a cache)."""
+    """CIFAR-10 was asked for but is not on disk (or its files are corrupt)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,50 +173,57 @@ def _cifar_split(ds: Any, n_keep: int | None, seed: int) -> Dataset:
     return Dataset(x=x.contiguous(), y=torch.from_numpy(labels[idx]), name="cifar10")
 
 
+def cifar10_on_disk(root: str = DEFAULT_ROOT) -> bool:
+    """Whether torchvision's extracted CIFAR-10 files are under ``root``.
+
+    A cheap look (no torchvision import, no checksums): enough to choose a dataset, and
+    loading still verifies the files.
+    """
+    base = os.path.join(os.path.expanduser(root), CIFAR10_DIR)
+    return all(os.path.isfile(os.path.join(base, name)) for name in CIFAR10_FILES)
+
+
 def load_cifar10(
     root: str,
-    download: bool,
     n_train: int | None = None,
     n_test: int | None = None,
     seed: int = 0,
 ) -> tuple[Dataset, Dataset]:
-    """Load CIFAR-10 from ``root`` (downloading if allowed), optionally subsampled.
+    """Load CIFAR-10 from ``root``, optionally subsampled; never downloads.
 
     Subsampling happens before the float conversion, which keeps memory small
-    (the full train set is ~600 MB as float32). Any failure to obtain the data
-    is reported as ``DatasetUnavailable`` so callers need one except clause.
+    (the full train set is ~600 MB as float32). Missing or corrupt files are
+    reported as ``DatasetUnavailable`` so callers need one except clause.
     """
     root = os.path.expanduser(root)
     try:
         from torchvision.datasets import CIFAR10
 
-        train_raw = CIFAR10(root, train=True, download=download)
-        test_raw = CIFAR10(root, train=False, download=download)
-    except Exception as exc:  # missing files, network errors, corrupt archives...
-        how = "download failed" if download else "not found and download disabled"
-        raise DatasetUnavailable(f"CIFAR-10 unavailable in {root}: {how}: {exc}") from exc
+        train_raw = CIFAR10(root, train=True, download=False)
+        test_raw = CIFAR10(root, train=False, download=False)
+    except Exception as exc:  # missing files, corrupt archives, unreadable pickles...
+        raise DatasetUnavailable(
+            f"CIFAR-10 not found or corrupt in {root} (nothing is downloaded: put torchvision's "
+            f"{CIFAR10_DIR}/ there): {exc}") from exc
     return _cifar_split(train_raw, n_train, seed), _cifar_split(test_raw, n_test, seed + 1)
 
 
-def _load_cifar10_bounded(
-    root: str, n_train: int, n_test: int, seed: int
-) -> tuple[Dataset, Dataset]:
-    """Try the local copy first, then a download with a socket timeout.
+def resolve_kind(kind: str, root: str = DEFAULT_ROOT) -> str:
+    """Turn "auto" into "cifar10" when it is on disk, else "synthetic", and say which.
 
-    torchvision's downloader sets no timeout of its own, so without this an
-    offline machine with a black-holing network could stall for minutes. The
-    timeout is process-wide, hence restored right after the attempt.
+    No network is tried: a run never depends on (or waits for) a download. Resolving once,
+    before starting many local nodes, also keeps them all on the same dataset.
     """
-    try:
-        return load_cifar10(root, download=False, n_train=n_train, n_test=n_test, seed=seed)
-    except DatasetUnavailable:
-        pass
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-    try:
-        return load_cifar10(root, download=True, n_train=n_train, n_test=n_test, seed=seed)
-    finally:
-        socket.setdefaulttimeout(previous)
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
+    if kind != "auto":
+        return kind
+    if cifar10_on_disk(root):
+        log.warning("dataset auto: using CIFAR-10 from %s", root)
+        return "cifar10"
+    log.warning("dataset auto: no CIFAR-10 in %s (nothing is downloaded); using the synthetic "
+                "set", root)
+    return "synthetic"
 
 
 def load_dataset(
@@ -226,35 +233,10 @@ def load_dataset(
     n_test: int = 1000,
     seed: int = 0,
 ) -> tuple[Dataset, Dataset]:
-    """Pick a dataset by name; ``Dataset.name`` reports which one was really used.
-
-    "auto" prefers real CIFAR-10 but never fails because of it: offline runs
-    fall back to the synthetic data, so the demo works everywhere.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
-    if kind == "synthetic":
-        return synthetic_cifar(n_train=n_train, n_test=n_test, seed=seed)
-    if kind == "cifar10":
-        return _load_cifar10_bounded(root, n_train, n_test, seed)
-    try:
-        return _load_cifar10_bounded(root, n_train, n_test, seed)
-    except Exception as exc:  # auto must never fail on CIFAR-10 trouble; synthetic is the fallback
-        log.warning("CIFAR-10 unavailable, using synthetic data instead: %s", exc)
-        return synthetic_cifar(n_train=n_train, n_test=n_test, seed=seed)
-
-
-def resolve_kind(kind: str, root: str = DEFAULT_ROOT) -> str:
-    """Turn "auto" into "cifar10" or "synthetic" once, so many local nodes neither race on
-    one download nor end up training on different datasets."""
-    if kind != "auto":
-        return kind
-    try:
-        _load_cifar10_bounded(root, 100, 100, 0)
-        return "cifar10"
-    except Exception as exc:  # noqa: BLE001 - any failure means: use the synthetic set
-        log.warning("CIFAR-10 unavailable (%s); using the synthetic dataset", exc)
-        return "synthetic"
+    """Pick a dataset by name ("auto" as ``resolve_kind`` decides); ``Dataset.name`` says which."""
+    if resolve_kind(kind, root) == "cifar10":
+        return load_cifar10(root, n_train=n_train, n_test=n_test, seed=seed)
+    return synthetic_cifar(n_train=n_train, n_test=n_test, seed=seed)
 
 
 def _check_partition_args(n_items: int, n_parts: int, part: int) -> None:

@@ -196,23 +196,34 @@ def test_load_dataset_kinds(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown dataset kind"):
         data.load_dataset("mnist")
     with pytest.raises(data.DatasetUnavailable):
-        data.load_cifar10(str(tmp_path / "empty"), download=False)
+        data.load_cifar10(str(tmp_path / "empty"))
 
 
-def test_auto_falls_back_to_synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Offline "auto" must still give data; stubbed so no test ever downloads 170 MB."""
-    calls: list[bool] = []
+def test_auto_never_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"auto" takes CIFAR-10 only from disk; offline (or anywhere without it) it is synthetic,
+    and no socket is ever opened to find out."""
+    import socket
 
-    def unavailable(root: str, download: bool, **kwargs: object) -> None:
-        calls.append(download)
-        raise data.DatasetUnavailable("stubbed: offline")
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a dataset lookup opened a socket")
 
-    monkeypatch.setattr(data, "load_cifar10", unavailable)
-    train, test = data.load_dataset("auto", n_train=30, n_test=10)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    empty = str(tmp_path / "empty")
+    assert data.resolve_kind("auto", empty) == "synthetic"
+    train, test = data.load_dataset("auto", root=empty, n_train=30, n_test=10)
     assert (train.name, test.name, len(train), len(test)) == ("synthetic", "synthetic", 30, 10)
-    assert calls == [False, True], "local copy first, then a (bounded) download"
+    with pytest.raises(data.DatasetUnavailable, match="nothing is downloaded"):
+        data.load_dataset("cifar10", root=empty)
+    # The extracted layout present (even empty files) makes "auto" choose CIFAR-10; loading
+    # then verifies the files and reports corrupt ones in one line.
+    base = tmp_path / "fake" / data.CIFAR10_DIR
+    base.mkdir(parents=True)
+    for name in data.CIFAR10_FILES:
+        (base / name).write_bytes(b"")
+    assert data.resolve_kind("auto", str(tmp_path / "fake")) == "cifar10"
     with pytest.raises(data.DatasetUnavailable):
-        data.load_dataset("cifar10")
+        data.load_dataset("auto", root=str(tmp_path / "fake"))
 
 
 def test_cifar_split_matches_torchvision_transforms() -> None:

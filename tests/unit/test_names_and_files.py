@@ -121,3 +121,11 @@ def test_write_atomic_refuses_a_symlink_at_the_target(tmp_path: Path) -> None:
         write_atomic(link, "{}")
     assert victim.read_text() == "precious" and link.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "victim"]
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    # pytest's default import mode puts each test dir on sys.path: two test files with one
+    # basename abort collection on a fresh clone (a stale __pycache__ hides it locally).
+    root = Path(__file__).resolve().parents[1]
+    names = [p.name for p in root.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
