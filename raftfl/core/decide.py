@@ -5,6 +5,11 @@ revision (`View`), adds what only this node knows (`Local`), and this function r
 action and one readable sentence. The node carries the action out and logs the sentence when
 it changes. Keeping the decision pure means every branch is a table row in
 `tests/unit/test_decide.py`, and no thread can change the inputs half-way through a cycle.
+
+An operator steers it through two keys (raftfl/core/maintenance.py): a handover request makes
+the holder resign after its current round and the named node campaign at once while the
+others wait for it; a pause (maintenance mode) stops every node from filling a vacancy or
+taking over on evidence, and leaves the holder serving.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from raftfl.core.evidence import confirmed, rank_step
+from raftfl.core.maintenance import HandoverRequest
 from raftfl.core.ranking import Ranked
 from raftfl.core.replay import FLState
 from raftfl.core.role import MalformedRole, RoleHolder
@@ -37,6 +43,9 @@ class Action(Enum):
     NOT_CANDIDATE = "not_candidate"  # vacant, but this node is not in the ranking
     WAIT_RANK = "wait_rank"  # vacant: a better-ranked node goes first
     CAMPAIGN = "campaign"  # vacant and our turn: create-if-absent
+    HAND_OVER = "hand_over"  # a handover names our term: finish the round, record, resign
+    WAIT_HANDOVER = "wait_handover"  # vacant by a handover to another node: let it campaign
+    PAUSED = "paused"  # failover is paused: fill no vacancy, take nothing over
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,9 @@ class View:
     live_members: frozenset[str] = frozenset()  # nodes with a member record
     run: int | None = 1  # the active run: the lowest one neither completed nor stopped
     elected_before: bool = False  # an earlier run recorded an election (bootstrap is over)
+    handover: HandoverRequest | None = None  # control/handover, if present
+    handover_revision: int = 0  # its mod revision
+    paused_since: int | None = None  # control/paused's create revision, while paused
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,8 @@ def decide(view: View, local: Local) -> Decision:
     if local.lease is None:
         return Decision(Action.OPEN_LEASE, "no lease: opening one and publishing this node")
     if view.run is None:
+        if isinstance(role, RoleHolder) and _asked_to_hand_over(role, view, local):
+            return _hand_over(role, view)
         return Decision(Action.IDLE, "no run queued: waiting for `raftfl run submit`")
     if isinstance(role, MalformedRole):
         return _malformed(role, local)
@@ -133,6 +147,8 @@ def _held(role: RoleHolder, view: View, local: Local) -> Decision:
         if not any(e.term == role.term for e in view.state.elections):
             return Decision(Action.RECORD_ELECTION, f"holding term {role.term} without its "
                             "election record: recording it", term=role.term, holder=role)
+        if _asked_to_hand_over(role, view, local):
+            return _hand_over(role, view)
         rounds = view.state.rounds
         nxt = view.state.next_round
         where = f"round {nxt} of {rounds}" if rounds else "the first round"
@@ -144,6 +160,10 @@ def _held(role: RoleHolder, view: View, local: Local) -> Decision:
     if role.node == local.name:
         return Decision(Action.WAIT_OWN_KEY, f"the role key names this node on lease "
                         f"{role.lease:x}, which it lost: waiting for it to expire",
+                        term=role.term, holder=role)
+    if view.holder_gone and view.paused_since is not None:
+        return Decision(Action.PAUSED, f"{role.node} is evidently gone, but failover is paused "
+                        f"since rev {view.paused_since}: not taking over (raftfl resume)",
                         term=role.term, holder=role)
     if view.holder_gone:
         agree = view.suspected_by | {local.name}
@@ -160,6 +180,32 @@ def _held(role: RoleHolder, view: View, local: Local) -> Decision:
                     term=role.term, holder=role)
 
 
+def _asked_to_hand_over(role: RoleHolder, view: View, local: Local) -> bool:
+    h = view.handover
+    return h is not None and h.term == role.term and h.holder == local.name \
+        and role.node == local.name
+
+
+def _hand_over(role: RoleHolder, view: View) -> Decision:
+    assert view.handover is not None
+    h = view.handover
+    if view.run is None:
+        then = "no run in progress, resigning now"
+    else:
+        then = f"finishing run {view.run}'s round {view.state.next_round}, then resigning"
+    return Decision(Action.HAND_OVER, f"handover of term {role.term} to {h.to} requested at rev "
+                    f"{view.handover_revision}: {then}", term=role.term, holder=role,
+                    run=view.run)
+
+
+def _pending_handover(view: View) -> HandoverRequest | None:
+    """The handover that made (or, its holder gone, still names) this vacancy; a request
+    older than the newest recorded election is stale."""
+    h = view.handover
+    last = view.state.elections[-1].term if view.state.elections else 0
+    return h if h is not None and h.term >= last else None
+
+
 def _vacant(view: View, local: Local) -> Decision:
     if local.serving_term is not None:
         return Decision(Action.STEP_DOWN, f"the role key is gone: stepping down from term "
@@ -167,7 +213,25 @@ def _vacant(view: View, local: Local) -> Decision:
     if local.nofailover:
         return Decision(Action.NOFAILOVER, "role vacant; this node is nofailover and will not "
                         "campaign")
-    if not view.state.elections and not view.elected_before:  # the first: -a decides
+    seen = local.vacancy_seen if local.vacancy_seen is not None else local.now
+    handover = _pending_handover(view)
+    if handover is not None:
+        if handover.to == local.name:
+            return Decision(Action.CAMPAIGN, f"handover from {handover.holder} (term "
+                            f"{handover.term}) to this node: campaigning now", rank=0)
+        if view.paused_since is not None:
+            return Decision(Action.PAUSED, f"handover to {handover.to}; failover paused since "
+                            f"rev {view.paused_since}: not campaigning")
+        wait = seen + local.lease_ttl - local.now
+        if wait > 0:
+            return Decision(Action.WAIT_HANDOVER, f"handover to {handover.to}: waiting for its "
+                            f"campaign ({wait:.1f}s, then ranking)", wait_s=wait)
+        seen += local.lease_ttl  # it did not take the role: rank, as after any vacancy
+    first = not view.state.elections and not view.elected_before
+    if view.paused_since is not None and not first:
+        return Decision(Action.PAUSED, f"role vacant; failover paused since rev "
+                        f"{view.paused_since}: not campaigning (raftfl resume)")
+    if first:  # the first election: -a decides
         if local.bootstrap in ("self", local.name):
             return Decision(Action.CAMPAIGN, "bootstrap: campaigning for the first term", rank=0)
         if local.bootstrap != "auto":
@@ -184,7 +248,6 @@ def _vacant(view: View, local: Local) -> Decision:
                         f"{len(names)} candidates")
     my_rank = names.index(local.name)
     top = ", ".join(f"{r.node}={r.score:.2f}" for r in view.ranking[:3])
-    seen = local.vacancy_seen if local.vacancy_seen is not None else local.now
     wait = seen + my_rank * rank_step(view.max_rtt_ms, local.rank_step) - local.now
     if wait <= 0:
         return Decision(Action.CAMPAIGN, f"{where}: my rank {my_rank} [{top}], campaigning now",

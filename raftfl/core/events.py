@@ -179,12 +179,41 @@ class NodeLeft(Event):
     type: ClassVar[str] = "node_left"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Handover(Event):
+    """A planned handover (`raftfl aggregator handover`): the holder of `term` finished
+    round `round` and resigns so that `to` takes the role at once, with no lease wait."""
+
+    type: ClassVar[str] = "handover"
+    to: str
+    round: int  # the run's last committed round when the holder resigned
+    ranked: bool = False  # `to` is the best-ranked other node (no --to given)
+    requested_by: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FailoverPaused(Event):
+    """`raftfl pause` (maintenance mode): a vacant role is not filled automatically until
+    `raftfl resume`; `revision` is the pause key's create revision."""
+
+    type: ClassVar[str] = "failover_paused"
+    revision: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FailoverResumed(Event):
+    type: ClassVar[str] = "failover_resumed"
+    revision: int  # of the pause it ends
+    paused_s: float | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
         RunStarted, AggregatorElected, StepDown, RoundStarted, FitResults,
         CheckpointSaved, RoundCommitted, CheckpointFallback, RunCompleted, RunStopped,
-        NodeJoined, NodeLeft,
+        NodeJoined, NodeLeft, Handover, FailoverPaused, FailoverResumed,
     )
 }
 
@@ -222,4 +251,13 @@ def describe(ev: Event) -> str:
             return f"{ev.node} joined"
         case NodeLeft():
             return f"{ev.node} left"
+        case Handover():
+            how = "best-ranked " if ev.ranked else ""
+            return (f"{ev.node} hands term {ev.term} over to {how}{ev.to} after round "
+                    f"{ev.round}")
+        case FailoverPaused():
+            return f"failover paused by {ev.node} (revision {ev.revision})"
+        case FailoverResumed():
+            took = "" if ev.paused_s is None else f" after {ev.paused_s:.0f}s"
+            return f"failover resumed by {ev.node}{took}"
     return f"{ev.type} by {ev.node} (term {ev.term})"

@@ -7,6 +7,8 @@ The cluster's own keys (`Keys`):
     members/<node>             liveness and context, bound to the node's lease
     aggregator                 the role; bound to the holder's lease; create revision = term
     suspects/<term>/<node>     a node's evidence that term's holder is gone; on its lease
+    control/handover           an operator's planned handover of the role (one at a time)
+    control/paused             present while automatic failover is paused (maintenance)
 
 and each run's (`RunKeys`, from `keys.run(id)`), under `runs/<id>/`:
 
@@ -85,6 +87,19 @@ class Keys:
 
     def suspect(self, term: int, node: str) -> str:
         return self.suspects(term) + node
+
+    @property
+    def control(self) -> str:
+        """The operator's requests to every node's HA loop (one watch covers them)."""
+        return self.root + "control/"
+
+    @property
+    def handover(self) -> str:
+        return self.control + "handover"
+
+    @property
+    def paused(self) -> str:
+        return self.control + "paused"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import pytest
 
 from raftfl.core.decide import Action, Local, View, decide
 from raftfl.core.events import AggregatorElected, RunCompleted, RunStopped
+from raftfl.core.maintenance import HandoverRequest
 from raftfl.core.ranking import Ranked
 from raftfl.core.replay import FLState, Logged, replay
 from raftfl.core.role import MalformedRole, RoleHolder, parse_role
@@ -41,6 +42,11 @@ ELECTED = state(elected(OTHER, 3))
 LOCAL = Local(name=ME, now=100.0, lease=LEASE, lease_valid=True, serving_term=None,
               rank_step=1.0, lease_ttl=3.0)
 DONE = state(elected(ME, 7), RunCompleted(node=ME, term=7, rounds=3, model_sha256="ab" * 32))
+MINE = state(elected(ME, 7))
+TO_OTHER = HandoverRequest(holder=ME, term=7, to=OTHER)  # the operator moves our term 7
+TO_ME = HandoverRequest(holder=OTHER, term=9, to=ME)  # ...or term 9 of OTHER to us
+TO_C = HandoverRequest(holder=OTHER, term=9, to="c")
+AFTER_9 = state(elected(OTHER, 9))
 
 CASES = [
     # (id, view, local, action, words in the sentence)
@@ -123,6 +129,61 @@ CASES = [
      replace(LOCAL, vacancy_seen=99.8), Action.WAIT_RANK, "campaigning in 0.5s"),
     ("polled-vacancy", View(50, None, ELECTED, ranked(ME), 50), LOCAL,
      Action.CAMPAIGN, "vacancy seen by polling at rev 50"),
+    # -- planned handover (raftfl aggregator handover) --
+    ("handover-serving", View(50, HELD_BY_ME, MINE, handover=TO_OTHER, handover_revision=48),
+     replace(LOCAL, serving_term=7), Action.HAND_OVER, f"handover of term 7 to {OTHER} "
+     "requested at rev 48: finishing run 1's round 1, then resigning"),
+    ("handover-idle", View(50, HELD_BY_ME, DONE, run=None, handover=TO_OTHER,
+                           handover_revision=48), LOCAL,
+     Action.HAND_OVER, "no run in progress, resigning now"),
+    ("handover-needs-the-record-first", View(50, HELD_BY_ME, ELECTED, handover=TO_OTHER), LOCAL,
+     Action.RECORD_ELECTION, "holding term 7 without its election record"),
+    ("handover-of-an-older-term", View(50, HELD_BY_ME, MINE,
+                                       handover=replace(TO_OTHER, term=5)), LOCAL,
+     Action.SERVE, "aggregator for term 7"),
+    ("handover-of-the-holder-we-follow", View(50, HELD_BY_OTHER, ELECTED, handover=TO_ME), LOCAL,
+     Action.FOLLOW, f"worker for {OTHER} (term 9)"),
+    ("vacant-handover-to-me", View(50, None, AFTER_9, ranked("c", OTHER, ME), 44, 44,
+                                   handover=TO_ME), replace(LOCAL, vacancy_seen=100.0),
+     Action.CAMPAIGN, f"handover from {OTHER} (term 9) to this node: campaigning now"),
+    ("vacant-handover-to-other", View(50, None, AFTER_9, ranked(ME, "c"), 44, 44, handover=TO_C),
+     replace(LOCAL, vacancy_seen=99.5), Action.WAIT_HANDOVER,
+     "handover to c: waiting for its campaign (2.5s, then ranking)"),
+    ("vacant-handover-target-silent", View(50, None, AFTER_9, ranked(ME, "c"), 44, 44,
+                                           handover=TO_C), replace(LOCAL, vacancy_seen=96.5),
+     Action.CAMPAIGN, "vacancy at rev 44: my rank 0"),
+    ("vacant-handover-target-silent-rank1", View(50, None, AFTER_9, ranked(OTHER, ME), 44, 44,
+                                                 handover=TO_C),
+     replace(LOCAL, vacancy_seen=96.5), Action.WAIT_RANK, "my rank 1"),
+    ("vacant-handover-stale", View(50, None, state(elected(OTHER, 12)), ranked(ME), 44, 44,
+                                   handover=TO_C), replace(LOCAL, vacancy_seen=100.0),
+     Action.CAMPAIGN, "vacancy at rev 44: my rank 0"),
+    ("vacant-handover-to-me-while-paused", View(50, None, AFTER_9, ranked(ME), 44, 44,
+                                                handover=TO_ME, paused_since=30), LOCAL,
+     Action.CAMPAIGN, "handover from"),
+    ("vacant-handover-to-other-while-paused", View(50, None, AFTER_9, ranked(ME), 44, 44,
+                                                   handover=TO_C, paused_since=30),
+     replace(LOCAL, vacancy_seen=90.0), Action.PAUSED,
+     "handover to c; failover paused since rev 30: not campaigning"),
+    ("nofailover-target", View(50, None, AFTER_9, ranked(OTHER), 44, 44, handover=TO_ME),
+     replace(LOCAL, nofailover=True), Action.NOFAILOVER, "nofailover"),
+    # -- maintenance mode (raftfl pause / resume) --
+    ("paused-vacant", View(50, None, ELECTED, ranked(ME), 44, 44, paused_since=40), LOCAL,
+     Action.PAUSED, "role vacant; failover paused since rev 40: not campaigning"),
+    ("paused-next-run", View(50, None, FLState(), ranked(ME), 44, 44, run=2, elected_before=True,
+                             paused_since=40), LOCAL, Action.PAUSED, "paused since rev 40"),
+    ("paused-first-election", View(50, None, FLState(), paused_since=40),
+     replace(LOCAL, bootstrap="self"), Action.CAMPAIGN, "bootstrap: campaigning"),
+    ("paused-holder-gone", View(50, HELD_BY_OTHER, ELECTED, holder_gone=True,
+                                suspected_by=frozenset({"c"}), paused_since=40,
+                                live_members=frozenset({ME, OTHER, "c"})), LOCAL,
+     Action.PAUSED, f"{OTHER} is evidently gone, but failover is paused since rev 40"),
+    ("paused-holder-serves", View(50, HELD_BY_ME, MINE, paused_since=40),
+     replace(LOCAL, serving_term=7), Action.SERVE, "aggregator for term 7"),
+    ("paused-follow", View(50, HELD_BY_OTHER, ELECTED, paused_since=40), LOCAL,
+     Action.FOLLOW, f"worker for {OTHER}"),
+    ("paused-lease-lost-still-steps-down", View(50, HELD_BY_ME, MINE, paused_since=40),
+     replace(LOCAL, serving_term=7, lease_valid=False), Action.STEP_DOWN, "stepping down"),
 ]
 
 
@@ -144,6 +205,14 @@ def test_wait_rank_topic_is_stable_while_the_wait_ticks_down() -> None:
     a = decide(view, replace(LOCAL, vacancy_seen=99.6))
     b = decide(view, replace(LOCAL, vacancy_seen=99.6, now=100.2))
     assert a.sentence != b.sentence and a.topic == b.topic and b.wait_s == pytest.approx(0.4)
+
+
+def test_wait_handover_topic_is_stable_while_the_wait_ticks_down() -> None:
+    view = View(50, None, AFTER_9, ranked(ME, "c"), 44, 44, handover=TO_C)
+    a = decide(view, replace(LOCAL, vacancy_seen=99.0))
+    b = decide(view, replace(LOCAL, vacancy_seen=99.0, now=101.0))
+    assert a.action is b.action is Action.WAIT_HANDOVER and a.topic == b.topic
+    assert b.wait_s == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("raw,lease,reason", [

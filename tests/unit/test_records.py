@@ -19,7 +19,10 @@ from raftfl.core.events import (
     AggregatorElected,
     CheckpointFallback,
     CheckpointSaved,
+    FailoverPaused,
+    FailoverResumed,
     FitResults,
+    Handover,
     MalformedEvent,
     NodeJoined,
     NodeLeft,
@@ -98,6 +101,9 @@ SAMPLES: list = [
     RunStopped(node="alice@host", reason="raftfl run stop"),
     NodeJoined(node="n3"),
     NodeLeft(node="n3"),
+    Handover(node="n1", term=5, to="n2", round=2, ranked=True, requested_by="alice@host"),
+    FailoverPaused(node="alice@host", revision=40, reason="etcd upgrade"),
+    FailoverResumed(node="alice@host", revision=40, paused_s=12.5),
 ]
 
 
