@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from raftfl.control import control_status
 from raftfl.core.keys import Keys
 from raftfl.core.latency import summarize
 from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
@@ -87,6 +88,7 @@ def cluster_status(endpoints: list[str], cluster: str, run: int | None = None) -
             "stopped": state.stopped is not None,
             "last_model_sha256": state.last_model,
             "alarms": alarms,
+            **control_status(store, keys),  # paused (maintenance), a pending handover
             "skipped": {"events": len(read.skipped), "rejected_events": len(state.rejected),
                         **{kind: n for kind, n in SKIPS.counts.items() if kind != "event"}},
         }
@@ -115,6 +117,17 @@ def format_status(info: dict[str, Any]) -> str:
     else:
         lines.append("aggregator: " + (f"{agg['node']} term {agg['term']} at "
                                        f"{agg['flower_address']}" if agg else "none"))
+    paused, handover = info.get("paused"), info.get("handover")
+    if paused and "malformed" in paused:
+        lines.append(f"failover: a malformed pause record, ignored ({paused['malformed']})")
+    elif paused:
+        lines.append(f"failover: PAUSED since revision {paused['since_revision']} by "
+                     f"{paused['by'] or '?'}: a vacant role stays vacant (raftfl resume)")
+    if handover:
+        lines.append("handover: " + (f"term {handover['term']} of {handover['holder']} to "
+                                     f"{handover['to']} requested at revision "
+                                     f"{handover['revision']}" if "to" in handover
+                                     else f"malformed request ({handover['malformed']})"))
     done = info["committed_rounds"]
     if info["run"] is None:
         lines.append("run: none yet (raftfl run submit, or a node started with -r)")

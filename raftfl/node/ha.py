@@ -9,6 +9,9 @@ logs its sentence when it changes, and `act()`s on it:
     role is mine    -> record the election in the run's log if missing, then serve the
                        rounds that remain
     role is theirs  -> train for them (and stop serving, if this node still was)
+    handover asked  -> (the holder) finish the round in flight, record `handover`, resign;
+                       the named node campaigns at once, the others wait for it
+    failover paused -> fill no vacancy, take nothing over on evidence; the holder serves on
     no run left     -> wait for the next `raftfl run submit` (with --exit-on-complete:
                        fetch and verify the final model, then leave)
 
@@ -42,6 +45,7 @@ from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
 from raftfl.core.events import (
     AggregatorElected,
     Event,
+    Handover,
     NodeJoined,
     NodeLeft,
     RunStopped,
@@ -50,8 +54,10 @@ from raftfl.core.events import (
 )
 from raftfl.core.evidence import gone
 from raftfl.core.keys import Keys
+from raftfl.core.maintenance import HandoverRequest, Pause
 from raftfl.core.members import MemberInfo
 from raftfl.core.ranking import Ranked, rank
+from raftfl.core.records import SKIPS, MalformedRecord
 from raftfl.core.replay import FLState
 from raftfl.core.role import MalformedRole, RoleHolder, parse_role
 from raftfl.core.runconfig import RunConfig, RunSpec, ensure, spec_rounds
@@ -169,6 +175,7 @@ class Node:
         self._campaigns: dict[int, tuple[Decision, View]] = {}
         self._last_topic: Any = None
         self._predecessor: str | None = None  # the aggregator before our term
+        self._handed_over_by: str | None = None  # ...when it handed the role to us (alive)
         self.next_wait = LOOP_WAIT_S
         self.config: RunConfig | None = None
         self._said: set[str] = set()
@@ -303,7 +310,13 @@ class Node:
                     self.role_changes.put(change)
                     self.wake.set()
 
+        def control() -> None:  # a handover request or a pause: decide again now
+            assert self.store is not None
+            for _ in self.store.watch(self.keys.control, rev + 1, self.stop):
+                self.wake.set()
+
         threading.Thread(target=self._guard(role), name="role", daemon=True).start()
+        threading.Thread(target=self._guard(control), name="control", daemon=True).start()
 
     def _watch_events(self, run_id: int, revision: int) -> None:
         """Wake the loop on each new event of the active run (a new watch when it changes)."""
@@ -410,7 +423,10 @@ class Node:
             self._vacancy_seen, self._vacancy_rev = None, None
         self._malformed_seen = (self._malformed_seen or now) if isinstance(role, MalformedRole) \
             else None
-        at_run = {"run": runs.active, "elected_before": runs.elected_before}
+        at_run = {"run": runs.active, "elected_before": runs.elected_before,
+                  **self._control(rev)}
+        if at_run["paused_since"] is not None:  # the rank clock starts when failover resumes
+            self._vacancy_seen = None
         if isinstance(role, RoleHolder) and role.node != self.opts.name and runs.active:
             return replace(self._observe_holder(rev, role, state), **at_run)
         self.holder_probe.follow(None)
@@ -425,6 +441,24 @@ class Node:
                 self._vacancy_seen = None
         return View(rev, role, state, ranking, ranked_at, self._vacancy_rev, measured, max_rtt,
                     **at_run)
+
+    def _control(self, revision: int) -> dict[str, Any]:
+        """The operator's requests at `revision` (View fields); a malformed one is skipped
+        with one warning, as if absent."""
+        assert self.store is not None
+        kvs, _ = self.store.range(self.keys.control, revision=revision)
+        out: dict[str, Any] = {"handover": None, "handover_revision": 0, "paused_since": None}
+        for kv in kvs:
+            try:
+                if kv.key == self.keys.handover:
+                    out["handover"] = HandoverRequest.from_json(kv.value)
+                    out["handover_revision"] = kv.mod_revision
+                elif kv.key == self.keys.paused:
+                    Pause.from_json(kv.value)
+                    out["paused_since"] = kv.create_revision
+            except MalformedRecord as exc:
+                SKIPS.skip("control record", kv.key, str(exc))
+        return out
 
     def _activate(self, run_id: int | None, revision: int) -> None:
         """When the active run changes: unpack and import its app, watch its log."""
@@ -584,9 +618,16 @@ class Node:
             case Action.CAMPAIGN:
                 self.worker.follow(None, None)
                 self._campaign(d, view)
-            case Action.WAIT_RANK:
+            case Action.WAIT_RANK | Action.WAIT_HANDOVER:
                 self.worker.follow(None, None)
                 self.next_wait = min(self.next_wait, d.wait_s or LOOP_WAIT_S)
+            case Action.HAND_OVER:
+                assert d.term is not None and self.session.lease is not None
+                if self.election.term != d.term:
+                    self.election.adopt(d.term, self.session.lease)
+                self._hand_over(d, view)
+            case Action.PAUSED:  # follow a holder that may be gone; never take its place
+                self.worker.follow(d.holder.flower_address if d.holder else None, d.term)
             case _:  # waiting: nothing to serve, nobody to train for
                 self.worker.follow(None, None)
         return False
@@ -609,6 +650,8 @@ class Node:
         if term is None:
             return
         self._campaigns[term] = (d, view)
+        h = view.handover
+        self._handed_over_by = h.holder if h is not None and h.to == self.opts.name else None
         self.emit(f"won the election: term {term}")
         self._record_election(term, view)
 
@@ -635,6 +678,7 @@ class Node:
             return
         try:  # the evidence against our predecessors has served its purpose
             self.store.delete_prefix(self.keys.root + "suspects/")
+            self._clear_handover(term)
         except RaftflError:
             pass
         self.emit(f"elected aggregator, term {term}"
@@ -643,7 +687,52 @@ class Node:
         self._move_leader_away()
         self.wake.set()
 
+    def _clear_handover(self, term: int) -> None:
+        """A handover request of an earlier term has served its purpose (or was overtaken):
+        delete it, unless someone wrote a new one meanwhile."""
+        assert self.store is not None
+        kv = self.store.get(self.keys.handover)
+        if kv is None:
+            return
+        try:
+            stale = HandoverRequest.from_json(kv.value).term < term
+        except MalformedRecord:
+            stale = True
+        if stale:
+            self.store.delete_if_unchanged(self.keys.handover, kv.mod_revision)
+
     # -- aggregator role --------------------------------------------------------------------
+    def _hand_over(self, d: Decision, view: View) -> None:
+        """A planned handover of our term: the round in flight commits, no further round
+        starts; then `handover` is recorded and the role key deleted (both fenced on the
+        term), so the named node campaigns at once instead of waiting out our lease."""
+        assert d.term is not None and view.handover is not None
+        host, recorder = self.server, self.recorder
+        if host is not None and recorder is not None and recorder.term == d.term:
+            recorder.hand_over()
+            if host.state == "running" and not recorder.halted.is_set():
+                return  # the ServerApp wakes us (on_halt) when it reaches the next round
+            if not host.join(timeout=STOP_JOIN_S):
+                return  # still ending: the next cycle looks again
+            if host.state == "completed" and recorder.complete():
+                self._completed(recorder)
+        self.server = self.recorder = None
+        if host is not None:
+            host.stop()  # its fleet server: the workers move on to the next holder
+            self.fleet = None
+        h = view.handover
+        last = recorder.last_round if recorder is not None else view.state.last_committed_round
+        log_ = self.events if self.run_id is not None else self.runs.join_log()
+        try:
+            log_.append(Handover(node=self.opts.name, term=d.term, to=h.to, round=last,
+                                 ranked=h.ranked, requested_by=h.by), fence=self.election.fence)
+        except FencedOut:
+            self.election.fence = None
+            return
+        if self.election.resign():
+            self.emit(f"handed term {d.term} over to {h.to} after round {last}: resigned")
+        self.next_wait = min(self.next_wait, 0.1)
+
     def _serve(self, term: int) -> None:
         """Make sure the user's ServerApp runs for `term`, resuming from the log.
 
@@ -676,6 +765,8 @@ class Node:
         if state.finished:
             return
         self._predecessor = next((e.node for e in reversed(state.elections) if e.term < term), None)
+        if self._predecessor == self._handed_over_by:  # alive, and about to train for us
+            self._predecessor = None
         run_app = self.runs.app(run_id)
         try:
             server_app, _ = run_app.apps.result()
@@ -698,7 +789,8 @@ class Node:
             resume = resume_point(self.store, keys, self.events, state, fence, self.opts.name)
             self.recorder = AppRecorder(
                 store=self.store, keys=keys, events=self.events, fence=fence,
-                node=self.opts.name, workers=self._wait_for_workers, on_event=self._on_event)
+                node=self.opts.name, workers=self._wait_for_workers, on_event=self._on_event,
+                on_halt=self.wake.set)
             if resume is not None:
                 self.recorder.base = state.committed[resume.next_round - 1].model_sha256 \
                     if resume.next_round > 1 else state.initial_model

@@ -2,7 +2,9 @@
 
 `AppRecorder` implements the Flower edge's `RoundHooks` (raftfl/flower/start.py) for one
 term. Every write is guarded by the term, so once the role is lost nothing more lands: the
-first rejected write answers False and the user's ServerApp is stopped. What the hooks record
+first rejected write answers False and the user's ServerApp is stopped. A planned handover
+(`hand_over()`) stops it the same way, between rounds: the round in flight commits, the next
+one never starts. What the hooks record
 is what `replay` folds: `run_started` with the initial model (round 0), `round_started`,
 `fit_results`, `checkpoint_saved`, `round_committed` (model hash, base model hash, metrics).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -73,11 +76,15 @@ class AppRecorder:
     """`RoundHooks` for one term, with fenced etcd writes."""
 
     def __init__(self, *, store: Store, keys: RunKeys, events: EventLog, fence: Fence, node: str,
-                 workers: Callable[[], int], on_event: Callable[[Event], None]):
+                 workers: Callable[[], int], on_event: Callable[[Event], None],
+                 on_halt: Callable[[], None] = lambda: None):
         self.store, self.keys, self.events, self.fence, self.node = store, keys, events, fence, node
         self.workers = workers
         self.on_event = on_event
+        self.on_halt = on_halt  # wakes the HA loop once a handover has stopped the rounds
         self.deposed = False
+        self.handing_over = False  # a planned handover: start no further round
+        self.halted = threading.Event()  # ...and the ServerApp has reached a round boundary
         self.failure: RaftflError | None = None  # why a write failed, other than the fence
         self.retention = Retention(store)
         self.base: str | None = None  # hash of the model the next round starts from
@@ -103,11 +110,27 @@ class AppRecorder:
         self.on_event(event)
         return True
 
+    def hand_over(self) -> None:
+        """Start no further round (the one in flight still commits); the ServerApp stops at
+        its next `round_started`, which sets `halted`."""
+        self.handing_over = True
+
+    def _halt(self) -> bool:
+        if self.handing_over:
+            self.halted.set()
+            self.on_halt()
+        return self.handing_over
+
     # -- RoundHooks --------------------------------------------------------------------------
     def round_started(self, server_round: int) -> bool:
+        if self._halt():
+            return False
         hold("round_start", server_round)
+        clients = self.workers()
+        if self._halt():  # asked while waiting for the workers
+            return False
         ok = self._append(RoundStarted(node=self.node, term=self.term, round=server_round,
-                                       base_model=self.base or "", clients=self.workers()))
+                                       base_model=self.base or "", clients=clients))
         hold("fit_start", server_round)
         return ok
 
