@@ -105,16 +105,22 @@ def _node_options(fn: Any) -> Any:
                           "previous_penalty, fresh_s (see README)."),
         click.option("--probe-interval", type=click.FloatRange(0.2, 60), default=1.0,
                      show_default=True, help="Seconds between latency probe rounds."),
+        # The bundled app's task knobs: unset ones come from its run config
+        # (examples/quickstart/pyproject.toml: a human-paced workload).
         click.option("--dataset", type=click.Choice(["auto", "cifar10", "synthetic"]),
-                     default="auto", show_default=True),
-        click.option("--partition", type=click.Choice(["iid", "dirichlet"]), default="iid",
-                     show_default=True),
-        click.option("--alpha", type=click.FloatRange(0.01), default=0.5, show_default=True,
-                     help="Dirichlet concentration for --partition dirichlet."),
-        click.option("--train-size", type=click.IntRange(100), default=5000, show_default=True),
-        click.option("--test-size", type=click.IntRange(100), default=1000, show_default=True),
-        click.option("--epochs", type=click.IntRange(1), default=1, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+                     default=None, help="[default: the app's run config: auto]"),
+        click.option("--partition", type=click.Choice(["iid", "dirichlet"]), default=None,
+                     help="[default: the app's run config: iid]"),
+        click.option("--alpha", type=click.FloatRange(0.01), default=None,
+                     help="Dirichlet concentration for --partition dirichlet [default: 0.5]."),
+        click.option("--train-size", type=click.IntRange(100), default=None,
+                     help="Images in the whole federation's training set [default: the app's "
+                          "run config: 50000, CIFAR-10's size]."),
+        click.option("--test-size", type=click.IntRange(100), default=None,
+                     help="[default: the app's run config]"),
+        click.option("--epochs", type=click.IntRange(1), default=None,
+                     help="Local epochs per round [default: the app's run config]."),
+        click.option("--seed", type=int, default=None, help="Data seed [default: 0]."),
         click.option("--app", "app", type=click.Path(path_type=Path, exists=True,
                                                       file_okay=False), default=None,
                      help="A Flower app directory (pyproject.toml with [tool.flwr.app]) "
@@ -370,6 +376,88 @@ def run_stop(nodes: tuple[str, ...], more_nodes: tuple[str, ...], run_id: int,
         click.echo(runs.stop(store, Keys(cluster), run_id, _submitter(), "raftfl run stop"))
     finally:
         store.close()
+
+
+@cli.group("aggregator")
+def aggregator_group() -> None:
+    """Move the aggregator role by hand."""
+
+
+@aggregator_group.command("handover")
+@peers_option
+@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@endpoints_option
+@cluster_option
+@click.option("--to", "to", default=None, metavar="NAME",
+              help="The node to take the role [default: the best-ranked other live node].")
+@click.option("--wait", type=click.FloatRange(0, 3600), default=60.0, show_default=True,
+              help="Seconds to wait for the new aggregator (0: return once requested).")
+def aggregator_handover(nodes: tuple[str, ...], more_nodes: tuple[str, ...],
+                        endpoints: str | None, cluster: str, to: str | None,
+                        wait: float) -> None:
+    """Planned handover: the aggregator finishes its current round, records `handover` and
+    resigns; the named (or best-ranked) node takes the role at once, with no lease wait."""
+    from raftfl.control import request_handover, wait_handover
+    from raftfl.core.keys import Keys
+    from raftfl.etcd.store import Store
+
+    keys = Keys(cluster)
+    store = Store(_endpoints(nodes + more_nodes, endpoints), retry_for=10)
+    try:
+        req = request_handover(store, keys, to.strip() if to else None, _submitter())
+        r = req.request
+        click.echo(f"handover of term {r.term} from {r.holder} to {r.to}"
+                   + (" (best-ranked)" if r.ranked else "") + f" requested at revision "
+                   f"{req.revision}: {r.holder} resigns after its current round")
+        if wait <= 0:
+            return
+        done = wait_handover(store, keys, req, wait)
+    finally:
+        store.close()
+    if done is None:
+        raise RaftflError(f"no new aggregator within {wait:.0f}s; the request stands "
+                          "(see raftfl status)")
+    click.echo(f"{done.node} is the aggregator: term {done.term}, {done.seconds:.2f} s after "
+               "the request")
+
+
+def _control(nodes: tuple[str, ...], endpoints: str | None, cluster: str, what: str,
+             **kw: Any) -> None:
+    from raftfl import control
+    from raftfl.core.keys import Keys
+    from raftfl.etcd.store import Store
+
+    store = Store(_endpoints(nodes, endpoints), retry_for=10)
+    try:
+        click.echo(getattr(control, what)(store, Keys(cluster), _submitter(), **kw))
+    finally:
+        store.close()
+
+
+@cli.command()
+@peers_option
+@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@endpoints_option
+@cluster_option
+@click.option("--reason", default="", help="Why (recorded in the failover_paused event).")
+def pause(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
+          cluster: str, reason: str) -> None:
+    """Maintenance mode: no automatic failover until `raftfl resume` (the aggregator keeps
+    serving; a vacant role stays vacant; `aggregator handover` still works)."""
+    if len(reason) > 500:
+        raise click.BadParameter("at most 500 characters", param_hint="--reason")
+    _control(nodes + more_nodes, endpoints, cluster, "pause", reason=reason)
+
+
+@cli.command()
+@peers_option
+@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@endpoints_option
+@cluster_option
+def resume(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
+           cluster: str) -> None:
+    """End maintenance mode: a vacant role is filled automatically again."""
+    _control(nodes + more_nodes, endpoints, cluster, "resume")
 
 
 def main() -> None:

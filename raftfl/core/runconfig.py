@@ -40,15 +40,16 @@ class RunConfig(Record):
 
     rounds: int
     nodes: list[str]  # initial node names; a node's shard is its index in this sorted list
-    dataset: str = "auto"
-    partition: str = "iid"
-    alpha: float = 0.5
-    n_train: int = 5000
-    n_test: int = 1000
-    epochs: int = 1
-    lr: float = 0.01
-    batch_size: int = 32
-    seed: int = 0
+    # raftfl's task flags for the bundled app; None = the app's own run config decides.
+    dataset: str | None = None
+    partition: str | None = None
+    alpha: float | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
     weights: dict[str, float] = field(default_factory=dict)  # ranking weights (ranking.Weights)
     created: float = field(default_factory=time.time)
 
@@ -67,17 +68,23 @@ class RunConfig(Record):
                 check_node_name(node)
             except RaftflError as exc:
                 raise ValueError(str(exc)) from None
-        require(self.dataset in DATASETS, f"dataset {self.dataset!r} not one of {', '.join(DATASETS)}")
-        require(self.partition in PARTITIONS,
+        require(self.dataset is None or self.dataset in DATASETS,
+                f"dataset {self.dataset!r} not one of {', '.join(DATASETS)}")
+        require(self.partition is None or self.partition in PARTITIONS,
                 f"partition {self.partition!r} not one of {', '.join(PARTITIONS)}")
-        require(math.isfinite(self.alpha) and 0.01 <= self.alpha <= 1000,
-                f"alpha {self.alpha} not in 0.01..1000")
-        require(100 <= self.n_train <= MAX_TRAIN, f"n_train {self.n_train} not in 100..{MAX_TRAIN}")
-        require(100 <= self.n_test <= MAX_TEST, f"n_test {self.n_test} not in 100..{MAX_TEST}")
-        require(1 <= self.epochs <= 1000, f"epochs {self.epochs} not in 1..1000")
-        require(math.isfinite(self.lr) and 0 < self.lr <= 100, f"lr {self.lr} not in (0, 100]")
-        require(1 <= self.batch_size <= 65536, f"batch_size {self.batch_size} not in 1..65536")
-        require(0 <= self.seed < 2**32, f"seed {self.seed} not in 0..2^32-1")
+        a, lr = self.alpha, self.lr
+        require(a is None or (math.isfinite(a) and 0.01 <= a <= 1000),
+                f"alpha {a} not in 0.01..1000")
+        require(self.n_train is None or 100 <= self.n_train <= MAX_TRAIN,
+                f"n_train {self.n_train} not in 100..{MAX_TRAIN}")
+        require(self.n_test is None or 100 <= self.n_test <= MAX_TEST,
+                f"n_test {self.n_test} not in 100..{MAX_TEST}")
+        require(self.epochs is None or 1 <= self.epochs <= 1000,
+                f"epochs {self.epochs} not in 1..1000")
+        require(lr is None or (math.isfinite(lr) and 0 < lr <= 100), f"lr {lr} not in (0, 100]")
+        require(self.batch_size is None or 1 <= self.batch_size <= 65536,
+                f"batch_size {self.batch_size} not in 1..65536")
+        require(self.seed is None or 0 <= self.seed < 2**32, f"seed {self.seed} not in 0..2^32-1")
         for name, value in self.weights.items():
             require(name in WEIGHT_NAMES, f"unknown ranking weight {name!r} "
                                           f"(known: {', '.join(WEIGHT_NAMES)})")

@@ -304,19 +304,21 @@ def _fedavg(results: list[tuple[list[np.ndarray], dict]]) -> list[np.ndarray]:
     ]
 
 
-def test_synthetic_is_learnable_with_fedavg(
-    synthetic: tuple[data.Dataset, data.Dataset], weights: list[np.ndarray]
-) -> None:
-    """3 rounds x 2 clients x 1 local epoch must land far above 10% chance."""
-    train, test = synthetic
+def test_synthetic_is_about_as_hard_as_cifar10(weights: list[np.ndarray]) -> None:
+    """The accuracy band of issue 12 on a reduced size: 3 FedAvg rounds land in 0.3..0.6,
+    still rising, far above chance (0.1) and far below the 0.9 of the old, too easy set.
+
+    Full size (50,000 images, 3 nodes, 1 epoch, lr 0.01; the app's defaults) measured
+    0.24, 0.35, 0.43, ... 0.63 after round 10. Here: 10,000 images, 2 nodes, 2 epochs, lr 0.02.
+    """
+    train, test = data.synthetic_cifar(n_train=10_000, n_test=1000, seed=0)
     shards = [data.subset(train, data.partition(len(train), 2, p, seed=0)) for p in range(2)]
-    global_w = weights
+    global_w, accuracy = weights, []
     for rnd in range(3):
-        results = [
-            model.train(global_w, shard, epochs=1, seed=100 * rnd + i)
-            for i, shard in enumerate(shards)
-        ]
+        results = [model.train(global_w, shard, epochs=2, lr=0.02, seed=100 * rnd + i)
+                   for i, shard in enumerate(shards)]
         global_w = _fedavg(results)
-    _, acc = model.evaluate(global_w, test)
-    print(f"synthetic FedAvg accuracy after 3 rounds: {acc:.3f}")
-    assert acc >= 0.4
+        accuracy.append(model.evaluate(global_w, test)[1])
+    print(f"synthetic FedAvg accuracy, rounds 1..3: {accuracy}")
+    assert 0.3 <= accuracy[2] <= 0.6, accuracy
+    assert accuracy[0] < accuracy[1] < accuracy[2], "the curve must still rise"
