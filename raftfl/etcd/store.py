@@ -81,6 +81,11 @@ class Compacted(RaftflError):
     """A read at a revision that etcd has compacted away."""
 
 
+class LeaseGone(RaftflError):
+    """A write on a lease that etcd no longer has: it expired (for example while the Raft
+    leader was frozen) before our keepalive noticed. The lease is lost, nothing else is."""
+
+
 def _compacted(exc: BaseException) -> bool:
     return (isinstance(exc, grpc.RpcError)
             and "required revision has been compacted" in (exc.details() or ""))  # type: ignore[attr-defined]
@@ -103,6 +108,12 @@ class EtcdNoSpace(RaftflError):
     def __init__(self, endpoints: Sequence[str]) -> None:
         super().__init__("etcd is out of space (NOSPACE alarm: the database exceeded its "
                          f"quota-backend-bytes); {nospace_fix(endpoints)}")
+
+
+def _lease_gone(exc: BaseException) -> bool:
+    return (isinstance(exc, grpc.RpcError)
+            and exc.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+            and "lease not found" in (exc.details() or ""))  # type: ignore[attr-defined]
 
 
 def _no_space(exc: BaseException) -> bool:
@@ -220,6 +231,8 @@ class Store:
         except grpc.RpcError as exc:
             if _no_space(exc):
                 raise EtcdNoSpace(self.endpoints) from exc
+            if _lease_gone(exc):
+                raise LeaseGone("etcd: requested lease not found (it expired)") from exc
             if _compacted(exc):
                 raise Compacted(f"revision compacted: {exc.details()}") from exc  # type: ignore[attr-defined]
             raise
@@ -339,6 +352,8 @@ class Store:
     def revoke(self, lease_id: int) -> None:
         try:
             self.call(lambda: self.client.revoke_lease(lease_id), retry_for=2.0)
+        except LeaseGone:
+            pass  # expired already
         except (EtcdUnavailable, grpc.RpcError, etcd3.exceptions.Etcd3Exception):
             log.debug("lease %x not revoked; it will expire", lease_id)
 

@@ -74,7 +74,15 @@ from raftfl.etcd.member import (
     prepare_data_dir,
     wait_healthy,
 )
-from raftfl.etcd.store import Compacted, EtcdNoSpace, EtcdUnavailable, Fence, Resync, Store
+from raftfl.etcd.store import (
+    Compacted,
+    EtcdNoSpace,
+    EtcdUnavailable,
+    Fence,
+    LeaseGone,
+    Resync,
+    Store,
+)
 from raftfl.lab.testhooks import hold
 from raftfl.node import runapp
 from raftfl.node.election import Election
@@ -371,6 +379,10 @@ class Node:
                 failures += 1
                 if failures == 1:
                     self.emit(f"{exc}")
+            except LeaseGone as exc:  # not a loop failure: the next cycle opens a new lease
+                self.emit(f"{exc}: opening a new lease")
+                if self.session is not None:
+                    self.session.gone()
             except Exception:  # noqa: BLE001 - logged with its traceback, then retried
                 failures += 1
                 log.exception("HA cycle failed (%d in a row); retrying", failures)

@@ -23,7 +23,7 @@ from raftfl.core.latency import Prober, Sample
 from raftfl.core.members import MemberInfo
 from raftfl.core.ranking import Candidate
 from raftfl.etcd.context import read_members, read_samples  # noqa: F401 - read_samples: ha.py
-from raftfl.etcd.store import EtcdUnavailable, Store
+from raftfl.etcd.store import EtcdUnavailable, LeaseGone, Store
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,19 @@ class Session:
                 return
             if ttl is None and time.monotonic() < self._state.valid_until:
                 return
-            log.warning("lease %x lost (%s)", st.lease,
-                        "expired in etcd" if ttl == 0 else "no refresh within TTL")
-            self._state = LeaseState(None, 0.0, abandoned=st.lease)
+        self._lose(st.lease, "expired in etcd" if ttl == 0 else "no refresh within TTL")
+
+    def gone(self) -> None:
+        """etcd refused a write on the current lease as unknown: it has expired there."""
+        if (lease := self.lease) is not None:
+            self._lose(lease, "expired in etcd, seen on a write")
+
+    def _lose(self, lease: int, why: str) -> None:
+        with self._lock:
+            if self._state.lease != lease:
+                return
+            log.warning("lease %x lost (%s)", lease, why)
+            self._state = LeaseState(None, 0.0, abandoned=lease)
         try:
             self.on_lost()
         except Exception:  # noqa: BLE001 - the loop notices the lost lease by itself too
@@ -162,7 +172,7 @@ class Session:
                     self.publish(lease)
             except EtcdUnavailable as exc:
                 log.debug("probe cycle skipped: %s", exc)
-            except grpc.RpcError as exc:  # typically: the lease was revoked mid-cycle
+            except (LeaseGone, grpc.RpcError) as exc:  # the lease expired or was revoked
                 log.debug("probe cycle aborted: %s", exc)
             except Exception:  # noqa: BLE001 - a probe bug must not kill the node
                 log.exception("probe cycle failed")

@@ -30,7 +30,7 @@ from raftfl.core.keys import Keys, RunKeys
 from raftfl.core.runconfig import RunConfig, RunSpec, ensure
 from raftfl.etcd import runs as stored_runs
 from raftfl.etcd.eventlog import EventLog
-from raftfl.etcd.store import Change, Fence, wait_until
+from raftfl.etcd.store import Change, Fence, LeaseGone, wait_until
 from raftfl.node import runapp
 from raftfl.node.election import Election
 from raftfl.node.ha import Node, NodeOptions
@@ -220,6 +220,34 @@ def test_keepalive_survives_any_exception(etcd_cluster_module: EtcdCluster, keys
         time.sleep(3)  # longer than the TTL: only a live keepalive thread keeps it
         assert session.valid and store.get(keys.member("k")) is not None
     finally:
+        session.close()
+
+
+def test_a_campaign_on_a_lease_etcd_expired_is_a_lost_lease(
+        etcd_cluster_module: EtcdCluster, keys: RunKeys) -> None:
+    """Soak, 3 nodes, seed 7, run 17: the etcd leader's node frozen, every lease expired in
+    etcd before the keepalives saw it; the campaign's create then failed with grpc NOT_FOUND
+    and the cycle logged a traceback. Now it is LeaseGone: the lease is lost, nothing else."""
+    store = etcd_cluster_module.store()
+    lost = threading.Event()
+    info = MemberInfo(node="g", ip="127.0.0.1", client_port=1, flower_address="h:1")
+    session = Session(store, keys, info, 5, lost.set, 3600)
+    session.open()
+    gone = session.lease
+    assert gone is not None
+    store.client.revoke_lease(gone)  # behind the session's back, as an expiry in etcd is
+    election = Election(store, keys.aggregator, "g", "h:1")
+    with pytest.raises(LeaseGone):
+        election.campaign(gone)
+    assert election.term is None and store.get(keys.aggregator) is None
+    session.gone()
+    assert lost.is_set() and session.lease is None and not session.valid
+    try:
+        session.open()  # revokes the gone lease quietly, grants a new one
+        assert session.lease not in (None, gone)
+        assert election.campaign(session.lease) is not None
+    finally:
+        election.resign()
         session.close()
 
 
