@@ -215,22 +215,46 @@ def node_start(exit_on_complete: bool, **kw: Any) -> None:
     sys.exit(Node(opts).run())
 
 
+max_voters_option = click.option(
+    "--max-voters", type=click.IntRange(1, 9), default=5, show_default=True,
+    help="Voter target: a caught-up learner is promoted only while there are fewer voters.")
+
+
 @node.command("join")
 @_node_options
 @exit_on_complete_option
-def node_join(exit_on_complete: bool, **kw: Any) -> None:
-    """Add a node to a running cluster (etcd member add), then start it.
+@max_voters_option
+@click.option("--join-timeout", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="Seconds for the new etcd member to come up; otherwise it is removed again.")
+@click.option("--fresh", is_flag=True,
+              help="Clear etcd data left in the data dir by a removed member of this node.")
+def node_join(exit_on_complete: bool, max_voters: int, join_timeout: float, fresh: bool,
+              **kw: Any) -> None:
+    """Add a node to a running cluster: as an etcd learner, promoted once caught up.
 
-    -n names running nodes; the new member learns the full membership from them.
+    -n names running nodes; the new member learns the full membership from them. The local
+    checks (etcd binary, ports, data dir) run before the cluster is changed.
     """
-    from raftfl.etcd.membership import add_member
+    from raftfl.etcd.membership import JoinWatch, add_learner, local_checks
     from raftfl.node.ha import Node
 
     opts = _build_options(True, **kw)
     opts.exit_on_complete = exit_on_complete
-    if opts.etcd_endpoints is None:
-        opts.peers = add_member(opts)
-    sys.exit(Node(opts).run())
+    if opts.etcd_endpoints is not None:  # an external cluster: nothing to add
+        sys.exit(Node(opts).run())
+    node = Node(opts)
+    member = add_learner(opts, local_checks(opts), fresh, node.emit)
+    watch = JoinWatch(node, member, join_timeout, max_voters)
+    watch.start()
+    try:
+        code = node.run()
+    except BaseException:
+        watch.finish(failed=True)
+        raise
+    watch.finish(failed=False)
+    if watch.outcome.rolled_back:
+        raise RaftflError(watch.outcome.rolled_back)
+    sys.exit(code)
 
 
 @node.command("leave")
@@ -240,13 +264,24 @@ def node_join(exit_on_complete: bool, **kw: Any) -> None:
 @click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
 @endpoints_option
 @cluster_option
+@max_voters_option
+@click.option("--handover-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
+              help="Seconds a leaving aggregator gets to hand the role over.")
 def node_leave(address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...],
-               endpoints: str | None, cluster: str) -> None:
-    """Remove a node's etcd member from the cluster; the node then stops by itself."""
+               endpoints: str | None, cluster: str, max_voters: int,
+               handover_timeout: float) -> None:
+    """Remove a node's etcd member from the cluster; the node then stops by itself.
+
+    Refused when the remaining voters would have no quorum. An aggregator hands its role
+    over first (its round in flight commits). A voter that leaves is replaced by a
+    caught-up learner when there is one.
+    """
     from raftfl.etcd.membership import remove_member
 
     leaving = _addresses((address,))[0]
-    click.echo(remove_member(leaving, _endpoints(nodes + more_nodes, endpoints), cluster))
+    click.echo(remove_member(leaving, _endpoints(nodes + more_nodes, endpoints), cluster,
+                             max_voters=max_voters, handover_timeout=handover_timeout,
+                             by=_submitter(), emit=click.echo))
 
 
 @cli.command()
