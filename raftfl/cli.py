@@ -196,6 +196,21 @@ exit_on_complete_option = click.option(
          "exit (by default a node stays up for the next `raftfl run submit`).")
 
 
+def _exit_node(code: int) -> None:
+    """Leave at once once the node has shut down (member stopped, files written).
+
+    A ClientApp call may still be running on a worker thread (inside torch, say); Python's
+    normal finalization would then tear native threads down under it and abort the process
+    ("terminate called without an active exception") on a plain Ctrl-C.
+    """
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @node.command("start")
 @_node_options
 @exit_on_complete_option
@@ -212,7 +227,7 @@ def node_start(exit_on_complete: bool, **kw: Any) -> None:
 
     opts = _build_options(False, **kw)
     opts.exit_on_complete = exit_on_complete
-    sys.exit(Node(opts).run())
+    _exit_node(Node(opts).run())
 
 
 max_voters_option = click.option(
@@ -241,7 +256,7 @@ def node_join(exit_on_complete: bool, max_voters: int, join_timeout: float, fres
     opts = _build_options(True, **kw)
     opts.exit_on_complete = exit_on_complete
     if opts.etcd_endpoints is not None:  # an external cluster: nothing to add
-        sys.exit(Node(opts).run())
+        _exit_node(Node(opts).run())
     node = Node(opts)
     member = add_learner(opts, local_checks(opts), fresh, node.emit)
     watch = JoinWatch(node, member, join_timeout, max_voters)
