@@ -52,8 +52,30 @@ peers_option = click.option("-n", "--nodes", "nodes", multiple=True, metavar="HO
                             help="Node addresses (host:raft_port); repeat or list after -n.")
 cluster_option = click.option("--cluster", default="default", show_default=True, callback=_cluster,
                               help="Cluster name: keys live under /raftfl/<cluster>/.")
-endpoints_option = click.option("--endpoints", default=None,
-                                help="etcd client endpoints (ip:port,...) instead of -n.")
+
+
+def _certs(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """Load the bundle once; every etcd and fleet connection of this process then uses it."""
+    from raftfl import tls
+
+    if value is not None:
+        try:
+            tls.configure(tls.load(value))
+        except RaftflError as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+
+certs_option = click.option(
+    "--certs", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+    expose_value=False, is_eager=True, callback=_certs, metavar="DIR",
+    help="Certificate bundle (ca.crt, tls.crt, tls.key from `raftfl certs issue`): mutual "
+         "TLS to etcd and the fleet.")
+
+
+def endpoints_option(fn: Any) -> Any:
+    fn = certs_option(fn)
+    return click.option("--endpoints", default=None,
+                        help="etcd client endpoints (ip:port,...) instead of -n.")(fn)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,6 +110,10 @@ def _node_options(fn: Any) -> Any:
                      help="Run etcd 3.5.0-3.5.5 despite its data-inconsistency bugs."),
         click.option("--etcd-endpoints", default=None,
                      help="Use an external etcd cluster (ip:port,...); no embedded member."),
+        certs_option,
+        click.option("--insecure", is_flag=True,
+                     help="Serve without TLS on a non-loopback address (anyone who reaches "
+                          "the ports can read, write and train)."),
         click.option("--client-port", type=click.IntRange(1, 65535), default=None,
                      help="etcd client port [default: raft port + 100]."),
         click.option("--flower-port", type=click.IntRange(1, 65535), default=None,
@@ -176,7 +202,10 @@ def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes:
                         dataset=kw["dataset"], partition=kw["partition"], alpha=kw["alpha"],
                         n_train=kw["train_size"], n_test=kw["test_size"], epochs=kw["epochs"],
                         seed=kw["seed"], weights=_weights(kw["weights"]))
-    me.ip  # noqa: B018 - resolve now: an unresolvable address is a usage error
+    from raftfl import tls
+    from raftfl.core.certs import check_bind
+
+    check_bind(me.ip, tls.current() is not None, kw["insecure"])  # resolves: a usage error
     return NodeOptions(
         address=me, peers=peers, aggregator=aggregator, rounds=kw["rounds"],
         cluster=kw["cluster"], data_dir=kw["data_dir"], etcd_bin=kw["etcd_bin"],
@@ -508,6 +537,96 @@ def resume(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str |
            cluster: str) -> None:
     """End maintenance mode: a vacant role is filled automatically again."""
     _control(nodes + more_nodes, endpoints, cluster, "resume")
+
+
+@cli.group("certs")
+def certs_group() -> None:
+    """A cluster CA and the certificates that admit nodes and operators (README: Security)."""
+
+
+@certs_group.command("init")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True,
+              help="Where the CA goes (ca.key stays here: keep it off the nodes).")
+@cluster_option
+@click.option("--force", is_flag=True, help="Replace an existing CA (every bundle then expires).")
+def certs_init(directory: Path, cluster: str, force: bool) -> None:
+    """Create the cluster CA: DIR/ca.crt and DIR/ca.key (0600)."""
+    from raftfl import tls
+
+    click.echo(f"cluster CA for {cluster!r}: {tls.init_ca(directory, cluster, force)}")
+
+
+@certs_group.command("issue")
+@click.option("--dir", "directory", type=click.Path(path_type=Path, exists=True,
+                                                     file_okay=False), required=True,
+              help="The directory `certs init` made.")
+@click.option("--node", "node_address", default=None, metavar="HOST:PORT",
+              help="A node's -s address: its CN and SANs (etcd client, peer and fleet).")
+@click.option("--operator", default=None, metavar="NAME",
+              help="A read-only operator (status, history, etcdctl get).")
+@click.option("--admin", is_flag=True,
+              help="etcd's root user: membership, RBAC, defrag (keep it with the operator).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+def certs_issue(directory: Path, node_address: str | None, operator: str | None, admin: bool,
+                force: bool) -> None:
+    """Issue one bundle into DIR/<name>/: ca.crt, tls.crt, tls.key (0600), cluster.
+
+    Hand a node its bundle directory (scp -r DIR/HOST_PORT node:~/raftfl-certs) and start it
+    with --certs ~/raftfl-certs."""
+    from raftfl import tls
+    from raftfl.core.address import check_node_name
+    from raftfl.core.certs import OPERATOR_PREFIX, ROOT_CN
+
+    if sum(x is not None and x is not False for x in (node_address, operator, admin)) != 1:
+        raise click.UsageError("give exactly one of --node HOST:PORT, --operator NAME, --admin")
+    if node_address is not None:
+        me = _addresses((node_address,))[0]
+        try:
+            hosts = [me.host, me.ip]
+        except RaftflError:
+            hosts = [me.host]  # not resolvable here: the name alone
+        path = tls.issue_bundle(directory, f"{me.host}_{me.port}", me.name, hosts, force)
+    elif operator is not None:
+        try:
+            check_node_name(operator)
+        except RaftflError as exc:
+            raise click.BadParameter(str(exc), param_hint="--operator") from exc
+        path = tls.issue_bundle(directory, OPERATOR_PREFIX + operator, OPERATOR_PREFIX + operator,
+                                [], force)
+    else:
+        path = tls.issue_bundle(directory, ROOT_CN, ROOT_CN, [], force)
+    click.echo(f"issued {path}/tls.crt (key {path}/tls.key, mode 0600)")
+
+
+@certs_group.command("rbac")
+@peers_option
+@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@endpoints_option
+@cluster_option
+@click.option("--user", "users", multiple=True, metavar="HOST:PORT",
+              help="Admit this node's identity too (for example one about to join).")
+@click.option("--operator", "operators", multiple=True, metavar="NAME",
+              help="A read-only operator (its bundle from `certs issue --operator NAME`).")
+def certs_rbac(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
+               cluster: str, users: tuple[str, ...], operators: tuple[str, ...]) -> None:
+    """Turn on etcd auth: each node (its CN) may read and write /raftfl/<cluster>/ only,
+    operators may read it. Run with --certs pointing at the admin (root) bundle; repeatable."""
+    from raftfl import tls
+    from raftfl.core.certs import ROOT_CN
+    from raftfl.etcd import rbac
+    from raftfl.etcd.store import Store
+
+    identity = tls.current()
+    if identity is None or identity.name != ROOT_CN:
+        raise click.UsageError("certs rbac needs --certs DIR/root (from `certs issue --admin`)")
+    names = [a.name for a in _addresses(nodes + more_nodes + users)]
+    store = Store(_endpoints(nodes + more_nodes, endpoints), retry_for=10)
+    try:
+        rbac.enable(store, cluster, names, operators)
+    finally:
+        store.close()
+    click.echo(f"etcd auth on: {len(names)} node(s) read/write /raftfl/{cluster}/, "
+               f"{len(operators)} operator(s) read it")
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raftfl import tls
 from raftfl.core.address import check_cluster_name, check_node_name
 from raftfl.core.errors import RaftflError
 from raftfl.core.records import MalformedRecord, loads_bounded
@@ -101,6 +102,8 @@ class MemberSpec:
     heartbeat_ms: int = field(default_factory=lambda: _env_ms("RAFTFL_ETCD_HEARTBEAT_MS", 100))
     election_ms: int = field(default_factory=lambda: _env_ms("RAFTFL_ETCD_ELECTION_MS", 1000))
     quota_bytes: int = DEFAULT_QUOTA_BYTES
+    # With an identity: https on both ports, and only certificates of the cluster CA admitted.
+    identity: tls.Identity | None = field(default_factory=tls.current)
 
     def __post_init__(self) -> None:
         check_cluster_name(self.cluster)
@@ -115,14 +118,30 @@ class MemberSpec:
         def quoted(value: object) -> str:
             return json.dumps(str(value))
 
+        scheme = "https" if self.identity else "http"
+
+        def url(value: str) -> str:
+            return f"{scheme}://{value.split('://', 1)[-1]}"
+
         return string.Template(template_path().read_text()).substitute(
             name=quoted(self.name), data_dir=quoted(self.data_dir / "member-data"),
-            peer_url=quoted(f"http://{self.ip}:{self.peer_port}"),
-            client_url=quoted(f"http://{self.ip}:{self.client_port}"),
+            peer_url=quoted(url(f"{self.ip}:{self.peer_port}")),
+            client_url=quoted(url(f"{self.ip}:{self.client_port}")),
             cluster_state=quoted(self.state), cluster_token=quoted(f"raftfl-{self.cluster}"),
             heartbeat_ms=int(self.heartbeat_ms), election_ms=int(self.election_ms),
             quota_bytes=int(self.quota_bytes), log_path=quoted(self.data_dir / "etcd.log"),
-            initial_cluster=quoted(",".join(f"{n}={u}" for n, u in self.initial_cluster.items())))
+            initial_cluster=quoted(",".join(f"{n}={url(u)}" for n, u in self.initial_cluster.items())),
+            tls=self._tls_block(quoted))
+
+    def _tls_block(self, quoted: Callable[[object], str]) -> str:
+        """Client and peer TLS, each requiring a certificate signed by the cluster CA."""
+        if not self.identity:
+            return ""
+        files = (f"  cert-file: {quoted(self.identity.cert)}\n"
+                 f"  key-file: {quoted(self.identity.key)}\n"
+                 f"  trusted-ca-file: {quoted(self.identity.ca)}\n"
+                 "  client-cert-auth: true\n")
+        return f"client-transport-security:\n{files}peer-transport-security:\n{files}"
 
 
 def prepare_data_dir(spec: MemberSpec) -> bool:

@@ -35,6 +35,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from raftfl import tls
 from raftfl.core.errors import RaftflError
 
 log = logging.getLogger(__name__)
@@ -195,11 +196,7 @@ class Store:
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self.retry_for = retry_for
-        eps = []
-        for ep in self.endpoints:
-            host, _, port = ep.rpartition(":")
-            eps.append(etcd3.Endpoint(host, int(port), secure=False, time_retry=1.0,
-                                      opts=_CHANNEL_OPTS))
+        eps = [_endpoint(ep, 1.0, _CHANNEL_OPTS) for ep in self.endpoints]
         self.client = etcd3.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
         # Talk to the first endpoint (a node's own member) while it lives, not a random one.
         self.client._current_endpoint_label = eps[0].netloc
@@ -529,9 +526,15 @@ def _db_size_in_use(status: Any) -> int | None:
 
 def _single(endpoint: str, timeout: float) -> etcd3.MultiEndpointEtcd3Client:
     """A client bound to exactly one member (a context manager)."""
+    return etcd3.MultiEndpointEtcd3Client(endpoints=[_endpoint(endpoint, 0.1)], timeout=timeout)
+
+
+def _endpoint(endpoint: str, time_retry: float, opts: Any = None) -> etcd3.Endpoint:
+    """One endpoint; with mutual TLS when this process has an identity (raftfl.tls)."""
     host, _, port = endpoint.rpartition(":")
-    return etcd3.MultiEndpointEtcd3Client(
-        endpoints=[etcd3.Endpoint(host, int(port), secure=False, time_retry=0.1)], timeout=timeout)
+    identity = tls.current()
+    return etcd3.Endpoint(host, int(port), secure=identity is not None, time_retry=time_retry,
+                          creds=identity.grpc_credentials() if identity else None, opts=opts)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:

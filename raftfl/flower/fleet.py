@@ -22,6 +22,10 @@ runs; the server drops a worker silent for `node_timeout` and reports its pendin
 `FleetClient.abort()` cuts the session from any thread; a worker whose server refuses or resets
 connections fails at its next heartbeat (within `HEARTBEAT_S`), a silent one after
 `silence_limit`.
+
+With a certificate bundle (`raftfl.tls`) the same protocol runs over TLS, and the server
+requires a client certificate signed by the cluster CA: a host without one never gets an
+HTTP exchange, so it can neither receive the model nor submit an update.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import json
 import logging
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -40,6 +45,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
+
+from raftfl import tls
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +292,18 @@ class _HttpServer(ThreadingHTTPServer):
         # offline); the handler needs neither server_name nor the lookup.
         TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+        identity = tls.current()
+        if identity is not None:  # only holders of a cluster certificate get an HTTP exchange
+            self.socket = identity.server_context().wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):  # a refused TLS handshake (no or a foreign certificate)
+            log.warning("fleet %s: connection from %s refused: %s", self.fleet.address,
+                        client_address[0], exc)
+            return
+        super().handle_error(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
@@ -491,7 +510,10 @@ class FleetClient:
         """One request on its own connection. A refused or reset connection fails at once;
         `timeout` bounds each socket operation (a busy server may be slow, not gone)."""
         self._raise_if_ended()
-        conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        identity = tls.current()
+        conn = (http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                            context=identity.client_context())
+                if identity else http.client.HTTPConnection(self._host, self._port, timeout=timeout))
         with self._lock:
             self._conns.add(conn)
         try:

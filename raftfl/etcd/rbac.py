@@ -1,0 +1,79 @@
+"""etcd RBAC for a secured cluster: nodes read and write their cluster's prefix, nothing else.
+
+With client-cert-auth, etcd takes a request's user from its certificate's CN (`core/certs.py`
+issues CN = node name). `enable` creates, idempotently:
+
+- role `raftfl-<cluster>-node`: readwrite on `/raftfl/<cluster>/`, granted to every node user;
+- role `raftfl-<cluster>-operator`: read on that prefix, for `operator-<NAME>` users;
+- both may read the single key "\0" (`Store.revision()` reads it for the current revision);
+- user `root` with role `root` (etcd requires it before auth is enabled): the admin bundle's CN;
+
+then turns auth on. Users get a random password nobody knows: the certificate is the
+credential. Run it with the admin (root) bundle: before auth is on, any certificate of the
+cluster CA may, and afterwards only root may change users and roles.
+
+etcd 3.4 reserves for root (CN `root`): member add/remove/promote, defragment, MoveLeader,
+snapshots, hash checks, and the auth API itself. A node without root therefore cannot run
+`node join`/`leave` itself, defragment, or move the Raft leader away from the aggregator;
+`raftfl` skips those (with a warning) and etcd's periodic auto-compaction keeps the history
+bounded (see README, Security).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+
+import grpc
+from etcd3 import etcdrpc, utils
+from etcd3.etcdrpc import auth_pb2
+
+from raftfl.core.certs import OPERATOR_PREFIX, ROOT_CN
+from raftfl.etcd.store import Store
+
+
+def node_role(cluster: str) -> str:
+    return f"raftfl-{cluster}-node"
+
+
+def operator_role(cluster: str) -> str:
+    return f"raftfl-{cluster}-operator"
+
+
+def _ignore_exists(call: object) -> None:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+            raise  # "already exists" is FAILED_PRECONDITION: done before, fine
+
+
+def enable(store: Store, cluster: str, nodes: Iterable[str], operators: Iterable[str] = (),
+           timeout: float = 5.0) -> None:
+    """Roles, users and grants for `cluster`, then auth on (every step idempotent)."""
+    stub = store.client.authstub
+    prefix = f"/raftfl/{cluster}/"
+    for role, kind in ((node_role(cluster), auth_pb2.Permission.READWRITE),
+                       (operator_role(cluster), auth_pb2.Permission.READ)):
+        _ignore_exists(lambda r=role: stub.RoleAdd(etcdrpc.AuthRoleAddRequest(name=r), timeout))
+        perm = auth_pb2.Permission(permType=kind, key=prefix.encode(),
+                                   range_end=utils.prefix_range_end(prefix.encode()))
+        stub.RoleGrantPermission(etcdrpc.AuthRoleGrantPermissionRequest(name=role, perm=perm),
+                                 timeout)
+        # Store.revision() reads the one key "\0" to learn the cluster's revision: readable.
+        probe = auth_pb2.Permission(permType=auth_pb2.Permission.READ, key=b"\0")
+        stub.RoleGrantPermission(etcdrpc.AuthRoleGrantPermissionRequest(name=role, perm=probe),
+                                 timeout)
+    grants = [(ROOT_CN, "root")]
+    grants += [(name, node_role(cluster)) for name in nodes]
+    grants += [(OPERATOR_PREFIX + name.removeprefix(OPERATOR_PREFIX), operator_role(cluster))
+               for name in operators]
+    for user, role in grants:
+        _ignore_exists(lambda u=user: stub.UserAdd(etcdrpc.AuthUserAddRequest(
+            name=u, password=secrets.token_urlsafe(24)), timeout))
+        stub.UserGrantRole(etcdrpc.AuthUserGrantRoleRequest(user=user, role=role), timeout)
+    try:
+        stub.AuthEnable(etcdrpc.AuthEnableRequest(), timeout)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+            raise
