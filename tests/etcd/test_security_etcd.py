@@ -1,0 +1,175 @@
+"""Mutual TLS and RBAC on real etcd members and the real fleet transport (issue 9).
+
+Three members run with client and peer TLS and --client-cert-auth under cluster CA "A";
+RBAC is enabled by the admin (root) bundle. Outsiders (no certificate, plain text, or a
+certificate from another CA "B") get nothing: no get, no put, no member add, no fleet
+session. A node's certificate reads and writes /raftfl/<cluster>/ only; an operator's reads.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from raftfl import tls
+from raftfl.core.errors import RaftflError
+from raftfl.etcd import rbac
+from raftfl.etcd.store import Store
+from raftfl.flower.fleet import FleetClient, FleetError, FleetServer
+from tests.conftest import EtcdCluster, running_cluster
+
+ETCDCTL = shutil.which("etcdctl")
+
+
+@dataclass
+class Secured:
+    cluster: EtcdCluster
+    bundles: dict[str, tls.Identity]
+
+    @property
+    def name(self) -> str:
+        return self.cluster.name
+
+    def store(self, who: str | None) -> Store:
+        tls.configure(self.bundles[who] if who else None)
+        try:
+            return self.cluster.store(retry_for=1.0, timeout=1.0)
+        finally:
+            tls.configure(None)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    base = tmp_path_factory.mktemp("sec")
+    tls.init_ca(base / "A", "A")
+    tls.init_ca(base / "B", "B")
+    bundles = {
+        "member": tls.load(tls.issue_bundle(base / "A", "member", "member", ["127.0.0.1"])),
+        "node": tls.load(tls.issue_bundle(base / "A", "node", "127.0.0.1:5000", ["127.0.0.1"])),
+        "ops": tls.load(tls.issue_bundle(base / "A", "operator-ops", "operator-ops", [])),
+        "root": tls.load(tls.issue_bundle(base / "A", "root", "root", [])),
+        "other": tls.load(tls.issue_bundle(base / "B", "node", "127.0.0.1:5000", ["127.0.0.1"])),
+    }
+    tls.configure(bundles["member"])  # the members' identity (MemberSpec's default)
+    try:
+        with running_cluster(base / "etcd") as cluster:
+            tls.configure(None)
+            sec = Secured(cluster, bundles)
+            root = sec.store("root")
+            rbac.enable(root, cluster.name, ["127.0.0.1:5000"], ["ops"])
+            root.put(f"/raftfl/{cluster.name}/seed", "1")
+            root.put("/elsewhere/seed", "1")
+            yield sec
+    finally:
+        tls.configure(None)
+
+
+def _denied(fn) -> bool:  # noqa: ANN001
+    try:
+        fn()
+    except (grpc.RpcError, RaftflError, Exception):  # noqa: BLE001 - any refusal counts
+        return True
+    return False
+
+
+@pytest.mark.parametrize("who", [None, "other"])
+def test_outsiders_get_nothing(secured: Secured, who: str | None) -> None:
+    store = secured.store(who)
+    prefix = f"/raftfl/{secured.name}/"
+    assert _denied(lambda: store.get(prefix + "seed"))
+    assert _denied(lambda: store.put(prefix + "evil", "1"))
+    assert _denied(lambda: store.call(lambda: store.client.add_member(["https://127.0.0.1:1"]),
+                                      retry_for=1.0))
+    assert secured.store("root").get(prefix + "evil") is None
+
+
+def _etcdctl(secured: Secured, who: str | None, *args: str, scheme: str = "https") -> int:
+    eps = ",".join(f"{scheme}://{ep}" for ep in secured.cluster.endpoints)
+    cmd = [ETCDCTL, f"--endpoints={eps}", "--dial-timeout=2s", "--command-timeout=3s"]
+    if who:
+        b = secured.bundles[who]
+        cmd += [f"--cacert={b.ca}", f"--cert={b.cert}", f"--key={b.key}"]
+    elif scheme == "https":
+        cmd += [f"--cacert={secured.bundles['member'].ca}"]  # trusts the server, no client cert
+    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30,
+                          env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+    return proc.returncode
+
+
+@pytest.mark.skipif(ETCDCTL is None, reason="etcdctl not installed")
+def test_etcdctl_needs_a_cluster_certificate(secured: Secured) -> None:
+    key = f"/raftfl/{secured.name}/seed"
+    assert _etcdctl(secured, "ops", "get", key) == 0  # the README's flags work
+    for who, scheme in ((None, "http"), (None, "https"), ("other", "https")):
+        assert _etcdctl(secured, who, "get", key, scheme=scheme) != 0, (who, scheme)
+        assert _etcdctl(secured, who, "put", key, "evil", scheme=scheme) != 0, (who, scheme)
+        assert _etcdctl(secured, who, "member", "add", "x", "--peer-urls=https://127.0.0.1:1",
+                        scheme=scheme) != 0, (who, scheme)
+    assert secured.store("root").get(key).value == b"1"
+
+
+def test_node_certificate_is_limited_to_its_cluster_prefix(secured: Secured) -> None:
+    node = secured.store("node")
+    prefix = f"/raftfl/{secured.name}/"
+    node.put(prefix + "mine", "1")
+    assert node.get(prefix + "mine").value == b"1"
+    assert node.revision() > 0
+    assert _denied(lambda: node.get("/elsewhere/seed"))
+    assert _denied(lambda: node.put("/elsewhere/evil", "1"))
+    assert _denied(lambda: node.put(f"/raftfl/{secured.name}x/evil", "1"))
+    assert _denied(lambda: node.call(lambda: node.client.add_member(["https://127.0.0.1:1"]),
+                                     retry_for=1.0))
+    assert secured.store("root").get("/elsewhere/evil") is None
+
+
+def test_operator_reads_only(secured: Secured) -> None:
+    ops = secured.store("ops")
+    prefix = f"/raftfl/{secured.name}/"
+    assert ops.get(prefix + "seed").value == b"1"
+    assert _denied(lambda: ops.put(prefix + "seed", "2"))
+    assert _denied(lambda: ops.get("/elsewhere/seed"))
+
+
+def _session(bundle: tls.Identity | None, address: str, node_id: int) -> tuple[FleetClient, list]:
+    errors: list[BaseException] = []
+    tls.configure(bundle)  # the client reads it per request: keep it for the session
+    client = FleetClient(address, node_id, f"n{node_id}", silence_limit=2.0)
+
+    def run() -> None:
+        try:
+            client.run(lambda _m, p: p)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return client, errors
+
+
+def test_fleet_admits_only_cluster_certificates(secured: Secured) -> None:
+    tls.configure(secured.bundles["member"])
+    server = FleetServer("127.0.0.1", 0).start()
+    try:
+        for who, node_id in ((None, 2), ("other", 3)):
+            client, errors = _session(secured.bundles[who] if who else None, server.address,
+                                      node_id)
+            deadline = time.monotonic() + 10
+            while not errors and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert errors and isinstance(errors[0], FleetError), who
+            assert node_id not in server.node_ids()
+        client, errors = _session(secured.bundles["node"], server.address, 4)
+        deadline = time.monotonic() + 10
+        while 4 not in server.node_ids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.node_ids() == [4] and not errors
+        client.abort()
+    finally:
+        server.stop()
+        tls.configure(None)
