@@ -22,7 +22,7 @@ bounded (see README, Security).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 from etcd3 import etcdrpc, utils
@@ -40,9 +40,9 @@ def operator_role(cluster: str) -> str:
     return f"raftfl-{cluster}-operator"
 
 
-def _ignore_exists(call: object) -> None:
+def _ignore_exists(store: Store, call: Callable[[], object]) -> None:
     try:
-        call()  # type: ignore[operator]
+        store.call(call)
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
             raise  # "already exists" is FAILED_PRECONDITION: done before, fine
@@ -51,29 +51,30 @@ def _ignore_exists(call: object) -> None:
 def enable(store: Store, cluster: str, nodes: Iterable[str], operators: Iterable[str] = (),
            timeout: float = 5.0) -> None:
     """Roles, users and grants for `cluster`, then auth on (every step idempotent)."""
-    stub = store.client.authstub
     prefix = f"/raftfl/{cluster}/"
     for role, kind in ((node_role(cluster), auth_pb2.Permission.READWRITE),
                        (operator_role(cluster), auth_pb2.Permission.READ)):
-        _ignore_exists(lambda r=role: stub.RoleAdd(etcdrpc.AuthRoleAddRequest(name=r), timeout))
+        _ignore_exists(store, lambda r=role: store.client.authstub.RoleAdd(
+            etcdrpc.AuthRoleAddRequest(name=r), timeout))
         perm = auth_pb2.Permission(permType=kind, key=prefix.encode(),
                                    range_end=utils.prefix_range_end(prefix.encode()))
-        stub.RoleGrantPermission(etcdrpc.AuthRoleGrantPermissionRequest(name=role, perm=perm),
-                                 timeout)
+        store.call(lambda r=role, p=perm: store.client.authstub.RoleGrantPermission(
+            etcdrpc.AuthRoleGrantPermissionRequest(name=r, perm=p), timeout))
         # Store.revision() reads the one key "\0" to learn the cluster's revision: readable.
         probe = auth_pb2.Permission(permType=auth_pb2.Permission.READ, key=b"\0")
-        stub.RoleGrantPermission(etcdrpc.AuthRoleGrantPermissionRequest(name=role, perm=probe),
-                                 timeout)
+        store.call(lambda r=role, p=probe: store.client.authstub.RoleGrantPermission(
+            etcdrpc.AuthRoleGrantPermissionRequest(name=r, perm=p), timeout))
     grants = [(ROOT_CN, "root")]
     grants += [(name, node_role(cluster)) for name in nodes]
     grants += [(OPERATOR_PREFIX + name.removeprefix(OPERATOR_PREFIX), operator_role(cluster))
                for name in operators]
     for user, role in grants:
-        _ignore_exists(lambda u=user: stub.UserAdd(etcdrpc.AuthUserAddRequest(
-            name=u, password=secrets.token_urlsafe(24)), timeout))
-        stub.UserGrantRole(etcdrpc.AuthUserGrantRoleRequest(user=user, role=role), timeout)
+        _ignore_exists(store, lambda u=user: store.client.authstub.UserAdd(
+            etcdrpc.AuthUserAddRequest(name=u, password=secrets.token_urlsafe(24)), timeout))
+        store.call(lambda u=user, r=role: store.client.authstub.UserGrantRole(
+            etcdrpc.AuthUserGrantRoleRequest(user=u, role=r), timeout))
     try:
-        stub.AuthEnable(etcdrpc.AuthEnableRequest(), timeout)
+        store.call(lambda: store.client.authstub.AuthEnable(etcdrpc.AuthEnableRequest(), timeout))
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
             raise

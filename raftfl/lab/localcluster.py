@@ -106,6 +106,7 @@ class LocalCluster:
     exit_on_complete: bool = True  # the nodes leave after run 1 (the collector follows it)
     ips: list[str] | None = None  # one address per node (network-namespace clusters)
     wrappers: list[list[str]] | None = None  # command prefix per node, e.g. ip netns exec
+    secure: bool = False  # a cluster CA, one bundle per node (--certs), etcd RBAC; we are root
     nodes: list[NodeProc] = field(default_factory=list)
     kills: dict[str, float] = field(default_factory=dict)
     log: list[Logged] = field(default_factory=list)  # every event, as the collector saw it
@@ -117,6 +118,7 @@ class LocalCluster:
         self.base = free_base_port(self.n)
         ips = self.ips or ["127.0.0.1"] * self.n
         names = [f"{ips[i]}:{self.base + i}" for i in range(self.n)]
+        bundles = self._make_certs(names, ips) if self.secure else []
         for i, name in enumerate(names):
             data_dir = self.workdir / f"node{i}"
             agg = self.aggregator if i == 0 or self.aggregator == "auto" else names[0]
@@ -124,6 +126,7 @@ class LocalCluster:
                     "--cluster", self.cluster, "--data-dir", str(data_dir),
                     "--lease-ttl", str(self.lease_ttl), "--start-timeout", "120",
                     *(["--exit-on-complete"] if self.exit_on_complete else []),
+                    *(["--certs", str(bundles[i])] if bundles else []),
                     *self.extra_args, *self.node_args.get(i, [])]
             if i == 0 or self.aggregator == "auto":
                 args += ["-r", str(self.rounds), "--dataset", self.dataset,
@@ -134,11 +137,26 @@ class LocalCluster:
                                        self.wrappers[i] if self.wrappers else []))
         self._store: Store | None = None
 
+    def _make_certs(self, names: list[str], ips: list[str]) -> list[Path]:
+        """A CA and bundles under the workdir; this process (the collector) acts as root."""
+        from raftfl import tls
+
+        certs = self.workdir / "certs"  # type: ignore[operator]
+        tls.init_ca(certs, self.cluster)
+        bundles = [tls.issue_bundle(certs, f"node{i}", name, [ips[i]])
+                   for i, name in enumerate(names)]
+        tls.configure(tls.load(tls.issue_bundle(certs, "root", "root", [])))
+        return bundles
+
     # -- processes --------------------------------------------------------------------------
     def start(self) -> LocalCluster:
         for node in self.nodes:
             self.start_node(node)
         self._collect()
+        if self.secure:
+            from raftfl.etcd import rbac
+
+            rbac.enable(self.store(), self.cluster, [n.name for n in self.nodes])
         return self
 
     def _collect(self) -> None:
@@ -222,6 +240,10 @@ class LocalCluster:
                     node.proc.kill()
                     node.proc.wait()
         self._reap_members()
+        if self.secure:
+            from raftfl import tls
+
+            tls.configure(None)
         if self._own_dir and not self.keep and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
