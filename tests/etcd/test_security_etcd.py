@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -173,3 +174,15 @@ def test_fleet_admits_only_cluster_certificates(secured: Secured) -> None:
     finally:
         server.stop()
         tls.configure(None)
+
+
+def test_cli_reads_with_an_operator_bundle_only(secured: Secured) -> None:
+    eps = ",".join(secured.cluster.endpoints)
+    base = [sys.executable, "-m", "raftfl", "run", "list", "--endpoints", eps,
+            "--cluster", secured.name, "--json"]
+    ops = subprocess.run(base + ["--certs", str(secured.bundles["ops"].cert.parent)],
+                         capture_output=True, text=True, timeout=60)
+    assert ops.returncode == 0, ops.stderr
+    plain = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 1
+    assert len(plain.stderr.strip().splitlines()) == 1, plain.stderr
