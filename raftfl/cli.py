@@ -157,6 +157,12 @@ def _node_options(fn: Any) -> Any:
         click.option("--node-config", default=None, metavar='"KEY=VALUE ..."',
                      help="This node's context.node_config [default: partition-id and "
                           "num-partitions from its place in the federation]."),
+        click.option("--max-examples", type=click.IntRange(0), default=0,
+                     help="The most training examples this node has; the aggregator refuses "
+                          "an update claiming more [default: 0, none declared]."),
+        click.option("--max-update-norm", type=click.FloatRange(0, min_open=True), default=None,
+                     help="As aggregator, refuse an update whose L2 norm (reply minus global "
+                          "model) is above this [default: no bound]."),
         click.option("--round-timeout", type=click.FloatRange(1), default=120.0,
                      show_default=True, help="Seconds Flower waits for fit results."),
         click.option("--start-timeout", type=click.FloatRange(1), default=300.0,
@@ -216,7 +222,8 @@ def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes:
         lease_ttl=kw["lease_ttl"], priority=kw["priority"], nofailover=kw["nofailover"],
         rank_step=kw["rank_step"], probe_interval=kw["probe_interval"],
         round_timeout=kw["round_timeout"], start_timeout=kw["start_timeout"], run=run,
-        app=kw["app"], run_config=kw["run_config"], node_config=kw["node_config"])
+        app=kw["app"], run_config=kw["run_config"], node_config=kw["node_config"],
+        max_examples=kw["max_examples"], max_update_norm=kw["max_update_norm"])
 
 
 exit_on_complete_option = click.option(
@@ -674,8 +681,11 @@ def main() -> None:
               default=None, help="A Flower app directory [default: the bundled quick-start app].")
 @click.option("--run-config", default=None, metavar='"KEY=VALUE ..."',
               help="Override the app's run config (Flower's syntax).")
+@click.option("--secure", is_flag=True,
+              help="Mutual TLS and etcd RBAC: a throwaway cluster CA, one bundle per node.")
 def demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, summary_json: Path | None,
-         out: Path, lease_ttl: int, keep: bool, app: Path | None, run_config: str | None) -> None:
+         out: Path, lease_ttl: int, keep: bool, app: Path | None, run_config: str | None,
+         secure: bool) -> None:
     """Run a local cluster, kill the aggregator mid-round, verify the outcome."""
     from raftfl.lab.demo import run_demo
 
@@ -683,7 +693,7 @@ def demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, summary_jso
         raise click.BadParameter(f"round {kill_at} > --rounds {rounds}",
                                  param_hint="--kill-aggregator-at")
     sys.exit(run_demo(nodes, rounds, kill_at, dataset, out, summary_json, lease_ttl, keep,
-                      echo=click.echo, app=app, run_config=run_config))
+                      echo=click.echo, app=app, run_config=run_config, secure=secure))
 
 
 @cli.command()

@@ -34,7 +34,7 @@ SHOWN = (AggregatorElected, RoundStarted, RoundCommitted, StepDown, CheckpointFa
 def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir: Path,
              summary_json: Path | None, lease_ttl: int = 3, keep: bool = False,
              echo: Any = print, timeout: float | None = None, app: Path | None = None,
-             run_config: str | None = None) -> int:
+             run_config: str | None = None, secure: bool = False) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = timeout or 120 + 40 * rounds
     from raftfl.task.data import resolve_kind
@@ -43,12 +43,14 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
     cluster = LocalCluster(n=nodes, rounds=rounds, dataset=dataset, cluster="demo",
                            lease_ttl=lease_ttl, keep=keep,
                            extra_args=["--app", str(app)] if app else [],
-                           node_args={0: ["--run-config", run_config]} if run_config else {})
+                           node_args={0: ["--run-config", run_config]} if run_config else {},
+                           secure=secure)
     try:
         cluster.start()
         echo(f"demo: {nodes} nodes on 127.0.0.1 ports {cluster.base}..{cluster.base + nodes - 1}"
              f" (logs in {cluster.workdir}); {rounds} rounds, dataset {dataset}"
-             + (f", killing the aggregator in round {kill_at}" if kill_at else ""))
+             + (f", killing the aggregator in round {kill_at}" if kill_at else "")
+             + ("; mutual TLS and etcd RBAC (CA in the logs dir)" if secure else ""))
         started = time.monotonic()
         shown = 0
         killed = done = False
@@ -99,6 +101,8 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
             "violations": verdict.violations,
             "dataset": dataset,
             "nodes": nodes,
+            "secure": secure,
+            "round_s": _round_seconds(log),
         }
         _write_outputs(out_dir, summary, state)
         if summary_json:
@@ -109,6 +113,20 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
         return 0 if verdict.ok else 1
     finally:
         cluster.close()
+
+
+def _round_seconds(log: list[Any]) -> list[float]:
+    """Seconds from each round's start to its commit by the same term (redone rounds: the
+    attempt that committed)."""
+    started: dict[tuple[int, int], float] = {}
+    out = []
+    for item in log:
+        event = item.event
+        if isinstance(event, RoundStarted):
+            started[(event.round, event.term)] = event.ts
+        elif isinstance(event, RoundCommitted) and (event.round, event.term) in started:
+            out.append(round(event.ts - started[(event.round, event.term)], 3))
+    return out
 
 
 def _write_outputs(out_dir: Path, summary: dict[str, Any], state: Any) -> None:
