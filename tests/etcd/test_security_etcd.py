@@ -64,7 +64,13 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             tls.configure(None)
             sec = Secured(cluster, bundles)
             root = sec.store("root")
-            rbac.enable(root, cluster.name, ["127.0.0.1:5000"], ["ops"])
+            assert rbac.node_role(cluster.name) == f"raftfl-{cluster.name}-node"
+            proc = subprocess.run(
+                [sys.executable, "-m", "raftfl", "certs", "rbac", "--certs", str(base / "A" / "root"),
+                 "--endpoints", ",".join(cluster.endpoints), "--cluster", cluster.name,
+                 "-n", "127.0.0.1:5000", "--operator", "ops"],
+                capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
             root.put(f"/raftfl/{cluster.name}/seed", "1")
             root.put("/elsewhere/seed", "1")
             yield sec
