@@ -157,6 +157,12 @@ def _node_options(fn: Any) -> Any:
         click.option("--node-config", default=None, metavar='"KEY=VALUE ..."',
                      help="This node's context.node_config [default: partition-id and "
                           "num-partitions from its place in the federation]."),
+        click.option("--max-examples", type=click.IntRange(0), default=0,
+                     help="The most training examples this node has; the aggregator refuses "
+                          "an update claiming more [default: 0, none declared]."),
+        click.option("--max-update-norm", type=click.FloatRange(0, min_open=True), default=None,
+                     help="As aggregator, refuse an update whose L2 norm (reply minus global "
+                          "model) is above this [default: no bound]."),
         click.option("--round-timeout", type=click.FloatRange(1), default=120.0,
                      show_default=True, help="Seconds Flower waits for fit results."),
         click.option("--start-timeout", type=click.FloatRange(1), default=300.0,
@@ -216,7 +222,8 @@ def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes:
         lease_ttl=kw["lease_ttl"], priority=kw["priority"], nofailover=kw["nofailover"],
         rank_step=kw["rank_step"], probe_interval=kw["probe_interval"],
         round_timeout=kw["round_timeout"], start_timeout=kw["start_timeout"], run=run,
-        app=kw["app"], run_config=kw["run_config"], node_config=kw["node_config"])
+        app=kw["app"], run_config=kw["run_config"], node_config=kw["node_config"],
+        max_examples=kw["max_examples"], max_update_norm=kw["max_update_norm"])
 
 
 exit_on_complete_option = click.option(

@@ -18,6 +18,8 @@ from raftfl.core.records import MalformedRecord, Record, from_fields, loads_boun
 
 SCHEMA_VERSION = 1
 MAX_NAME = 255  # a node name (host:port)
+MAX_REJECTED = 32  # rejected updates named in one fit_results (the rest are only counted)
+MAX_REASON = 300  # characters of one rejection's reason
 
 
 class MalformedEvent(MalformedRecord):
@@ -113,11 +115,24 @@ class RoundStarted(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class FitResults(Event):
+    """One training attempt's outcome. `rejected` (added within schema 1: older readers
+    ignore it, older events read as {}) names the workers whose update the aggregator refused
+    (raftfl/flower/screen.py) and why; they are counted in `failures`."""
+
     type: ClassVar[str] = "fit_results"
     round: int
     results: int
     failures: int
     num_examples: int
+    rejected: dict[str, str] = field(default_factory=dict)  # node -> reason
+
+    def check(self) -> None:
+        super().check()
+        require(len(self.rejected) <= MAX_REJECTED,
+                f"{len(self.rejected)} rejections, more than {MAX_REJECTED}")
+        for who, why in self.rejected.items():
+            require(0 < len(who) <= MAX_NAME and len(why) <= MAX_REASON,
+                    "a rejection's node or reason is too long")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,7 +249,8 @@ def describe(ev: Event) -> str:
             return f"round {ev.round} started by {ev.node} with {ev.clients} workers"
         case FitResults():
             return (f"round {ev.round}: {ev.results} results, {ev.failures} failures "
-                    f"({ev.num_examples} examples)")
+                    f"({ev.num_examples} examples)"
+                    + "".join(f"; rejected {who}: {why}" for who, why in ev.rejected.items()))
         case CheckpointSaved():
             return f"round {ev.round} checkpoint {ev.sha256[:12]} saved ({ev.size} bytes)"
         case RoundCommitted():

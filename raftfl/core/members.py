@@ -34,6 +34,7 @@ class MemberInfo(Record):
     ts: float = field(default_factory=time.time)
     finished: bool = False
     pid: int = 0
+    max_examples: int = 0  # the most training examples this node declares (0: none declared)
 
     def check(self) -> None:
         try:
@@ -48,3 +49,4 @@ class MemberInfo(Record):
         for name in ("cpu_free", "mem_free_mb", "ts"):
             require(math.isfinite(getattr(self, name)), f"{name} is not finite")
         require(self.pid >= 0, f"pid {self.pid}")
+        require(self.max_examples >= 0, f"max_examples {self.max_examples}")

@@ -15,8 +15,8 @@ grid's `RoundHooks`, which record it (fenced) in etcd:
 * a fresh run commits round 0 (the initial arrays and `evaluate_fn(0, ...)`), so a successor
   resumes round 1 from the same initial model;
 * `round_started(r)` before each training attempt; False means deposed: stop;
-* `train_done(r, TrainReport)` after each training attempt, failures counted (error replies
-  and replies that never came);
+* `train_done(r, TrainReport)` after each training attempt, failures counted (error replies,
+  updates the grid rejected among them, and replies that never came);
 * a round whose training got no result at all is retried with the same arrays, up to
   `TRAIN_ATTEMPTS` times (raftfl's rule; Flower would move on with unchanged arrays);
 * `commit(r, arrays, RoundReport)` once the round's evaluation is done; False means deposed.
@@ -61,7 +61,7 @@ class TrainReport:
     failures: int  # sent - results: error replies and replies that never came
     client_metrics: list[dict[str, Any]]  # per result: {"node_id", "metrics": {record: {k: v}}}
     aggregated: dict[str, Any] | None  # the strategy's aggregated train MetricRecord
-    errors: list[dict[str, Any]] = field(default_factory=list)  # error replies: {"code", "reason"}
+    errors: list[dict[str, Any]] = field(default_factory=list)  # {"code", "reason", "node_id"}
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,8 @@ def _client_metrics(replies: list[Message]) -> list[dict[str, Any]]:
 
 
 def _errors(replies: list[Message]) -> list[dict[str, Any]]:
-    return [{"code": msg.error.code, "reason": msg.error.reason}
-            for msg in replies if msg.has_error()]
+    return [{"code": msg.error.code, "reason": msg.error.reason,
+             "node_id": msg.metadata.src_node_id} for msg in replies if msg.has_error()]
 
 
 class _RoundLoop:

@@ -83,7 +83,7 @@ from raftfl.etcd.store import (
     Resync,
     Store,
 )
-from raftfl.lab.testhooks import hold
+from raftfl.lab.testhooks import hold, tamper
 from raftfl.node import runapp
 from raftfl.node.election import Election
 from raftfl.node.holder_probe import HolderProbe
@@ -132,6 +132,8 @@ class NodeOptions:
     run_config: str | None = None  # --run-config "k=v ..." (for run 1)
     node_config: str | None = None  # --node-config "k=v ...": this node's context.node_config
     exit_on_complete: bool = False  # leave once no run is left (the last one's model saved)
+    max_examples: int = 0  # --max-examples: the training examples this node declares (0: none)
+    max_update_norm: float | None = None  # --max-update-norm: refuse larger updates (aggregator)
 
     @property
     def name(self) -> str:
@@ -252,7 +254,7 @@ class Node:
                               client_port=self.opts.etcd_client_port,
                               flower_address=self.opts.flower_address,
                               priority=self.opts.priority, nofailover=self.opts.nofailover,
-                              pid=os.getpid())
+                              pid=os.getpid(), max_examples=self.opts.max_examples)
             self.session = Session(self.store, self.keys, info, self.opts.lease_ttl,
                                    self._lease_lost, self.opts.probe_interval)
             self.session.open()
@@ -793,6 +795,7 @@ class Node:
         from raftfl.flower.fleet import FleetServer
         from raftfl.flower.grid import RaftGrid
         from raftfl.flower.host import ServerAppHost
+        from raftfl.flower.screen import ScreenPolicy
 
         try:
             if self.fleet is None or self.fleet.stopped:
@@ -802,13 +805,14 @@ class Node:
             self.recorder = AppRecorder(
                 store=self.store, keys=keys, events=self.events, fence=fence,
                 node=self.opts.name, workers=self._wait_for_workers, on_event=self._on_event,
-                on_halt=self.wake.set)
+                on_halt=self.wake.set, node_name=self._node_name)
             if resume is not None:
                 self.recorder.base = state.committed[resume.next_round - 1].model_sha256 \
                     if resume.next_round > 1 else state.initial_model
                 self.recorder.last_round = resume.next_round - 1
             grid = RaftGrid(self.fleet, run_id=run_id, term=term, hooks=self.recorder,
-                            resume=resume)
+                            resume=resume, screen=ScreenPolicy(self._declared_examples,
+                                                               self.opts.max_update_norm))
             self.emit(f"serving run {run_id} ({spec.app}) from round "
                       f"{resume.next_round if resume else 0} on {self.opts.flower_address}"
                       + (f" (model {self.recorder.base[:12]})" if self.recorder.base else ""))
@@ -871,6 +875,21 @@ class Node:
             return 0
         return sum(1 for m in self.session.members.values()
                    if m.node != self._predecessor and not m.finished)
+
+    def _member_by_id(self, node_id: int) -> MemberInfo | None:
+        """The live member record of the node whose Flower node id is `node_id`."""
+        members = self.session.members if self.session is not None else {}
+        return next((m for m in list(members.values()) if runapp.node_id(m.node) == node_id),
+                    None)
+
+    def _declared_examples(self, node_id: int) -> int | None:
+        """What the worker's node declared for its data (`--max-examples`), if anything."""
+        member = self._member_by_id(node_id)
+        return member.max_examples if member is not None and member.max_examples else None
+
+    def _node_name(self, node_id: int) -> str | None:
+        member = self._member_by_id(node_id)
+        return member.node if member is not None else None
 
     def _on_event(self, event: Event) -> None:
         self.emit(describe(event))
@@ -947,15 +966,17 @@ class Node:
         from raftfl.flower.grid import Stamp
 
         try:
-            run_id = Stamp.from_json(decode_message(payload)[1]).run_id
+            stamp = Stamp.from_json(decode_message(payload)[1])
         except CodecError:
-            run_id = 0
+            stamp = Stamp(0, 0)
+        run_id = stamp.run_id
         current = next(iter(self._client_hosts), None)
         if run_id < max(current or 1, self.run_id or 1):
             run_id = current or self.run_id or 1
         if run_id not in self._client_hosts:
             self._client_hosts = {run_id: self._client_host(run_id)}  # one run at a time
-        return self._client_hosts[run_id].handle(msg_id, payload)
+        reply = self._client_hosts[run_id].handle(msg_id, payload)
+        return tamper(reply, stamp.round)  # TEST ONLY, inert unless RAFTFL_TEST_HOSTILE is set
 
     def _client_host(self, run_id: int) -> Any:
         """This node's ClientApp for run `run_id`; one that cannot be loaded answers every

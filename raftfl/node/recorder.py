@@ -6,7 +6,8 @@ first rejected write answers False and the user's ServerApp is stopped. A planne
 (`hand_over()`) stops it the same way, between rounds: the round in flight commits, the next
 one never starts. What the hooks record
 is what `replay` folds: `run_started` with the initial model (round 0), `round_started`,
-`fit_results`, `checkpoint_saved`, `round_committed` (model hash, base model hash, metrics).
+`fit_results` (with the updates the grid rejected, by node, and why), `checkpoint_saved`,
+`round_committed` (model hash, base model hash, metrics).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import (
+    MAX_NAME,
+    MAX_REASON,
+    MAX_REJECTED,
     CheckpointFallback,
     CheckpointSaved,
     Event,
@@ -77,11 +81,13 @@ class AppRecorder:
 
     def __init__(self, *, store: Store, keys: RunKeys, events: EventLog, fence: Fence, node: str,
                  workers: Callable[[], int], on_event: Callable[[Event], None],
-                 on_halt: Callable[[], None] = lambda: None):
+                 on_halt: Callable[[], None] = lambda: None,
+                 node_name: Callable[[int], str | None] = lambda node_id: None):
         self.store, self.keys, self.events, self.fence, self.node = store, keys, events, fence, node
         self.workers = workers
         self.on_event = on_event
         self.on_halt = on_halt  # wakes the HA loop once a handover has stopped the rounds
+        self.node_name = node_name  # a Flower node id -> the node's name, if known
         self.deposed = False
         self.handing_over = False  # a planned handover: start no further round
         self.halted = threading.Event()  # ...and the ServerApp has reached a round boundary
@@ -139,7 +145,20 @@ class AppRecorder:
                        for c in report.client_metrics)
         self._append(FitResults(node=self.node, term=self.term, round=server_round,
                                 results=report.results, failures=report.failures,
-                                num_examples=examples))
+                                num_examples=examples, rejected=self._rejected(report)))
+
+    def _rejected(self, report: Any) -> dict[str, str]:
+        """The updates the grid refused (`UPDATE_REJECTED` errors): node name -> reason."""
+        from raftfl.flower.grid import UPDATE_REJECTED
+
+        out: dict[str, str] = {}
+        for error in getattr(report, "errors", []):
+            if error.get("code") != UPDATE_REJECTED or len(out) >= MAX_REJECTED:
+                continue
+            node_id = int(error.get("node_id", 0))
+            who = (self.node_name(node_id) or str(node_id))[:MAX_NAME]
+            out[who] = str(error.get("reason") or "")[:MAX_REASON]
+        return out
 
     def commit(self, server_round: int, arrays: Any, report: Any) -> bool:
         from raftfl.flower.codec import arrays_to_bytes
