@@ -192,10 +192,8 @@ def resume(store: Store, keys: Keys, by: str) -> str:
     _record(store, keys, FailoverResumed(node=by, revision=kv.create_revision,
                                          paused_s=paused_s))
     took = "" if paused_s is None else f", {paused_s:.0f}s"
-    now = store.get(keys.aggregator)
-    then = ("the nodes elect an aggregator now" if now is None
-            else "a vacancy is filled automatically again")
-    return f"failover resumed (paused since revision {kv.create_revision}{took}): {then}"
+    return (f"failover resumed (paused since revision {kv.create_revision}{took}): a vacant "
+            "role is filled automatically again")
 
 
 def control_status(store: Store, keys: Keys) -> dict[str, Any]:
