@@ -82,6 +82,7 @@ def hand_over(c: LocalCluster, holder: AggregatorElected, *to: str
     named, its measured request-to-new-term seconds, the election and the handover event."""
     committed(c, c.state().last_committed_round + 1, holder.term)
     out = ok(raftfl(c, "aggregator", "handover", *to))
+    print(out, end="")
     m = re.search(rf"handover of term {holder.term} from {re.escape(holder.node)} to (\S+)"
                   r"( \(best-ranked\))? requested at revision \d+: .* resigns after its "
                   r"current round\n(\S+) is the aggregator: term (\d+), ([\d.]+) s after", out)
@@ -143,6 +144,7 @@ def test_paused_failover_leaves_a_dead_aggregator_unreplaced_until_resume() -> N
         first = wait(c, lambda e: isinstance(e, RoundCommitted) and e.round == 1, "round 1")
         out = ok(raftfl(c, "pause", "--reason", "maintenance test"))
         assert out.startswith("failover paused at revision ") and first.node in out, out
+        print(out, end="")
         c.kill(first.node)
         killed = time.time()
         time.sleep(TTL + 4)  # the lease expired long ago; evidence was there at once
@@ -152,7 +154,9 @@ def test_paused_failover_leaves_a_dead_aggregator_unreplaced_until_resume() -> N
         refused(raftfl(c, "aggregator", "handover"), "no aggregator holds the role")
         assert "failover: PAUSED since revision" in ok(raftfl(c, "status"))
         resumed = time.time()
-        assert ok(raftfl(c, "resume")).startswith("failover resumed (paused since revision")
+        out = ok(raftfl(c, "resume"))
+        assert out.startswith("failover resumed (paused since revision"), out
+        print(out, end="")
         successor = elected_after(c, first.term)
         assert successor.ts > resumed and successor.node != first.node
         refused(raftfl(c, "aggregator", "handover", "--to", first.node), "is not alive")
