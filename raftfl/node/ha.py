@@ -100,6 +100,7 @@ MAX_BACKOFF_S = 10.0  # a failing cycle is retried after 1, 2, 4, 8, then every 
 LEADER_CHECK_S = 5.0  # how often a serving aggregator makes sure it does not lead etcd
 SERVE_RETRY_S = 10.0  # then give the role up (exit) instead of holding it without serving
 STOP_JOIN_S = 5.0  # how long a stopped run's ServerApp thread gets to end
+WORKER_STOP_S = 30.0  # how long a fit in flight gets to end when the node stops
 
 
 @dataclass
@@ -1085,6 +1086,8 @@ class Node:
         self.holder_probe.stop()
         if self.worker is not None:
             self.worker.stop()
+            if not self.worker.join(WORKER_STOP_S):
+                log.warning("the worker's fit did not end within %.0fs", WORKER_STOP_S)
         if self.server is not None:
             self.server.stop()
         if self.session is not None:

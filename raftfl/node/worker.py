@@ -47,6 +47,12 @@ class WorkerRunner:
         self._stop.set()
         self.follow(None, None)
 
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread to end (a fit in flight finishes: torch aborts a process that
+        exits while one of its ops runs); True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _run(self) -> None:
         from raftfl.flower.fleet import FleetClient, FleetError
 
