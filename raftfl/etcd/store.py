@@ -75,7 +75,16 @@ def _retryable(exc: BaseException) -> bool:
         | etcd3.exceptions.WatchTimedOut,
     ):
         return True
-    return isinstance(exc, grpc.RpcError) and exc.code() in _RETRYABLE_CODES  # type: ignore[attr-defined]
+    return isinstance(exc, grpc.RpcError) and (
+        exc.code() in _RETRYABLE_CODES  # type: ignore[attr-defined]
+        or _auth_changed(exc))
+
+
+def _auth_changed(exc: grpc.RpcError) -> bool:
+    """etcd refuses a request checked against users and roles that changed meanwhile (RBAC
+    turned on or edited while we run); etcd's own client retries it, so do we."""
+    return (exc.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+            and "auth store is old" in (exc.details() or ""))  # type: ignore[attr-defined]
 
 
 class Compacted(RaftflError):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 
@@ -16,6 +17,7 @@ from raftfl import tls
 from raftfl.core import certs
 from raftfl.core.errors import RaftflError
 from raftfl.etcd.member import MemberSpec
+from raftfl.etcd.store import _retryable
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +126,26 @@ def test_node_refuses_a_public_address_without_certs(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--certs DIR" in lines[0] and "--insecure" in lines[0], proc.stderr
     assert not (tmp_path / "d").exists()
+
+
+class _Rpc(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize("code,details,retry", [
+    (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: revision of auth store is old", True),
+    (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided", False),
+    (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", False),
+    (grpc.StatusCode.UNAVAILABLE, "", True),
+])
+def test_store_retries_a_request_that_raced_an_rbac_change(code: grpc.StatusCode, details: str,
+                                                            retry: bool) -> None:
+    """Found by `raftfl demo --secure`: RBAC turned on while nodes ran failed a request."""
+    assert _retryable(_Rpc(code, details)) is retry
