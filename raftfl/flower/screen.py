@@ -57,7 +57,7 @@ def screen_reply(sent_arrays: Mapping[str, ArrayRecord], reply: Message,
         return None
     try:
         reason = _screen(sent_arrays, reply, declared_examples, max_norm)
-    except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile bytes: whatever numpy raises, refuse
         reason = f"unreadable update: {type(exc).__name__}: {exc}"
     return None if reason is None else reason[:MAX_REASON]
 
@@ -101,6 +101,8 @@ def _screen_array(where: str, sent: Array, got: Array, norm: bool) -> tuple[str 
         return None, 0.0  # a serialisation raftfl cannot read: only the keys are checked
     expected = sent.numpy()
     value = got.numpy()
+    if not isinstance(value, np.ndarray):  # np.load also opens .npz archives
+        return f"array {where} is not one numpy array", 0.0
     if value.shape != expected.shape:
         return f"array {where} has shape {list(value.shape)}, not {list(expected.shape)}", 0.0
     if tuple(got.shape) != value.shape or got.dtype != str(value.dtype):

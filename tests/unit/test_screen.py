@@ -64,6 +64,24 @@ def bad_header() -> Message:
     return msg
 
 
+def npz_in_place_of_b() -> Message:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, b=SENT["b"])
+    msg = reply()
+    msg.content["arrays"]["b"] = Array(dtype="float32", shape=(3,), stype="numpy.ndarray",
+                                       data=buf.getvalue())
+    return msg
+
+
+def garbage_in_place_of_b() -> Message:
+    msg = reply()
+    msg.content["arrays"]["b"] = Array(dtype="float32", shape=(3,), stype="numpy.ndarray",
+                                       data=b"\x93NUMPY garbage")
+    return msg
+
+
 CASES: list[tuple[str, Callable[[], Message], dict[str, Any], str | None]] = [
     ("honest", lambda: reply(), {}, None),
     ("honest, examples as declared", lambda: reply(examples=100), {"declared": 100}, None),
@@ -91,6 +109,8 @@ CASES: list[tuple[str, Callable[[], Message], dict[str, Any], str | None]] = [
     ("wrong dtype: complex", lambda: reply(model(b=np.ones(3, np.complex64))), {},
      "has dtype complex64"),
     ("header lies about the data", bad_header, {}, "its header does not match its data"),
+    ("an .npz archive as an array", npz_in_place_of_b, {}, "array arrays.b is not one numpy"),
+    ("garbage bytes as an array", garbage_in_place_of_b, {}, "unreadable update: "),
     ("other array record name", lambda: reply(name="weights"), {},
      "array records ['weights'], the instruction sent ['arrays']"),
     ("inflated num-examples", lambda: reply(examples=10_000), {"declared": 100},
