@@ -866,7 +866,9 @@ class Node:
         deadline = time.monotonic() + self.opts.client_wait
         while not fleet.stopped:  # stopped: we stepped down, the hooks' next write fails
             have = len(fleet.node_ids())
-            if have >= self._expected_workers() or time.monotonic() >= deadline:
+            handing_over = self.recorder is not None and self.recorder.handing_over
+            if have >= self._expected_workers() or time.monotonic() >= deadline \
+                    or handing_over:  # the round will not start: hand over now
                 return have
             time.sleep(0.05)
         return 0
