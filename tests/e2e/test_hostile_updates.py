@@ -1,8 +1,8 @@
 """Hostile updates refused, on real node processes: of four workers, one answers every train
-instruction with a NaN in the model, another claims 100,000 examples (it declared 150) in
-round 1 and sends arrays of the wrong shape in round 2 (TEST ONLY `RAFTFL_TEST_HOSTILE`).
-The run must complete with the honest workers, `fit_results` must name each refused update
-and why (`raftfl history --json`), and every node's final model must be finite and the same.
+instruction with a NaN in the model, one with arrays of the wrong shape, one claims 100,000
+examples where it declared 150 (TEST ONLY `RAFTFL_TEST_HOSTILE`). The run must complete with
+the honest worker, `fit_results` must name each refused update and why (`raftfl history
+--json`), and every node's final model must be finite and the same.
 """
 
 from __future__ import annotations
@@ -38,13 +38,12 @@ def final_arrays(node_dir: Path) -> tuple[str, dict[str, np.ndarray]]:
         return str(result["final_model_sha256"]), {k: npz[k] for k in npz.files}
 
 
-def test_nan_inflated_and_misshapen_updates_are_refused_and_the_run_completes() -> None:
+def test_nan_misshapen_and_inflated_updates_are_refused_and_the_run_completes() -> None:
     declared = ["--max-examples", str(PARTITION)]
     with LocalCluster(n=4, rounds=2, cluster="t-hostile", train_size=600, test_size=200,
-                      exit_on_complete=False,
-                      node_args={1: declared, 3: declared},
-                      node_env={2: {HOSTILE_ENV: "nan"},
-                                3: {HOSTILE_ENV: "examples=100000@1,shape@2"}}) as c:
+                      exit_on_complete=False, node_args={0: declared, 3: declared},
+                      node_env={1: {HOSTILE_ENV: "nan"}, 2: {HOSTILE_ENV: "shape"},
+                                3: {HOSTILE_ENV: "examples=100000"}}) as c:
         c.wait_event(lambda e: e.type == "run_completed", WAIT, "the run to complete")
         names = [n.name for n in c.nodes]
         c.wait_for(lambda: all((n.data_dir / "runs" / "1" / "result.json").is_file()
@@ -58,24 +57,22 @@ def test_nan_inflated_and_misshapen_updates_are_refused_and_the_run_completes() 
     assert sorted(state.committed) == [1, 2]
     fits = [e for e in events if e["type"] == "fit_results"]
     assert {f["round"] for f in fits} == {1, 2}
-    expected = {(1, names[2]): "non-finite values (nan)", (2, names[2]): "non-finite values (nan)",
-                (1, names[3]): "num-examples 100000 above the 150 the node declared",
-                (2, names[3]): "has shape [5, 3, 5, 5], not [6, 3, 5, 5]"}
+    expected = {names[1]: "array arrays.conv1.weight has non-finite values (nan)",
+                names[2]: "array arrays.conv1.weight has shape [5, 3, 5, 5], not [6, 3, 5, 5]",
+                names[3]: "num-examples 100000 above the 150 the node declared"}
     seen = set()
     for fit in fits:
         rejected = fit["rejected"]
-        assert set(rejected) <= {names[2], names[3]}, rejected  # no honest update refused
+        assert set(rejected) <= set(expected), rejected  # the honest update is never refused
         assert fit["results"] >= 1 and fit["failures"] >= len(rejected)
         assert fit["num_examples"] == fit["results"] * PARTITION  # no inflated count counted
         for who, why in rejected.items():
-            assert expected[fit["round"], who] in why, (fit["round"], who, why)
-            seen.add((fit["round"], who))
-    # Under load a worker may miss a round; each kind of refusal must still have happened.
-    assert {(1, names[3]), (2, names[3])} <= seen and names[2] in {w for _, w in seen}, seen
+            assert expected[who] in why, (who, why)
+        seen |= set(rejected)
+    assert seen == set(expected)  # each hostile worker was refused (a slow one may miss a round)
 
     assert len({sha for sha, _ in finals.values()}) == 1  # every node, the same model
     assert state.completed is not None
-    for name in names[:2]:  # the honest nodes' copies
-        sha, arrays = finals[name]
-        assert sha == state.completed.model_sha256
-        assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
+    sha, arrays = finals[names[0]]  # the honest node's copy
+    assert sha == state.completed.model_sha256
+    assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")

@@ -209,3 +209,16 @@ def test_fit_results_carry_rejections_and_old_events_still_decode() -> None:
     with pytest.raises(ValueError):
         FitResults(node="n1", round=1, results=0, failures=40, num_examples=0,
                    rejected={f"n{i}": "x" for i in range(40)})
+
+
+def test_the_hostile_test_hook_tampers_only_as_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from raftfl.lab.testhooks import HOSTILE_ENV, tamper
+
+    honest = encode_message(reply())
+    assert tamper(honest, 1) == honest  # unset: inert
+    monkeypatch.setenv(HOSTILE_ENV, "nan@1,shape@2,examples=9")
+    reasons = [screen_reply(sent(), decode_message(tamper(honest, rnd))[0], 5)
+               for rnd in (1, 2, 3)]
+    assert reasons[0] is not None and "non-finite values (nan)" in reasons[0]
+    assert reasons[1] is not None and "shape [1, 3], not [2, 3]" in reasons[1]
+    assert reasons[2] == "num-examples 9 above the 5 the node declared"  # arrays untouched
