@@ -61,10 +61,17 @@ def _member(raw: Any) -> Member:
     return Member(raw.ID, raw.name, tuple(raw.peerURLs), tuple(raw.clientURLs), learner)
 
 
+def _auth(store: Store) -> dict[str, Any]:
+    """The client's token, if it authenticated with a password (certificates ride on the
+    channel)."""
+    return {"credentials": store.client.call_credentials, "metadata": store.client.metadata}
+
+
 def list_members(store: Store) -> list[Member]:
     """Every member, learners flagged (a read: retried like any other)."""
     def once() -> list[Member]:
-        resp = store.client.clusterstub.MemberList(etcdrpc.MemberListRequest(), store.timeout)
+        resp = store.client.clusterstub.MemberList(etcdrpc.MemberListRequest(), store.timeout,
+                                                   **_auth(store))
         return [_member(m) for m in resp.members]
 
     return store.call(once)
@@ -118,7 +125,7 @@ def add_learner(store: Store, peer_url: str) -> Member:
     added: list[Member] = []
 
     def call() -> None:
-        added.append(_member(stub(body, timeout=CHANGE_TIMEOUT_S).member))
+        added.append(_member(stub(body, timeout=CHANGE_TIMEOUT_S, **_auth(store)).member))
 
     def happened(members: list[Member]) -> bool:
         added.extend(m for m in members if peer_url in m.peer_urls)
@@ -142,7 +149,7 @@ def promote(store: Store, member_id: int) -> None:
 
     try:
         ok = _once(store, lambda: stub(etcdrpc.MemberRemoveRequest(ID=member_id),
-                                       timeout=CHANGE_TIMEOUT_S),
+                                       timeout=CHANGE_TIMEOUT_S, **_auth(store)),
                    happened, f"promoting member {member_id:x}")
     except RaftflError as exc:
         if "in sync with leader" in str(exc) or "not ready" in str(exc):
@@ -156,7 +163,7 @@ def remove(store: Store, member_id: int) -> None:
     """MemberRemove, once; after a timeout the member list says whether it is gone."""
     def call() -> None:
         store.client.clusterstub.MemberRemove(etcdrpc.MemberRemoveRequest(ID=member_id),
-                                              CHANGE_TIMEOUT_S)
+                                              CHANGE_TIMEOUT_S, **_auth(store))
 
     def happened(members: list[Member]) -> bool:
         return all(m.id != member_id for m in members)

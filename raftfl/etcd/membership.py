@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from raftfl import tls
 from raftfl.core.address import NodeAddress, check_port_free, parse_address
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys
@@ -69,6 +70,17 @@ def local_checks(opts: Any) -> bool:
     return stale
 
 
+def _peer_url(address: NodeAddress) -> str:
+    """The member's peer URL as its etcd announces it: https with --certs."""
+    return f"{'https' if tls.current() else 'http'}://{address.ip}:{address.port}"
+
+
+def _is(member: Member, address: NodeAddress) -> bool:
+    where = f"{address.ip}:{address.port}"
+    return member.name == address.name or any(u.split("://", 1)[-1] == where
+                                               for u in member.peer_urls)
+
+
 def _voters(members: list[Member]) -> int:
     return sum(1 for m in members if not m.learner)
 
@@ -83,8 +95,7 @@ def add_learner(opts: Any, stale_data: bool, fresh: bool, emit: Callable[[str], 
     store = Store([p.client_endpoint for p in opts.peers], retry_for=10)
     try:
         members = list_members(store)
-        mine = [m for m in members if opts.address.peer_url in m.peer_urls
-                or m.name == opts.name]
+        mine = [m for m in members if _is(m, opts.address)]
         if mine and mine[0].name:
             raise RaftflError(f"{opts.name} is already a member "
                               f"({'learner' if mine[0].learner else 'voter'}); restart it with "
@@ -104,7 +115,7 @@ def add_learner(opts: Any, stale_data: bool, fresh: bool, emit: Callable[[str], 
             emit(f"resuming the unfinished join of learner {mine[0].id:x}")
             member = mine[0]
         else:
-            member = cluster_api.add_learner(store, opts.address.peer_url)
+            member = cluster_api.add_learner(store, _peer_url(opts.address))
             emit(f"added learner {member.id:x} for {opts.name} "
                  f"({_voters(members)} voters, {len(members) + 1} members)")
         opts.peers = [parse_address(m.name) for m in members if m.name and m.id != member.id]
@@ -242,7 +253,7 @@ def remove_member(leaving: NodeAddress, endpoints: list[str], cluster: str = "de
     keys = Keys(cluster)
     try:
         members = list_members(store)
-        match = [m for m in members if m.name == leaving.name or leaving.peer_url in m.peer_urls]
+        match = [m for m in members if _is(m, leaving)]
         if not match:
             raise RaftflError(f"{leaving.name} is not a member of the etcd cluster")
         target = match[0]
