@@ -30,6 +30,7 @@ from raftfl.core.events import (
 from raftfl.core.invariants import check
 from raftfl.lab.faults import first_term
 from raftfl.lab.localcluster import LocalCluster
+from raftfl.lab.testhooks import HOLD_ENV
 
 pytestmark = pytest.mark.slow
 WAIT = 120
@@ -139,7 +140,11 @@ def test_handover_mid_run_with_and_without_to_loses_no_round() -> None:
 
 def test_paused_failover_leaves_a_dead_aggregator_unreplaced_until_resume() -> None:
     rounds = 4
-    with LocalCluster(n=3, rounds=rounds, cluster="t-pause", lease_ttl=TTL, **SMALL) as c:
+    # A successor holds 6 s before its last round, so the run is still up (and its etcd
+    # members with it) when the refusals below are asked for.
+    late = {i: {HOLD_ENV: f"round_start:{rounds}:6"} for i in (1, 2)}
+    with LocalCluster(n=3, rounds=rounds, cluster="t-pause", lease_ttl=TTL, node_env=late,
+                      **SMALL) as c:
         # the holder that commits round 1 (on a busy machine a lease may have moved it)
         first = wait(c, lambda e: isinstance(e, RoundCommitted) and e.round == 1, "round 1")
         out = ok(raftfl(c, "pause", "--reason", "maintenance test"))
