@@ -126,7 +126,9 @@ class LocalCluster:
                     "--cluster", self.cluster, "--data-dir", str(data_dir),
                     "--lease-ttl", str(self.lease_ttl), "--start-timeout", "120",
                     *(["--exit-on-complete"] if self.exit_on_complete else []),
-                    *(["--certs", str(bundles[i])] if bundles else []),
+                    *(["--certs", str(bundles[i])] if bundles
+                      # the lab's own network namespaces: non-loopback, never reachable outside
+                      else [] if ips[i].startswith("127.") else ["--insecure"]),
                     *self.extra_args, *self.node_args.get(i, [])]
             if i == 0 or self.aggregator == "auto":
                 args += ["-r", str(self.rounds), "--dataset", self.dataset,
