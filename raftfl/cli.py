@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,26 @@ def endpoints_option(fn: Any) -> Any:
     fn = certs_option(fn)
     return click.option("--endpoints", default=None,
                         help="etcd client endpoints (ip:port,...) instead of -n.")(fn)
+
+
+def target_options(fn: Any) -> Any:
+    """Which cluster a command talks to: -n HOST:PORT... (or --endpoints), --cluster, --certs."""
+    fn = cluster_option(fn)
+    fn = endpoints_option(fn)
+    fn = click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")(fn)
+    return peers_option(fn)
+
+
+@contextmanager
+def _store(nodes: tuple[str, ...], endpoints: str | None) -> Iterator[Any]:
+    """An etcd client for a one-shot command, closed when it is done."""
+    from raftfl.etcd.store import Store
+
+    store = Store(_endpoints(nodes, endpoints), retry_for=10)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -311,10 +333,7 @@ def node_join(exit_on_complete: bool, max_voters: int, join_timeout: float, fres
 @node.command("leave")
 @click.option("-s", "--self", "address", required=True, metavar="HOST:PORT",
               help="The node that leaves.")
-@peers_option
-@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
-@endpoints_option
-@cluster_option
+@target_options
 @max_voters_option
 @click.option("--handover-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
               help="Seconds a leaving aggregator gets to hand the role over.")
@@ -336,10 +355,7 @@ def node_leave(address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...]
 
 
 @cli.command()
-@peers_option
-@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
-@endpoints_option
-@cluster_option
+@target_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--run", "run_id", type=click.IntRange(1), default=None,
               help="The run whose rounds to show [default: the newest].")
@@ -353,10 +369,7 @@ def status(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str |
 
 
 @cli.command()
-@peers_option
-@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
-@endpoints_option
-@cluster_option
+@target_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event (default).")
 @click.option("--summary", is_flag=True, help="Print the replayed state instead of events.")
 @click.option("--run", "run_id", type=click.IntRange(1), default=None,
@@ -388,10 +401,7 @@ def _submitter() -> str:
 
 
 @run_group.command("submit")
-@peers_option
-@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
-@endpoints_option
-@cluster_option
+@target_options
 @click.option("--app", "app", type=click.Path(path_type=Path, exists=True, file_okay=False),
               required=True, help="The Flower app directory to run (its pyproject.toml and "
                                   "python files are stored in etcd, at most 1 MiB).")
@@ -406,7 +416,6 @@ def run_submit(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: s
     from raftfl.core.keys import Keys
     from raftfl.core.runconfig import RunSpec, spec_rounds
     from raftfl.etcd import runs
-    from raftfl.etcd.store import Store
     from raftfl.node import runapp
     from raftfl.node.package import pack
 
@@ -415,11 +424,8 @@ def run_submit(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: s
     blob = pack(flower_app.root)
     spec = RunSpec(app=flower_app.name, app_sha256=hashlib.sha256(blob).hexdigest(),
                    run_config=config, rounds=spec_rounds(config), by=_submitter())
-    store = Store(_endpoints(nodes + more_nodes, endpoints), retry_for=10)
-    try:
+    with _store(nodes + more_nodes, endpoints) as store:
         run_id = runs.submit(store, Keys(cluster), spec, blob)
-    finally:
-        store.close()
     if as_json:
         click.echo(json.dumps({"run": run_id, "app": spec.app, "rounds": spec.rounds,
                                "app_sha256": spec.app_sha256, "package_bytes": len(blob)}))
@@ -428,10 +434,7 @@ def run_submit(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: s
 
 
 @run_group.command("list")
-@peers_option
-@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
-@endpoints_option
-@cluster_option
+@target_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of runs.")
 def run_list(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
              cluster: str, as_json: bool) -> None:
@@ -444,24 +447,17 @@ def run_list(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str
 
 
 @run_group.command("stop")
-@peers_option
-@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
+@target_options
 @click.argument("run_id", metavar="RUN", type=click.IntRange(1))
-@endpoints_option
-@cluster_option
 def run_stop(nodes: tuple[str, ...], more_nodes: tuple[str, ...], run_id: int,
              endpoints: str | None, cluster: str) -> None:
     """Stop a run: the aggregator ends its ServerApp at once and moves on (a queued run is
     skipped). Recorded as `run_stopped` in the run's log."""
     from raftfl.core.keys import Keys
     from raftfl.etcd import runs
-    from raftfl.etcd.store import Store
 
-    store = Store(_endpoints(nodes + more_nodes, endpoints), retry_for=10)
-    try:
+    with _store(nodes + more_nodes, endpoints) as store:
         click.echo(runs.stop(store, Keys(cluster), run_id, _submitter(), "raftfl run stop"))
-    finally:
-        store.close()
 
 
 @cli.group("aggregator")
@@ -470,10 +466,7 @@ def aggregator_group() -> None:
 
 
 @aggregator_group.command("handover")
-@peers_option
-@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
-@endpoints_option
-@cluster_option
+@target_options
 @click.option("--to", "to", default=None, metavar="NAME",
               help="The node to take the role [default: the best-ranked other live node].")
 @click.option("--wait", type=click.FloatRange(0, 3600), default=60.0, show_default=True,
@@ -485,11 +478,9 @@ def aggregator_handover(nodes: tuple[str, ...], more_nodes: tuple[str, ...],
     resigns; the named (or best-ranked) node takes the role at once, with no lease wait."""
     from raftfl.control import request_handover, wait_handover
     from raftfl.core.keys import Keys
-    from raftfl.etcd.store import Store
 
     keys = Keys(cluster)
-    store = Store(_endpoints(nodes + more_nodes, endpoints), retry_for=10)
-    try:
+    with _store(nodes + more_nodes, endpoints) as store:
         req = request_handover(store, keys, to.strip() if to else None, _submitter())
         r = req.request
         click.echo(f"handover of term {r.term} from {r.holder} to {r.to}"
@@ -498,8 +489,6 @@ def aggregator_handover(nodes: tuple[str, ...], more_nodes: tuple[str, ...],
         if wait <= 0:
             return
         done = wait_handover(store, keys, req, wait)
-    finally:
-        store.close()
     if done is None:
         raise RaftflError(f"no new aggregator within {wait:.0f}s; the request stands "
                           "(see raftfl status)")
@@ -511,20 +500,13 @@ def _control(nodes: tuple[str, ...], endpoints: str | None, cluster: str, what: 
              **kw: Any) -> None:
     from raftfl import control
     from raftfl.core.keys import Keys
-    from raftfl.etcd.store import Store
 
-    store = Store(_endpoints(nodes, endpoints), retry_for=10)
-    try:
+    with _store(nodes, endpoints) as store:
         click.echo(getattr(control, what)(store, Keys(cluster), _submitter(), **kw))
-    finally:
-        store.close()
 
 
 @cli.command()
-@peers_option
-@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
-@endpoints_option
-@cluster_option
+@target_options
 @click.option("--reason", default="", help="Why (recorded in the failover_paused event).")
 def pause(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
           cluster: str, reason: str) -> None:
@@ -536,10 +518,7 @@ def pause(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | 
 
 
 @cli.command()
-@peers_option
-@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
-@endpoints_option
-@cluster_option
+@target_options
 def resume(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: str | None,
            cluster: str) -> None:
     """End maintenance mode: a vacant role is filled automatically again."""
@@ -606,10 +585,7 @@ def certs_issue(directory: Path, node_address: str | None, operator: str | None,
 
 
 @certs_group.command("rbac")
-@peers_option
-@click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
-@endpoints_option
-@cluster_option
+@target_options
 @click.option("--user", "users", multiple=True, metavar="HOST:PORT",
               help="Admit this node's identity too (for example one about to join).")
 @click.option("--operator", "operators", multiple=True, metavar="NAME",
@@ -621,17 +597,13 @@ def certs_rbac(nodes: tuple[str, ...], more_nodes: tuple[str, ...], endpoints: s
     from raftfl import tls
     from raftfl.core.certs import ROOT_CN
     from raftfl.etcd import rbac
-    from raftfl.etcd.store import Store
 
     identity = tls.current()
     if identity is None or identity.name != ROOT_CN:
         raise click.UsageError("certs rbac needs --certs DIR/root (from `certs issue --admin`)")
     names = [a.name for a in _addresses(nodes + more_nodes + users)]
-    store = Store(_endpoints(nodes + more_nodes, endpoints), retry_for=10)
-    try:
+    with _store(nodes + more_nodes, endpoints) as store:
         rbac.enable(store, cluster, names, operators)
-    finally:
-        store.close()
     click.echo(f"etcd auth on: {len(names)} node(s) read/write /raftfl/{cluster}/, "
                f"{len(operators)} operator(s) read it")
 

@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 
 from raftfl.core.address import check_port_free
 from raftfl.core.errors import RaftflError
 from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd, prepare_data_dir, wait_healthy
 from raftfl.etcd.store import Store
+from raftfl.lab.bench import serves
 
 HOST = "127.0.0.1"
 PORT_RANGE = (20000, 32000)
@@ -55,14 +57,17 @@ def member_specs(base_dir: Path, cluster: str, n: int, base_port: int) -> list[M
     ]
 
 
-def _serves(endpoint: str) -> bool:
-    """True once the member answers a linearizable read (so the cluster has a quorum)."""
-    store = Store([endpoint], timeout=1.0, retry_for=0.5)
-    try:
-        store.get("/raftfl-test/health")
-        return True
-    finally:
-        store.close()
+class RpcFailure(grpc.RpcError):
+    """A gRPC error as etcd's client raises it: a status code and etcd's details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
 
 
 def stop_members(members: list[EtcdMember]) -> None:
@@ -142,7 +147,7 @@ def running_cluster(base_dir: Path, n: int = 3) -> Iterator[EtcdCluster]:
                     members.append(member)
                     member.start()
                 for member in members:
-                    wait_healthy(member, lambda ep=member.spec.client_endpoint: _serves(ep),
+                    wait_healthy(member, lambda ep=member.spec.client_endpoint: serves(ep),
                                  HEALTHY_DEADLINE_S)
             except RaftflError as exc:  # most likely a port clash: retry on other ports
                 last_error = exc

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from raftfl.core.address import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, check_port_free
+from raftfl.core.certs import is_loopback
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys, RunKeys
 from raftfl.core.replay import FLState, Logged, replay
@@ -128,7 +129,7 @@ class LocalCluster:
                     *(["--exit-on-complete"] if self.exit_on_complete else []),
                     *(["--certs", str(bundles[i])] if bundles
                       # the lab's own network namespaces: non-loopback, never reachable outside
-                      else [] if ips[i].startswith("127.") else ["--insecure"]),
+                      else [] if is_loopback(ips[i]) else ["--insecure"]),
                     *self.extra_args, *self.node_args.get(i, [])]
             if i == 0 or self.aggregator == "auto":
                 args += ["-r", str(self.rounds), "--dataset", self.dataset,

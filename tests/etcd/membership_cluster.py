@@ -22,8 +22,9 @@ from pathlib import Path
 from raftfl.core.keys import Keys
 from raftfl.core.runconfig import RunConfig, ensure
 from raftfl.etcd.cluster_api import Member, list_members
-from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd, prepare_data_dir, wait_healthy
+from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd, running_members
 from raftfl.etcd.store import Store
+from raftfl.lab.bench import serves
 from raftfl.lab.localcluster import free_base_port
 
 HOST = "127.0.0.1"
@@ -122,34 +123,19 @@ def lab(tmp_path: Path, n: int = 3) -> Iterator[Lab]:
     specs = [MemberSpec(name=name, cluster=cluster, data_dir=tmp_path / f"node{i}", ip=HOST,
                         peer_port=base + i, client_port=base + i + 100, initial_cluster=initial)
              for i, name in enumerate(initial)]
-    members: list[EtcdMember] = []
-    the_lab = Lab(base, tmp_path, cluster, members)
     try:
-        for spec in specs:
-            prepare_data_dir(spec)
-            members.append(EtcdMember(spec, binary))
-            members[-1].start()
-        for member in members:
-            wait_healthy(member, lambda ep=member.spec.client_endpoint: _serves(ep), 20)
-        store = the_lab.store()
-        try:
-            ensure(store, Keys(cluster), RunConfig(rounds=1, nodes=sorted(initial)))
-        finally:
-            store.close()
-        yield the_lab
+        with running_members(specs, binary, serves) as members:
+            the_lab = Lab(base, tmp_path, cluster, members)
+            try:
+                store = the_lab.store()
+                try:
+                    ensure(store, Keys(cluster), RunConfig(rounds=1, nodes=sorted(initial)))
+                finally:
+                    store.close()
+                yield the_lab
+            finally:
+                for proc in the_lab.procs:
+                    _stop(proc)
     finally:
-        for proc in the_lab.procs:
-            _stop(proc)
-        for member in members:
-            member.stop()
         for i in range(SLOTS):
             shutil.rmtree(tmp_path / f"node{i}", ignore_errors=True)
-
-
-def _serves(endpoint: str) -> bool:
-    store = Store([endpoint], timeout=1.0, retry_for=0.5)
-    try:
-        store.get("/raftfl-test/health")
-        return True
-    finally:
-        store.close()

@@ -7,22 +7,11 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import EtcdCluster
+from conftest import EtcdCluster, RpcFailure
 
 from raftfl.core.errors import RaftflError
 from raftfl.etcd import cluster_api
 from raftfl.etcd.cluster_api import _once, list_members
-
-
-class LostAnswer(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 def _counting(fn: Any, error: BaseException | None) -> tuple[Any, list[int]]:
@@ -38,11 +27,11 @@ def _counting(fn: Any, error: BaseException | None) -> tuple[Any, list[int]]:
 
 
 @pytest.mark.parametrize("error", [
-    LostAnswer(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
-    LostAnswer(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out"),
-    LostAnswer(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")])
+    RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+    RpcFailure(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out"),
+    RpcFailure(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")])
 def test_a_change_whose_answer_was_lost_is_found_in_the_member_list(
-        etcd_cluster: EtcdCluster, error: LostAnswer) -> None:
+        etcd_cluster: EtcdCluster, error: RpcFailure) -> None:
     store = etcd_cluster.store()
     url = "http://127.0.0.1:9"
     call, calls = _counting(lambda: cluster_api.add_learner(store, url), error)
@@ -58,7 +47,7 @@ def test_a_change_whose_answer_was_lost_is_found_in_the_member_list(
 
 def test_a_lost_request_is_reported_as_not_done(etcd_cluster: EtcdCluster) -> None:
     store = etcd_cluster.store()
-    call, calls = _counting(lambda: None, LostAnswer(grpc.StatusCode.DEADLINE_EXCEEDED, "x"))
+    call, calls = _counting(lambda: None, RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "x"))
     assert _once(store, call, lambda ms: len(ms) == 4, "add") is False
     assert calls == [1]
 

@@ -38,7 +38,7 @@ from raftfl.etcd.member import MemberSpec, find_etcd, loopback_specs, running_me
 from raftfl.etcd.retention import Retention
 from raftfl.etcd.store import Change, EtcdNoSpace, Fence, Resync, Store
 from raftfl.inspection import cluster_status, format_status
-from raftfl.lab.bench import measure_sizes
+from raftfl.lab.bench import measure_sizes, serves
 from raftfl.node.recorder import KEEP_CHECKPOINTS
 
 DEEP = "[" * 1500 + "]" * 1500  # the value from the issue
@@ -46,15 +46,6 @@ DEEP = "[" * 1500 + "]" * 1500  # the value from the issue
 
 def fresh_keys(cluster: EtcdCluster) -> RunKeys:
     return Keys(f"{cluster.name}-{os.urandom(4).hex()}").run(1)
-
-
-def _serves(endpoint: str) -> bool:
-    store = Store([endpoint], timeout=1.0, retry_for=0.5)
-    try:
-        store.get("/raftfl-test/health")
-        return True
-    finally:
-        store.close()
 
 
 def _pull(it: Iterator, n: int, timeout: float = 20.0) -> list:
@@ -256,7 +247,7 @@ def test_a_hostile_run_config_is_refused_in_one_line(etcd_cluster_module: EtcdCl
 
 def test_nospace_is_one_clear_error_shown_by_status_and_cleared_by_retention(tmp_path: Path) -> None:
     specs = loopback_specs(tmp_path / "etcd", "nospace", 1, free_port_base(2), quota_bytes=2**20)
-    with running_members(specs, find_etcd(), _serves):
+    with running_members(specs, find_etcd(), serves):
         endpoint = specs[0].client_endpoint
         store = Store([endpoint], retry_for=5)
         keys = Keys("nospace").run(1)
@@ -334,7 +325,7 @@ def test_etcd_runs_from_a_config_whose_strings_are_quoted(tmp_path: Path) -> Non
     spec = MemberSpec(name="m0", cluster="quoted", data_dir=data_dir, ip="127.0.0.1",
                       peer_port=base, client_port=base + 1,
                       initial_cluster={"m0": f"http://127.0.0.1:{base}"})
-    with running_members([spec], find_etcd(), _serves):
+    with running_members([spec], find_etcd(), serves):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://{spec.client_endpoint}/debug/pprof/", timeout=5)
         assert info.value.code == 404

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import RpcFailure
 from cryptography import x509
 
 from raftfl import tls
@@ -128,17 +129,6 @@ def test_node_refuses_a_public_address_without_certs(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
-class _Rpc(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
 @pytest.mark.parametrize("code,details,retry", [
     (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: revision of auth store is old", True),
     (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided", False),
@@ -148,4 +138,4 @@ class _Rpc(grpc.RpcError):
 def test_store_retries_a_request_that_raced_an_rbac_change(code: grpc.StatusCode, details: str,
                                                             retry: bool) -> None:
     """Found by `raftfl demo --secure`: RBAC turned on while nodes ran failed a request."""
-    assert _retryable(_Rpc(code, details)) is retry
+    assert _retryable(RpcFailure(code, details)) is retry
