@@ -23,6 +23,7 @@ import signal
 import string
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -249,11 +250,16 @@ class EtcdMember:
 
 
 def wait_healthy(member: EtcdMember, check: Callable[[], bool], deadline_s: float,
-                 progress: Callable[[str], None] | None = None) -> None:
-    """Wait for the member to serve requests (it needs a quorum), with a deadline."""
+                 progress: Callable[[str], None] | None = None,
+                 stop: threading.Event | None = None) -> None:
+    """Wait for the member to serve requests (it needs a quorum), with a deadline; a set
+    `stop` (the node's Ctrl-C) ends the wait."""
     start = time.monotonic()
     last_note = 0.0
+    stop = stop or threading.Event()
     while True:
+        if stop.is_set():
+            raise RaftflError(f"stopped while etcd member {member.spec.name} waited for a quorum")
         member.check_alive()
         try:
             if check():
@@ -267,7 +273,7 @@ def wait_healthy(member: EtcdMember, check: Callable[[], bool], deadline_s: floa
         if progress and waited - last_note >= 5:
             last_note = waited
             progress(f"waiting for etcd quorum ({waited:.0f}s)...")
-        time.sleep(0.2)
+        stop.wait(0.2)
 
 
 def loopback_specs(base_dir: Path, cluster: str, n: int, base_port: int,

@@ -33,6 +33,7 @@ from raftfl.lab.localcluster import LocalCluster
 from raftfl.lab.testhooks import HOLD_ENV
 
 WAIT_S = 120.0
+INTERRUPT_HOLD_S = 30.0  # the interrupted aggregator's own fit: the election must not wait for it
 
 
 class Skip(Exception):
@@ -91,6 +92,15 @@ def kill_agg_at(kind: type, rnd: int, delay: float = 0.0) -> Callable[..., None]
         time.sleep(delay)
         c.kill(el.node)
     return inject
+
+
+def interrupt_agg(c: LocalCluster, ctx: dict[str, Any]) -> None:
+    """Ctrl-C of the aggregator while its own worker is deep in a fit (held): it gives the
+    role up at once, not after its local training ends."""
+    el = first_term(c)
+    at(c, RoundStarted, 2, el.term)
+    time.sleep(0.5)
+    ctx["interrupted_at"] = c.interrupt(el.node)
 
 
 def freeze_agg(c: LocalCluster, ctx: dict[str, Any]) -> None:
@@ -257,6 +267,8 @@ SCENARIOS = [
              kill_agg_at(FitResults, 2), agg_hold="checkpoint:2:30", quick=True),
     Scenario("kill-between-rounds", "SIGKILL aggregator between rounds",
              kill_agg_at(RoundCommitted, 2, 0.3), agg_hold="round_start:3:30"),
+    Scenario("ctrl-c-aggregator", "Ctrl-C (SIGINT) of the aggregator while it trains",
+             interrupt_agg, agg_hold=f"fit:2:{INTERRUPT_HOLD_S:.0f}", quick=True),
     Scenario("freeze-aggregator", "SIGSTOP aggregator past its lease, then SIGCONT", freeze_agg,
              worker_hold="fit:2:2", quick=True),
     Scenario("kill-etcd-leader", "SIGKILL the etcd leader's node (a worker)", kill_etcd_leader,
@@ -309,6 +321,12 @@ def scenario_checks(s: Scenario, c: LocalCluster, ctx: dict[str, Any], log: list
                             f"{[(e.node, e.rank) for e in elected]}")
     if "restarted" in ctx and "reusing data dir" not in ctx["restarted"].log_path.read_text():
         problems.append("the restarted node did not reuse its data dir")
+    if "interrupted_at" in ctx:
+        took = [e.ts - ctx["interrupted_at"] for e in events
+                if isinstance(e, AggregatorElected) and e.ts > ctx["interrupted_at"]][:1]
+        if not took or took[0] > INTERRUPT_HOLD_S / 3:
+            problems.append(f"the successor was elected {took} s after the Ctrl-C: the "
+                            f"interrupted aggregator held the role while it trained")
     if ctx.get("paused_commits"):
         problems.append(f"{ctx['paused_commits']} commits while the quorum was lost")
     return problems

@@ -203,6 +203,14 @@ class LocalCluster:
         self.kills[name] = at
         return at
 
+    def interrupt(self, name: str) -> float:
+        """Ctrl-C in a node's terminal: SIGINT to its process group; the node shuts down on
+        its own (it is counted as gone from now on). Returns the time."""
+        node = self.by_name(name)
+        self.kills[name] = time.time()
+        os.killpg(node.pid, signal.SIGINT)
+        return self.kills[name]
+
     def freeze(self, name: str, member: bool = False) -> float:
         """SIGSTOP a node's process; its etcd member keeps running unless `member` (a hung
         host: both stop)."""

@@ -242,7 +242,8 @@ class Node:
             self.election = Election(self.store, self.keys.aggregator, self.opts.name,
                                      self.opts.flower_address)
             if self.member is not None:
-                wait_healthy(self.member, self._healthy, self.opts.start_timeout, self.emit)
+                wait_healthy(self.member, self._healthy, self.opts.start_timeout, self.emit,
+                             self.stop)
             self.emit(f"etcd healthy; client endpoints {','.join(endpoints)}")
             first = self._first_run(self.opts.run) if self.opts.run is not None else None
             self.runs = Runs(self.store, self.keys, self.opts.dir)
@@ -1088,10 +1089,10 @@ class Node:
         self.holder_probe.stop()
         if self.worker is not None:
             self.worker.stop()
-            if not self.worker.join(WORKER_STOP_S):
-                log.warning("the worker's fit did not end within %.0fs", WORKER_STOP_S)
         if self.server is not None:
             self.server.stop()
+        # Give the role (and the member record) up before waiting for a fit in flight: the
+        # successor's election must not wait for our local training to end.
         if self.session is not None:
             if self.signalled and self.store is not None:
                 self.store.retry_for = 2.0  # best effort on the way out: never hang here
@@ -1100,6 +1101,8 @@ class Node:
                 except RaftflError:
                     pass
             self.session.close(revoke=True)
+        if self.worker is not None and not self.worker.join(WORKER_STOP_S):
+            log.warning("the worker's fit did not end within %.0fs", WORKER_STOP_S)
         if self.member is not None:
             self.member.stop()
 

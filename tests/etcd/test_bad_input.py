@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -149,6 +150,36 @@ def test_port_in_use(offset: int, what: str, tmp_path: Path) -> None:
     assert not (data / "member-data").exists()
     for extra in (0, 100, 200):
         assert _port_bindable(port + extra), f"port {port + extra} still taken after the failure"
+
+
+def test_ctrl_c_while_waiting_for_a_quorum(tmp_path: Path) -> None:
+    """The first of three nodes waits for its peers; a Ctrl-C ends the wait at once, in one
+    line, and takes the node's etcd member with it."""
+    port = _free_port_pair()
+    data = tmp_path / "d"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raftfl", "node", "start", "-a", "self", "-r", "1",
+         "-s", f"127.0.0.1:{port}", "-n", f"127.0.0.1:{port + 1}", f"127.0.0.1:{port + 2}",
+         "--data-dir", str(data)], cwd=tmp_path, env=_env(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (data / "etcd.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        etcd_pid = int((data / "etcd.pid").read_text().split()[0])
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    where = f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    assert proc.returncode == 1 and "Traceback" not in err, where
+    assert err.strip().splitlines() == [
+        f"raftfl: error: stopped while etcd member 127.0.0.1:{port} waited for a quorum"], where
+    assert not Path(f"/proc/{etcd_pid}").exists() or "zombie" in Path(
+        f"/proc/{etcd_pid}/status").read_text(), "the etcd member outlived its node"
 
 
 def test_missing_etcd_binary_flag(tmp_path: Path) -> None:
