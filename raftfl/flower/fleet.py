@@ -56,6 +56,7 @@ HEARTBEAT_TIMEOUT_S = 1.0
 SILENCE_LIMIT_S = 3.0
 POLL_HOLD_S = 1.0
 MAX_POLL_HOLD_S = 5.0
+REAP_EVERY_S = 0.2
 MAX_BODY = 256 << 20
 MAX_NODE_ID = (1 << 63) - 1  # node ids are positive int64; 1 is the server's own id
 MESSAGE_HEADER = "X-Raftfl-Message"
@@ -263,9 +264,19 @@ class FleetServer:
         self._cond.notify_all()
 
     def _reap(self) -> None:
+        """Drop workers silent for `node_timeout`. Time this process itself was starved
+        (CPU or GIL: a reaper tick far later than asked for) is nobody's silence, so it is
+        credited to every session: an aggregator busy building its data must not drop its
+        own, live worker."""
         with self._cond:
+            last = time.monotonic()
             while not self._stopped:
                 now = time.monotonic()
+                stall = now - last - REAP_EVERY_S
+                last = now
+                if stall > REAP_EVERY_S:
+                    for session in self._sessions.values():
+                        session.last_seen = min(now, session.last_seen + stall)
                 for session in list(self._sessions.values()):
                     if now - session.last_seen > self.node_timeout:
                         log.info("fleet %s: node %s (%d) silent for %.1f s, dropped",
@@ -273,7 +284,7 @@ class FleetServer:
                                  now - session.last_seen)
                         self._drop(session, f"node {session.node_id} unavailable: no heartbeat "
                                             f"for {self.node_timeout:g} s")
-                self._cond.wait(0.2)
+                self._cond.wait(REAP_EVERY_S)
 
 
 class _HttpServer(ThreadingHTTPServer):
