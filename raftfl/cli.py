@@ -281,10 +281,18 @@ def _exit_node(code: int) -> None:
     os._exit(code)
 
 
+max_voters_option = click.option(
+    "--max-voters", type=click.IntRange(1, 9), default=5, show_default=True,
+    help="Voter target: the first N initial nodes (by name) run etcd members, the others "
+         "are etcd clients of them; a caught-up learner is promoted only while there are "
+         "fewer voters.")
+
+
 @node.command("start")
 @_node_options
 @exit_on_complete_option
-def node_start(exit_on_complete: bool, **kw: Any) -> None:
+@max_voters_option
+def node_start(exit_on_complete: bool, max_voters: int, **kw: Any) -> None:
     """Start a node: its etcd member, its prober and its FL role.
 
     \b
@@ -297,13 +305,8 @@ def node_start(exit_on_complete: bool, **kw: Any) -> None:
     from raftfl.node.ha import Node
 
     opts = _build_options(False, **kw)
-    opts.exit_on_complete = exit_on_complete
+    opts.exit_on_complete, opts.max_voters = exit_on_complete, max_voters
     _exit_node(Node(opts).run())
-
-
-max_voters_option = click.option(
-    "--max-voters", type=click.IntRange(1, 9), default=5, show_default=True,
-    help="Voter target: a caught-up learner is promoted only while there are fewer voters.")
 
 
 @node.command("join")
@@ -651,7 +654,7 @@ def main() -> None:
 
 
 @cli.command()
-@click.option("--nodes", type=click.IntRange(2, 9), default=4, show_default=True,
+@click.option("--nodes", type=click.IntRange(2, 16), default=4, show_default=True,
               help="Nodes in total: one aggregator, the rest workers.")
 @click.option("--rounds", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--kill-aggregator-at", "kill_at", type=click.IntRange(1), default=None,

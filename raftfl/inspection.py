@@ -14,10 +14,12 @@ from typing import Any
 from raftfl.control import control_status
 from raftfl.core.keys import Keys
 from raftfl.core.latency import summarize
+from raftfl.core.membership import tolerates
 from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
 from raftfl.core.replay import FLState, replay
 from raftfl.core.runs import active, run_state
 from raftfl.etcd import runs
+from raftfl.etcd.cluster_api import list_members
 from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog, ReadResult
 from raftfl.etcd.store import Store, nospace_fix
@@ -38,7 +40,7 @@ def cluster_status(endpoints: list[str], cluster: str, run: int | None = None) -
     store = Store(endpoints, retry_for=5)
     keys = Keys(cluster)
     try:
-        etcd_members = store.members()
+        etcd_members = list_members(store)
         health: dict[str, Any] = {}
         leader_id = None
         for m in etcd_members:
@@ -64,7 +66,8 @@ def cluster_status(endpoints: list[str], cluster: str, run: int | None = None) -
             url = (m.client_urls or [""])[0].split("//", 1)[-1]
             ctx = context.get(m.name)
             members.append({
-                "name": m.name, "id": f"{m.id:x}", "peer_urls": list(m.peer_urls),
+                "name": m.label, "id": f"{m.id:x}", "peer_urls": list(m.peer_urls),
+                "role": "learner" if m.learner else "voter",
                 "client_endpoint": url, "leader": m.id == leader_id, **health.get(m.name, {}),
                 "live": ctx is not None,
                 "context": None if ctx is None else {
@@ -73,12 +76,27 @@ def cluster_status(endpoints: list[str], cluster: str, run: int | None = None) -
                     "mean_rtt_ms": rtt[m.name].mean_ms if m.name in rtt else None,
                     "flower_address": ctx.flower_address, "finished": ctx.finished},
             })
+        for name in sorted(set(context) - {m.name for m in etcd_members}):
+            ctx = context[name]  # a node with no member of its own: an etcd client
+            members.append({
+                "name": name, "id": None, "peer_urls": [], "role": "client",
+                "client_endpoint": "", "leader": False, "healthy": None, "live": True,
+                "context": {"priority": ctx.priority, "nofailover": ctx.nofailover,
+                            "cpu_free": ctx.cpu_free, "mem_free_mb": ctx.mem_free_mb,
+                            "mean_rtt_ms": rtt[name].mean_ms if name in rtt else None,
+                            "flower_address": ctx.flower_address, "finished": ctx.finished}})
+        voters = [m for m in members if m["role"] == "voter"]
+        healthy = sum(1 for m in voters if m.get("healthy"))
         holder = _json_or_raw(agg.value) if agg else None
         return {
             "cluster": cluster,
             "revision": rev,
-            "endpoints": ",".join(m["client_endpoint"] for m in members),
+            "endpoints": ",".join(m["client_endpoint"] for m in members if m["client_endpoint"]),
             "members": members,
+            "voters": len(voters), "healthy_voters": healthy,
+            "learners": sum(1 for m in members if m["role"] == "learner"),
+            "clients": sum(1 for m in members if m["role"] == "client"),
+            "tolerates": tolerates(len(voters), healthy),
             "etcd_leader": next((m["name"] for m in members if m["leader"]), None),
             "aggregator": None if holder is None else {**holder, "term": agg.create_revision},
             "run": run,
@@ -138,17 +156,31 @@ def format_status(info: dict[str, Any]) -> str:
     skipped = {kind: n for kind, n in info["skipped"].items() if n}
     if skipped:
         lines.append("skipped as malformed: " + ", ".join(f"{n} {kind}" for kind, n in skipped.items()))
-    lines.append(f"{'member':<22} {'health':<8} {'raft':<7} {'rtt ms':>7} {'cpu':>5} {'prio':>5}  "
-                 "client endpoint")
+    lines.append(quorum_line(info))
+    lines.append(f"{'member':<22} {'role':<8} {'health':<8} {'raft':<7} {'rtt ms':>7} {'cpu':>5} "
+                 f"{'prio':>5}  client endpoint")
     for m in info["members"]:
         ctx = m["context"] or {}
         rtt = ctx.get("mean_rtt_ms")
+        health = {True: "ok", False: "DOWN", None: "-"}[m.get("healthy")]
         lines.append(
-            f"{m['name']:<22} {'ok' if m.get('healthy') else 'DOWN':<8} "
+            f"{m['name']:<22} {m['role']:<8} {health:<8} "
             f"{'leader' if m['leader'] else '':<7} {'' if rtt is None else f'{rtt:.2f}':>7} "
             f"{ctx.get('cpu_free', ''):>5} {ctx.get('priority', ''):>5}  {m['client_endpoint']}")
     lines.append(f"etcdctl --endpoints={info['endpoints']} get --prefix /raftfl/{info['cluster']}/")
     return "\n".join(lines)
+
+
+def quorum_line(info: dict[str, Any]) -> str:
+    """Voters, learners and clients, and how many more voter failures the cluster survives."""
+    line = (f"voters {info['healthy_voters']}/{info['voters']} healthy, learners "
+            f"{info['learners']}, clients {info['clients']}: ")
+    left = info["tolerates"]
+    if left < 0:
+        return line + "NO QUORUM: etcd serves nothing until a voter is repaired"
+    if left == 0:
+        return line + "WARNING: the next voter failure loses the quorum"
+    return line + f"survives {left} more voter failure{'s' if left > 1 else ''}"
 
 
 def history_lines(endpoints: list[str], cluster: str, summary: bool,

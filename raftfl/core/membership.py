@@ -41,6 +41,13 @@ def leave_refusal(name: str, voters: int, healthy: int, is_voter: bool,
     return None
 
 
+def initial_voters(names: list[str], max_voters: int) -> list[str]:
+    """The initial nodes that run etcd members: the first `max_voters` by name, so every node
+    derives the same split from the same list. The others are etcd clients of these: they
+    train and can aggregate, but add no Raft traffic and no election time."""
+    return sorted(names)[:max(1, max_voters)]
+
+
 def may_promote(voters: int, max_voters: int) -> bool:
     """A caught-up learner becomes a voter only while the cluster is below its target."""
     return voters < max_voters

@@ -26,6 +26,7 @@ from raftfl.core.address import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, check_po
 from raftfl.core.certs import is_loopback
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys, RunKeys
+from raftfl.core.membership import DEFAULT_MAX_VOTERS, initial_voters
 from raftfl.core.replay import FLState, Logged, replay
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Change, Store
@@ -108,6 +109,7 @@ class LocalCluster:
     ips: list[str] | None = None  # one address per node (network-namespace clusters)
     wrappers: list[list[str]] | None = None  # command prefix per node, e.g. ip netns exec
     secure: bool = False  # a cluster CA, one bundle per node (--certs), etcd RBAC; we are root
+    max_voters: int = DEFAULT_MAX_VOTERS  # the nodes' --max-voters: the rest are etcd clients
     nodes: list[NodeProc] = field(default_factory=list)
     kills: dict[str, float] = field(default_factory=dict)
     log: list[Logged] = field(default_factory=list)  # every event, as the collector saw it
@@ -126,6 +128,7 @@ class LocalCluster:
             args = ["node", "start", "-a", agg, "-s", name, "-n", *[x for x in names if x != name],
                     "--cluster", self.cluster, "--data-dir", str(data_dir),
                     "--lease-ttl", str(self.lease_ttl), "--start-timeout", "120",
+                    "--max-voters", str(self.max_voters),
                     *(["--exit-on-complete"] if self.exit_on_complete else []),
                     *(["--certs", str(bundles[i])] if bundles
                       # the lab's own network namespaces: non-loopback, never reachable outside
@@ -275,11 +278,17 @@ class LocalCluster:
     # -- observing --------------------------------------------------------------------------
     @property
     def endpoints(self) -> list[str]:
-        return [n.client_endpoint for n in self.nodes]
+        """The etcd members' client endpoints (nodes past the voters are etcd clients)."""
+        return [n.client_endpoint for n in self.voters]
+
+    @property
+    def voters(self) -> list[NodeProc]:
+        names = initial_voters([n.name for n in self.nodes], self.max_voters)
+        return [n for n in self.nodes if n.name in names]
 
     def store(self) -> Store:
         if self._store is None:
-            live = [n.client_endpoint for n in self.nodes if n.alive] or self.endpoints
+            live = [n.client_endpoint for n in self.voters if n.alive] or self.endpoints
             self._store = Store(live, retry_for=20)
         return self._store
 
@@ -298,7 +307,7 @@ class LocalCluster:
 
     def etcd_leader(self) -> str | None:
         """The node whose etcd member is the Raft leader, as the live members report it."""
-        for node in self.nodes:
+        for node in self.voters:
             if not node.alive or node.stopped:
                 continue
             try:

@@ -56,6 +56,7 @@ from raftfl.core.evidence import gone
 from raftfl.core.keys import Keys
 from raftfl.core.maintenance import HandoverRequest, Pause
 from raftfl.core.members import MemberInfo
+from raftfl.core.membership import DEFAULT_MAX_VOTERS, initial_voters
 from raftfl.core.ranking import Ranked, rank
 from raftfl.core.records import SKIPS, MalformedRecord
 from raftfl.core.replay import FLState
@@ -135,6 +136,7 @@ class NodeOptions:
     exit_on_complete: bool = False  # leave once no run is left (the last one's model saved)
     max_examples: int = 0  # --max-examples: the training examples this node declares (0: none)
     max_update_norm: float | None = None  # --max-update-norm: refuse larger updates (aggregator)
+    max_voters: int = DEFAULT_MAX_VOTERS  # the first N initial nodes (by name) run etcd members
 
     @property
     def name(self) -> str:
@@ -209,9 +211,16 @@ class Node:
         o = self.opts
         if o.etcd_endpoints:
             return list(o.etcd_endpoints)
+        everyone = {a.name: a for a in [o.address, *o.peers]}
+        if not o.join:
+            voters = initial_voters(sorted(everyone), o.max_voters)
+            if o.name not in voters:  # every node computes the same split from the same names
+                self.emit(f"etcd client of the {len(voters)} voters (--max-voters "
+                          f"{o.max_voters}); this node runs no etcd member")
+                return [everyone[n].client_endpoint for n in voters]
+            everyone = {n: everyone[n] for n in voters}
         binary = find_etcd(o.etcd_bin)
         check_version(etcd_version(binary), o.allow_unsafe_etcd)
-        everyone = {a.name: a for a in [o.address, *o.peers]}
         if o.ip.startswith("127.") and any(not a.ip.startswith("127.") for a in o.peers):
             self.emit(f"warning: {o.address.host} resolves to {o.ip}, which peers on other hosts "
                       "cannot reach; use this host's LAN address in -s")

@@ -50,13 +50,18 @@ def test_sigkill_aggregator_mid_round_commits_every_round_once() -> None:
 
 
 def test_winner_is_the_top_ranked_node_when_latencies_differ() -> None:
+    """With --max-voters 3 the fourth node is an etcd client of the three voters, and still
+    the best candidate: a node without an etcd member can aggregate."""
     # TEST ONLY latency override: node 1 looks 80 ms away, node 2 40 ms, node 3 is near.
     env = {1: {TEST_EXTRA_RTT_ENV: "80", HOLD_ENV: "fit:2:2"},
            2: {TEST_EXTRA_RTT_ENV: "40", HOLD_ENV: "fit:2:2"},
            3: {HOLD_ENV: "fit:2:2"}}
     with LocalCluster(n=4, rounds=3, cluster="t-rank", node_env=env, train_size=2000,
-                      test_size=400) as c:
+                      test_size=400, max_voters=3) as c:
+        assert [n.name for n in c.voters] == [n.name for n in c.nodes[:3]]
         el = first_term(c)
+        assert c.nodes[3].etcd_pid() is None and all(n.etcd_pid() for n in c.voters)
+        assert "etcd client of the 3 voters" in c.nodes[3].log_path.read_text()
         at(c, RoundStarted, 2, el.term)
         c.kill(el.node)
         elected = c.wait_event(lambda e: isinstance(e, AggregatorElected) and e.term > el.term,

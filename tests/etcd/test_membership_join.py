@@ -77,3 +77,9 @@ def test_join_leave_join_of_the_same_address(tmp_path: Path) -> None:
         assert "cleared the etcd data of a removed member" in out
         members = the_lab.members_now()
         assert sorted(m.learner for m in members) == [False, False, False, True]
+        status = the_lab.cli("status", "--endpoints", ",".join(the_lab.endpoints),
+                            "--cluster", the_lab.cluster)
+        assert status.returncode == 0, status.stderr
+        assert ("voters 3/3 healthy, learners 1, clients 0: survives 1 more voter failure"
+                in status.stdout), status.stdout
+        assert f"{the_lab.addr(3)} " in status.stdout and " learner " in status.stdout

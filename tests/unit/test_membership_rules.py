@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raftfl.core.membership import leave_refusal, may_promote, quorum, tolerates
+from raftfl.core.membership import initial_voters, leave_refusal, may_promote, quorum, tolerates
 
 
 @pytest.mark.parametrize(("voters", "healthy", "is_voter", "is_healthy", "refused"), [
@@ -38,3 +38,16 @@ def test_quorum_and_tolerance(voters: int, healthy: int, quorum_: int, more: int
                                                            (5, 5, False), (3, 3, False)])
 def test_promotion_only_below_the_target(voters: int, target: int, promote: bool) -> None:
     assert may_promote(voters, target) is promote
+
+
+@pytest.mark.parametrize("names,max_voters,voters", [
+    (["b:2", "a:1", "c:3"], 5, ["a:1", "b:2", "c:3"]),  # a small federation: all voters
+    ([f"10.0.0.{i}:5000" for i in range(1, 10)], 5,
+     ["10.0.0.1:5000", "10.0.0.2:5000", "10.0.0.3:5000", "10.0.0.4:5000", "10.0.0.5:5000"]),
+    (["x:1", "y:1", "z:1"], 1, ["x:1"]),
+    (["x:1", "y:1"], 0, ["x:1"]),  # never no voter
+])
+def test_initial_voters_are_the_first_names(names: list[str], max_voters: int,
+                                            voters: list[str]) -> None:
+    assert initial_voters(names, max_voters) == voters
+    assert initial_voters(list(reversed(names)), max_voters) == voters  # order-independent
