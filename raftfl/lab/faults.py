@@ -203,6 +203,19 @@ def partition_agg(c: LocalCluster, ctx: dict[str, Any]) -> None:
     _ip("link", "set", link, "up")
 
 
+def partition_agg_at_the_end(c: LocalCluster, ctx: dict[str, Any]) -> None:
+    """Cut the aggregator while it checkpoints the last round; heal the link as the new term
+    completes the run. The survivors must stay until the healed node has the final model."""
+    el = first_term(c)
+    at(c, FitResults, c.rounds, el.term)
+    link = ctx["links"][c.nodes.index(c.by_name(el.node))]
+    _ip("link", "set", link, "down")
+    c.kills[el.node] = time.time()
+    ctx["cut"], ctx["old_term"] = el.node, el.term
+    new_term_commit(c, el.term)
+    _ip("link", "set", link, "up")
+
+
 def _commits(c: LocalCluster) -> int:
     return sum(1 for i in list(c.log) if isinstance(i.event, RoundCommitted))
 
@@ -288,6 +301,9 @@ SCENARIOS = [
              corrupt_checkpoint, agg_hold="fit_start:3:30"),
     Scenario("partition-aggregator", "cut the aggregator's link (network namespaces)",
              partition_agg, worker_hold="fit:2:3", setup=netns_setup, teardown=netns_teardown),
+    Scenario("partition-at-the-end", "cut the aggregator in the last round's checkpoint, heal "
+             "as the run completes", partition_agg_at_the_end, rounds=2,
+             agg_hold="checkpoint:2:4", setup=netns_setup, teardown=netns_teardown),
 ]
 
 

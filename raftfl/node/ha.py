@@ -1054,30 +1054,42 @@ class Node:
             self.session.publish()
         except EtcdUnavailable:
             pass
-        deadline = time.monotonic() + self.opts.linger
-        while time.monotonic() < deadline and not self.stop.is_set():
+        # Stay while a peer that is up has not finished: it may need our member for its
+        # quorum. For one lease TTL an unfinished member counts even if it does not answer
+        # (its partition may have healed a moment ago: the soak once left one stranded).
+        # Once a peer is known to wait, an etcd blip does not end the wait; the deadline does.
+        started, waiting = time.monotonic(), set[str]()
+        while time.monotonic() - started < self.opts.linger and not self.stop.is_set():
             try:
-                if not self._unfinished_peers():
-                    break
+                waiting = self._unfinished_peers(
+                    unreachable_too=time.monotonic() - started < self.opts.lease_ttl)
             except EtcdUnavailable:
-                break
+                pass
+            if not waiting:
+                return code
+            self.emit(f"staying up to {self.opts.linger:.0f}s for {', '.join(sorted(waiting))}"
+                      ": it may still need the quorum", once="linger")
             self.stop.wait(0.5)
+        if waiting:
+            self.emit(f"leaving; still unfinished: {', '.join(sorted(waiting))}")
         return code
 
-    def _unfinished_peers(self) -> set[str]:
+    def _unfinished_peers(self, unreachable_too: bool = False) -> set[str]:
         """Peers that are up but have not fetched the final model yet.
 
         Leaving takes our etcd member with us, so we stay while a peer still needs the
         quorum: one with a live member record, or (embedded etcd) a reachable member, such
-        as a node whose partition just healed and whose lease is gone.
+        as a node whose partition just healed and whose lease is gone. `unreachable_too`
+        counts unfinished members that do not answer yet (a link that healed a moment ago).
         """
         assert self.store is not None
         records = read_members(self.store, self.keys)
-        pending = {n for n, m in records.items() if not m.finished}
+        pending = {n for n, m in records.items() if not m.finished and n != self.opts.name}
         if self.member is not None:
             finished = {n for n, m in records.items() if m.finished}
             pending |= {m.name for m in self.store.members()
-                        if m.name and m.name not in finished and self._member_up(m)}
+                        if m.name and m.name not in finished | {self.opts.name}
+                        and (unreachable_too or self._member_up(m))}
         return pending
 
     def _signals(self) -> None:
@@ -1109,7 +1121,9 @@ class Node:
                     self.runs.join_log().append(NodeLeft(node=self.opts.name))
                 except RaftflError:
                     pass
-            self.session.close(revoke=True)
+            # A finished node's record outlives it by one TTL: peers still lingering then
+            # know it left finished, not cut off (see _finish).
+            self.session.close(revoke=not self.session.info.finished)
         if self.worker is not None and not self.worker.join(WORKER_STOP_S):
             log.warning("the worker's fit did not end within %.0fs", WORKER_STOP_S)
         if self.member is not None:
