@@ -291,6 +291,10 @@ class _HttpServer(ThreadingHTTPServer):
     """ThreadingHTTPServer that tracks open connections so `stop()` can cut them all."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 is small for a server that 15 workers poll and
+    # heartbeat while as many followers probe it every 50 ms: a connection dropped on a full
+    # backlog waits for TCP's 1 s SYN retry.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], fleet: FleetServer):
         self.fleet = fleet
