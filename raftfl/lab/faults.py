@@ -275,7 +275,7 @@ SCENARIOS = [
     Scenario("kill-before-fit", "SIGKILL aggregator before fit", kill_agg_at(RoundStarted, 2),
              agg_hold="fit_start:2:30"),
     Scenario("kill-during-fit", "SIGKILL aggregator during fit", kill_agg_at(RoundStarted, 2, 0.5),
-             worker_hold="fit:2:3", quick=True),
+             worker_hold="fit:2:3"),  # CI: tests/e2e/test_failover.py does the same
     Scenario("kill-during-checkpoint", "SIGKILL aggregator during aggregation/checkpoint",
              kill_agg_at(FitResults, 2), agg_hold="checkpoint:2:30", quick=True),
     Scenario("kill-between-rounds", "SIGKILL aggregator between rounds",
@@ -283,7 +283,7 @@ SCENARIOS = [
     Scenario("ctrl-c-aggregator", "Ctrl-C (SIGINT) of the aggregator while it trains",
              interrupt_agg, agg_hold=f"fit:2:{INTERRUPT_HOLD_S:.0f}", quick=True),
     Scenario("freeze-aggregator", "SIGSTOP aggregator past its lease, then SIGCONT", freeze_agg,
-             worker_hold="fit:2:2", quick=True),
+             worker_hold="fit:2:2"),  # CI: tests/e2e/test_failover.py does the same
     Scenario("kill-etcd-leader", "SIGKILL the etcd leader's node (a worker)", kill_etcd_leader,
              worker_hold="fit:2:3", failovers=0),
     Scenario("kill-worker", "SIGKILL a worker during fit", kill_worker, worker_hold="fit:2:3",

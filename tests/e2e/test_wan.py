@@ -26,9 +26,9 @@ def _lab_available() -> None:
 
 def test_wan_smoke_no_takeover_and_the_run_completes() -> None:
     spec = WanSpec.from_ranges(3, (100.0, 100.0), 20.0, (2.0, 2.0))
-    result, rtts = wan_run(spec, seconds=120, rounds=6, freeze=False, progress_s=20,
+    result, rtts = wan_run(spec, seconds=120, rounds=4, freeze=False, progress_s=20,
                            cluster="t-wan")
-    assert result.completed, f"only {result.rounds_committed} of 6 rounds in {result.seconds} s"
+    assert result.completed, f"only {result.rounds_committed} of 4 rounds in {result.seconds} s"
     assert result.invariants_ok, result.violations
     assert result.takeovers == 0 and not result.step_downs, (result.elections, result.step_downs)
     # The delay was on the wire: the nodes measured about 100 ms, not loopback's 0.1 ms.
@@ -36,7 +36,7 @@ def test_wan_smoke_no_takeover_and_the_run_completes() -> None:
     assert sum(result.nft_drops.values()) > 0 and result.relay_packets > 0
 
 
-@pytest.mark.parametrize("nodes", [3, 5])
+@pytest.mark.parametrize("nodes", [5])  # 3 as well: `raftfl bench ranking --nodes 3,5`
 def test_elections_on_real_latency(nodes: int) -> None:
     bootstrap, failover = ranking_trial(nodes)
     late = [p for p in bootstrap.problems + failover.problems if "not applied" in p]
