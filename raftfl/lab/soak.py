@@ -292,19 +292,26 @@ class Run:
             if i > 0:  # the second failure in a row: wait for the new term and a full cluster
                 term = self._await_back(term)
             event = self._await_phase(fault, term)
+            if isinstance(event, RunCompleted):  # it finished while we waited for the phase
+                rec.missed = "the run completed first"
+                continue
             self._fire(fault, rec, event)
             term = self._after(fault, rec)
 
     def _await_phase(self, f: Fault, term: int) -> Any:
+        """The event that opens the fault's phase, or RunCompleted if the run ends first."""
         if f.phase == "next":
             now = time.time()
-            event = self._wait(lambda e: isinstance(e, RoundStarted) and e.term >= term
-                               and e.ts >= now, f"a round started by term {term}")
+            event = self._wait(lambda e: (isinstance(e, RoundStarted) and e.term >= term
+                                          and e.ts >= now) or isinstance(e, RunCompleted),
+                               f"a round started by term {term}")
         else:
             kind = PHASE_AT[f.phase][0]
-            event = self._wait(lambda e: isinstance(e, kind) and e.round == f.round
-                               and e.term == term, f"{kind.__name__} of round {f.round}")
-        time.sleep(f.delay_s)
+            event = self._wait(lambda e: (isinstance(e, kind) and e.round == f.round
+                                          and e.term == term) or isinstance(e, RunCompleted),
+                               f"{kind.__name__} of round {f.round}")
+        if not isinstance(event, RunCompleted):
+            time.sleep(f.delay_s)
         return event
 
     def _victim(self, f: Fault, aggregator: str) -> NodeProc | None:
@@ -374,8 +381,9 @@ class Run:
         a quorum), and the serving term has started a round."""
         for rec in self.rec.faults:
             if rec.restarted and rec.at is not None:
-                self._wait(lambda e, name=rec.victim, fired=rec.at: isinstance(e, NodeJoined)
-                           and e.node == name and e.ts > fired, f"{rec.victim} to rejoin")
+                self._wait(lambda e, name=rec.victim, fired=rec.at: (
+                    isinstance(e, NodeJoined) and e.node == name and e.ts > fired)
+                    or isinstance(e, RunCompleted), f"{rec.victim} to rejoin")
         elected = [i.event for i in list(self.c.log) if isinstance(i.event, AggregatorElected)]
         return max([term, *(e.term for e in elected)])
 
