@@ -111,24 +111,26 @@ def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
     if skipped:
         progress(skipped)
     try:
+        # The nodes stay up after the run (no --exit-on-complete): the members are scraped
+        # after the last commit.
         with LocalCluster(n=n, rounds=rounds, cluster=f"traffic{n}", train_size=2000,
-                          test_size=500, ips=ctx["ips"] if ctx else None,
+                          test_size=500, exit_on_complete=False,
+                          ips=ctx["ips"] if ctx else None,
                           wrappers=ctx["wrappers"] if ctx else None) as c:
             kernel = Kernel(ctx) if ctx else None
             if kernel:
                 kernel.install(c.base, n)
             el = first_term(c)
             at(c, RoundStarted, 1, el.term)
-            etcd0 = {x.name: etcd_bytes(x.client_endpoint) for x in c.nodes}
+            etcd0 = {x.name: etcd_bytes(x.client_endpoint) for x in c.voters}
             k0 = kernel.read() if kernel else None
             t0 = time.time()
             progress(f"{n} nodes: round 1 started; measuring {rounds} rounds")
-            # The last commit, not run_completed: after that the nodes leave with their members.
             c.wait_event(lambda e: isinstance(e, RoundCommitted) and e.round == rounds, 300,
                          "the last commit")
             k1 = kernel.read() if kernel else None
             elapsed = time.time() - t0
-            etcd1 = {x.name: etcd_bytes(x.client_endpoint) for x in c.nodes}
+            etcd1 = {x.name: etcd_bytes(x.client_endpoint) for x in c.voters}
             state = c.state()
             ok = sorted(state.committed) == list(range(1, rounds + 1)) and not (
                 state.duplicate_commits or state.stale_commits or state.chain_breaks

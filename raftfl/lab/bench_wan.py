@@ -91,7 +91,7 @@ _LEADER_CHANGES = re.compile(r"^etcd_server_leader_changes_seen_total ([0-9.e+]+
 def etcd_leader_changes(c: LocalCluster) -> dict[str, int]:
     """Leader changes each live member has seen (its first leader counts as one)."""
     out = {}
-    for node in c.nodes:
+    for node in c.voters:
         try:
             with urllib.request.urlopen(f"http://{node.client_endpoint}/metrics", timeout=3) as r:
                 m = _LEADER_CHANGES.search(r.read().decode())
