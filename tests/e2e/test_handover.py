@@ -100,8 +100,12 @@ def hand_over(c: LocalCluster, holder: AggregatorElected, *to: str
 
 def test_handover_mid_run_with_and_without_to_loses_no_round() -> None:
     rounds = 6
+    # Every node's fit of rounds 2..6 takes 2 s more: small rounds take well under a second
+    # here, and the run must still be going when the two handovers are asked for.
+    slow = {i: {HOLD_ENV: ",".join(f"fit:{r}:2" for r in range(2, rounds + 1))}
+            for i in range(3)}
     with LocalCluster(n=3, rounds=rounds, cluster="t-handover", lease_ttl=HANDOVER_TTL,
-                      **SMALL) as c:
+                      node_env=slow, **SMALL) as c:
         first = first_term(c)
         named = next(n.name for n in reversed(c.nodes) if n.name != first.node)
         target, seconds, second, ho1 = hand_over(c, first, "--to", named)
@@ -148,9 +152,11 @@ def test_handover_mid_run_with_and_without_to_loses_no_round() -> None:
 
 def test_paused_failover_leaves_a_dead_aggregator_unreplaced_until_resume() -> None:
     rounds = 4
-    # A successor holds 6 s before its last round, so the run is still up (and its etcd
-    # members with it) when the refusals below are asked for.
-    late = {i: {HOLD_ENV: f"round_start:{rounds}:6"} for i in (1, 2)}
+    # The first aggregator holds 30 s before round 2, so it is killed with the run still
+    # going; a successor holds 6 s before its last round, so the run is still up (and its
+    # etcd members with it) when the refusals below are asked for.
+    late = {0: {HOLD_ENV: "round_start:2:30"},
+            **{i: {HOLD_ENV: f"round_start:{rounds}:6"} for i in (1, 2)}}
     with LocalCluster(n=3, rounds=rounds, cluster="t-pause", lease_ttl=TTL, node_env=late,
                       **SMALL) as c:
         # the holder that commits round 1 (on a busy machine a lease may have moved it)
