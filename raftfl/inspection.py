@@ -70,21 +70,13 @@ def cluster_status(endpoints: list[str], cluster: str, run: int | None = None) -
                 "role": "learner" if m.learner else "voter",
                 "client_endpoint": url, "leader": m.id == leader_id, **health.get(m.name, {}),
                 "live": ctx is not None,
-                "context": None if ctx is None else {
-                    "priority": ctx.priority, "nofailover": ctx.nofailover,
-                    "cpu_free": ctx.cpu_free, "mem_free_mb": ctx.mem_free_mb,
-                    "mean_rtt_ms": rtt[m.name].mean_ms if m.name in rtt else None,
-                    "flower_address": ctx.flower_address, "finished": ctx.finished},
+                "context": None if ctx is None else _context(ctx, rtt.get(m.name)),
             })
         for name in sorted(set(context) - {m.name for m in etcd_members}):
-            ctx = context[name]  # a node with no member of its own: an etcd client
-            members.append({
+            members.append({  # a node with no member of its own: an etcd client
                 "name": name, "id": None, "peer_urls": [], "role": "client",
                 "client_endpoint": "", "leader": False, "healthy": None, "live": True,
-                "context": {"priority": ctx.priority, "nofailover": ctx.nofailover,
-                            "cpu_free": ctx.cpu_free, "mem_free_mb": ctx.mem_free_mb,
-                            "mean_rtt_ms": rtt[name].mean_ms if name in rtt else None,
-                            "flower_address": ctx.flower_address, "finished": ctx.finished}})
+                "context": _context(context[name], rtt.get(name))})
         voters = [m for m in members if m["role"] == "voter"]
         healthy = sum(1 for m in voters if m.get("healthy"))
         holder = _json_or_raw(agg.value) if agg else None
@@ -112,6 +104,13 @@ def cluster_status(endpoints: list[str], cluster: str, run: int | None = None) -
         }
     finally:
         store.close()
+
+
+def _context(ctx: Any, rtt: Any) -> dict[str, Any]:
+    """A node's published context, as status shows it."""
+    return {"priority": ctx.priority, "nofailover": ctx.nofailover, "cpu_free": ctx.cpu_free,
+            "mem_free_mb": ctx.mem_free_mb, "mean_rtt_ms": rtt.mean_ms if rtt else None,
+            "flower_address": ctx.flower_address, "finished": ctx.finished}
 
 
 def _json_or_raw(raw: bytes) -> dict[str, Any]:
