@@ -140,6 +140,16 @@ def _node_options(fn: Any) -> Any:
                      help="etcd client port [default: raft port + 100]."),
         click.option("--flower-port", type=click.IntRange(1, 65535), default=None,
                      help="Flower server port [default: raft port + 200]."),
+        click.option("--models-port", type=click.IntRange(1, 65535), default=None,
+                     help="Model service port: peers fetch checkpoints here [default: raft "
+                          "port + 300]."),
+        click.option("--model-replicas", type=click.IntRange(1, 16), default=2,
+                     show_default=True,
+                     help="A round commits once this many nodes hold its model (the "
+                          "aggregator and the best-ranked peers)."),
+        click.option("--inline-model-bytes", type=click.IntRange(0), default=0,
+                     show_default=True,
+                     help="Keep models of at most this size in etcd instead of on the nodes."),
         click.option("--lease-ttl", type=click.IntRange(2, 60), default=3, show_default=True,
                      help="Seconds a silent node keeps its lease (and the role)."),
         click.option("--priority", type=float, default=0.0, show_default=True,
@@ -240,7 +250,9 @@ def _build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes:
         allow_unsafe_etcd=kw["allow_unsafe_etcd"],
         etcd_endpoints=_endpoints((), kw["etcd_endpoints"], "--etcd-endpoints")
         if kw["etcd_endpoints"] else None,
-        client_port=kw["client_port"], flower_port=kw["flower_port"], join=join,
+        client_port=kw["client_port"], flower_port=kw["flower_port"],
+        models_port=kw["models_port"], model_replicas=kw["model_replicas"],
+        inline_model_bytes=kw["inline_model_bytes"], join=join,
         lease_ttl=kw["lease_ttl"], priority=kw["priority"], nofailover=kw["nofailover"],
         rank_step=kw["rank_step"], probe_interval=kw["probe_interval"],
         round_timeout=kw["round_timeout"], start_timeout=kw["start_timeout"], run=run,
@@ -286,13 +298,18 @@ max_voters_option = click.option(
     help="Voter target: the first N initial nodes (by name) run etcd members, the others "
          "are etcd clients of them; a caught-up learner is promoted only while there are "
          "fewer voters.")
+voter_grace_option = click.option(
+    "--voter-grace", type=click.FloatRange(1), default=10.0, show_default=True,
+    help="Seconds a voter may be unhealthy before the aggregator removes it and asks a node "
+         "without an etcd member to become a voter in its place.")
 
 
 @node.command("start")
 @_node_options
 @exit_on_complete_option
 @max_voters_option
-def node_start(exit_on_complete: bool, max_voters: int, **kw: Any) -> None:
+@voter_grace_option
+def node_start(exit_on_complete: bool, max_voters: int, voter_grace: float, **kw: Any) -> None:
     """Start a node: its etcd member, its prober and its FL role.
 
     \b
@@ -306,6 +323,7 @@ def node_start(exit_on_complete: bool, max_voters: int, **kw: Any) -> None:
 
     opts = _build_options(False, **kw)
     opts.exit_on_complete, opts.max_voters = exit_on_complete, max_voters
+    opts.voter_grace = voter_grace
     _exit_node(Node(opts).run())
 
 
@@ -313,12 +331,13 @@ def node_start(exit_on_complete: bool, max_voters: int, **kw: Any) -> None:
 @_node_options
 @exit_on_complete_option
 @max_voters_option
+@voter_grace_option
 @click.option("--join-timeout", type=click.FloatRange(1), default=60.0, show_default=True,
               help="Seconds for the new etcd member to come up; otherwise it is removed again.")
 @click.option("--fresh", is_flag=True,
               help="Clear etcd data left in the data dir by a removed member of this node.")
-def node_join(exit_on_complete: bool, max_voters: int, join_timeout: float, fresh: bool,
-              **kw: Any) -> None:
+def node_join(exit_on_complete: bool, max_voters: int, voter_grace: float, join_timeout: float,
+              fresh: bool, **kw: Any) -> None:
     """Add a node to a running cluster: as an etcd learner, promoted once caught up.
 
     -n names running nodes; the new member learns the full membership from them. The local
@@ -329,7 +348,8 @@ def node_join(exit_on_complete: bool, max_voters: int, join_timeout: float, fres
     from raftfl.node.ha import Node
 
     opts = _build_options(True, **kw)
-    opts.exit_on_complete = exit_on_complete
+    opts.exit_on_complete, opts.max_voters = exit_on_complete, max_voters
+    opts.voter_grace = voter_grace
     if opts.etcd_endpoints is not None:  # an external cluster: nothing to add
         _exit_node(Node(opts).run())
     node = Node(opts)
@@ -827,9 +847,29 @@ def bench_recovery(nodes_list: list[int], runs: int, ttl: int, fault: str, seed:
                 as_json)
 
 
+@bench.command("bigmodel")
+@click.option("--nodes", type=click.IntRange(2, 9), default=3, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--model-mb", type=click.FloatRange(0.1, 500), default=50, show_default=True,
+              help="Size of the examples/bigmodel app's model.")
+@click.option("--db-limit-mb", type=click.FloatRange(1), default=64, show_default=True,
+              help="The largest etcd database the run may leave.")
+@_OUT
+@_JSON
+def bench_bigmodel(nodes: int, rounds: int, model_mb: float, db_limit_mb: float, out: Path,
+                   as_json: bool) -> None:
+    """A big model for many rounds on real nodes: etcd's database size after every commit
+    (models live on the nodes, not in etcd)."""
+    from raftfl.lab.bench_bigmodel import bench_bigmodel as run
+
+    echo, progress = _bench_out(as_json)
+    _bench_exit(run(nodes, rounds, model_mb, db_limit_mb, out, echo=echo, progress=progress),
+                as_json)
+
+
 @bench.command("traffic")
-@click.option("--nodes", "nodes_list", multiple=True, default=("3,5,8",), show_default=True,
-              callback=_int_list(2, 9), help="Cluster sizes, comma-separated.")
+@click.option("--nodes", "nodes_list", multiple=True, default=("3,5,8,16",), show_default=True,
+              callback=_int_list(2, 16), help="Cluster sizes, comma-separated.")
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
 @_OUT
 @_JSON

@@ -9,6 +9,8 @@ The cluster's own keys (`Keys`):
     suspects/<term>/<node>     a node's evidence that term's holder is gone; on its lease
     control/handover           an operator's planned handover of the role (one at a time)
     control/paused             present while automatic failover is paused (maintenance)
+    membership/upgrade/<node>  the aggregator asks a node without an etcd member to become a
+                               voter (core/replacement.py); on the aggregator's lease
 
 and each run's (`RunKeys`, from `keys.run(id)`), under `runs/<id>/`:
 
@@ -16,8 +18,10 @@ and each run's (`RunKeys`, from `keys.run(id)`), under `runs/<id>/`:
                                creation allocates the id
     app/<sha256>/meta, /<i>    the app package (pyproject.toml and python files), verified
     events/<seq:012d>          the run's FL event log; zero-padded so key order is log order
-    checkpoints/<sha256>/meta  checkpoint manifest (round, size, chunk count)
-    checkpoints/<sha256>/<i>   checkpoint chunks (<= 1 MiB each)
+    checkpoints/<sha256>/meta  checkpoint manifest (round, size; the model services holding
+                               it, or the chunk count of a model kept in etcd)
+    checkpoints/<sha256>/<i>   chunks (<= 1 MiB each) of a model of at most
+                               --inline-model-bytes; bigger ones live on the nodes
 
 A federation outlives its runs, so the role, membership and latency are the cluster's, and
 everything a run writes is the run's: a new run starts with an empty log, and an old run's
@@ -100,6 +104,13 @@ class Keys:
     @property
     def paused(self) -> str:
         return self.control + "paused"
+
+    @property
+    def upgrades(self) -> str:
+        return self.root + "membership/upgrade/"
+
+    def upgrade(self, node: str) -> str:
+        return self.upgrades + node
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class MemberInfo(Record):
     finished: bool = False
     pid: int = 0
     max_examples: int = 0  # the most training examples this node declares (0: none declared)
+    models_address: str = ""  # its model service (node/models.py); "" in older records
 
     def check(self) -> None:
         try:
@@ -44,6 +45,8 @@ class MemberInfo(Record):
         require(0 < len(self.ip) <= MAX_ADDRESS, f"ip of {len(self.ip)} characters")
         require(0 < len(self.flower_address) <= MAX_ADDRESS,
                 f"flower_address of {len(self.flower_address)} characters")
+        require(len(self.models_address) <= MAX_ADDRESS,
+                f"models_address of {len(self.models_address)} characters")
         require(0 < self.client_port < 65536, f"client_port {self.client_port}")
         require(not math.isnan(self.priority), "priority is NaN")
         for name in ("cpu_free", "mem_free_mb", "ts"):

@@ -1,5 +1,9 @@
 """Global-model checkpoints in etcd: content-addressed by sha256, chunked, fenced, few kept.
 
+A manifest with `holders` and no chunks names a model kept out of etcd, on those nodes (see
+node/models.py); `load` then hands the manifest to a fetch function and verifies what comes
+back the same way.
+
 A checkpoint is written chunk by chunk (each <= 1 MiB, under etcd's request limit), then its
 manifest; the manifest's presence means "complete". Reading verifies the sha256, so a
 truncated or corrupted chunk is detected instead of trained on.
@@ -16,7 +20,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from raftfl.core.errors import FencedOut, RaftflError
@@ -27,6 +31,7 @@ from raftfl.etcd.store import CreateResult, Fence, Store
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
+MAX_HOLDERS = 16
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -42,13 +47,19 @@ class Manifest(Record):
     sha256: str
     round: int
     size: int
-    chunks: int
+    chunks: int  # 0: the bytes are not in etcd but on the `holders`
+    holders: list[str] = field(default_factory=list)  # model services (host:port) holding it
 
     def check(self) -> None:
         require(_SHA256.fullmatch(self.sha256) is not None, f"sha256 {self.sha256[:16]!r} is not hex")
         require(self.round >= 0, f"round {self.round} is negative")
         require(self.size >= 0, f"size {self.size} is negative")
-        require(1 <= self.chunks <= max(1, self.size), f"{self.chunks} chunks for {self.size} bytes")
+        if self.chunks == 0:
+            require(0 < len(self.holders) <= MAX_HOLDERS, f"{len(self.holders)} holders")
+            require(all(0 < len(h) <= 255 for h in self.holders), "a holder address is too long")
+        else:
+            require(1 <= self.chunks <= max(1, self.size),
+                    f"{self.chunks} chunks for {self.size} bytes")
 
     def same_content(self, other: Manifest) -> bool:
         """Both describe the same bytes (the round a model was first saved in may differ)."""
@@ -75,11 +86,18 @@ def save(store: Store, keys: RunKeys, blob: bytes, round_: int, fence: Fence | N
     return manifest
 
 
-def _manifest_matches(stored: bytes, manifest: Manifest) -> bool:
+def save_manifest(store: Store, keys: RunKeys, manifest: Manifest, fence: Fence | None) -> None:
+    """Record a model held out of etcd; an older manifest of it gets the new holders."""
+    _write(store, keys.checkpoint_meta(manifest.sha256), manifest.to_json(), fence,
+           lambda stored: _manifest_matches(stored, manifest, holders=True))
+
+
+def _manifest_matches(stored: bytes, manifest: Manifest, holders: bool = False) -> bool:
     try:
-        return Manifest.from_json(stored).same_content(manifest)
+        old = Manifest.from_json(stored)
     except MalformedRecord:
         return False
+    return old.same_content(manifest) and (not holders or old.holders == manifest.holders)
 
 
 def _write(store: Store, key: str, value: bytes | str, fence: Fence | None,
@@ -101,8 +119,10 @@ def _write(store: Store, key: str, value: bytes | str, fence: Fence | None,
     raise FencedOut(f"checkpoint write {key} rejected: the writer was deposed")
 
 
-def load(store: Store, keys: RunKeys, digest: str) -> bytes:
-    """Read and verify one checkpoint; raises CorruptCheckpoint on any mismatch."""
+def load(store: Store, keys: RunKeys, digest: str,
+         fetch: Callable[[Manifest], bytes] | None = None) -> bytes:
+    """Read and verify one checkpoint; raises CorruptCheckpoint on any mismatch. `fetch`
+    gets the bytes of a model held out of etcd (CorruptCheckpoint when nobody has them)."""
     meta = store.get(keys.checkpoint_meta(digest))
     if meta is None:
         raise CorruptCheckpoint(f"checkpoint {digest[:12]} has no manifest")
@@ -110,12 +130,17 @@ def load(store: Store, keys: RunKeys, digest: str) -> bytes:
         manifest = Manifest.from_json(meta.value)
     except MalformedRecord as exc:
         raise CorruptCheckpoint(f"checkpoint {digest[:12]} manifest unreadable: {exc}") from exc
-    kvs, _ = store.range(keys.checkpoints + digest + "/")
-    parts = {kv.key.rsplit("/", 1)[-1]: kv.value for kv in kvs}
-    try:
-        blob = b"".join(parts[f"{i:06d}"] for i in range(manifest.chunks))
-    except KeyError as exc:
-        raise CorruptCheckpoint(f"checkpoint {digest[:12]} is missing chunk {exc}") from exc
+    if manifest.chunks == 0:
+        if fetch is None:
+            raise CorruptCheckpoint(f"checkpoint {digest[:12]} is held by nodes, not in etcd")
+        blob = fetch(manifest)
+    else:
+        kvs, _ = store.range(keys.checkpoints + digest + "/")
+        parts = {kv.key.rsplit("/", 1)[-1]: kv.value for kv in kvs}
+        try:
+            blob = b"".join(parts[f"{i:06d}"] for i in range(manifest.chunks))
+        except KeyError as exc:
+            raise CorruptCheckpoint(f"checkpoint {digest[:12]} is missing chunk {exc}") from exc
     if len(blob) != manifest.size or sha256(blob) != digest:
         raise CorruptCheckpoint(f"checkpoint {digest[:12]} fails verification "
                                 f"({len(blob)} of {manifest.size} bytes, hash mismatch)")

@@ -14,8 +14,9 @@ from raftfl.core.records import SKIPS, MalformedRecord
 from raftfl.etcd.store import Store
 
 
-def read_members(store: Store, keys: Keys, revision: int | None = None) -> dict[str, MemberInfo]:
-    kvs, _ = store.range(keys.members, revision=revision)
+def read_members(store: Store, keys: Keys, revision: int | None = None,
+                 serializable: bool = False) -> dict[str, MemberInfo]:
+    kvs, _ = store.range(keys.members, revision=revision, serializable=serializable)
     out = {}
     for kv in kvs:
         try:

@@ -199,14 +199,21 @@ class EtcdMember:
     def log_path(self) -> Path:
         return self.spec.data_dir / "etcd.log"
 
-    def start(self) -> None:
+    def start(self, threaded: bool = False) -> None:
+        """`threaded`: this process already runs gRPC threads (a running node asked to become
+        a voter). gRPC's fork handlers can then abort the child before it reaches exec (seen:
+        "Check failed: next_worker->state == KICKED", etcd exit -6), so no Python code runs
+        in the child: `setpriv --pdeathsig` sets the death signal and execs etcd."""
         config = self.spec.data_dir / "etcd.yml"
         write_atomic(config, self.spec.render(), mode=0o600)
+        argv = [self.binary, "--config-file", str(config)]
+        setpriv = shutil.which("setpriv") if threaded else None
         stderr = open(self.spec.data_dir / "etcd.stderr", "ab")  # noqa: SIM115 - owned by child
         self.proc = subprocess.Popen(
-            [self.binary, "--config-file", str(config)],
+            [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv,
             stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()), close_fds=True,
+            preexec_fn=None if setpriv else functools.partial(_die_with_parent, os.getpid()),
+            close_fds=True,
             process_group=0)  # terminal Ctrl-C goes to the node, which stops the member in order
         stderr.close()
         (self.spec.data_dir / "etcd.pid").write_text(str(self.proc.pid))

@@ -142,13 +142,18 @@ class JoinOutcome:
 
 class JoinWatch:
     """Beside the joining node: promote its learner once caught up, or remove it if it
-    does not come up within `deadline_s`. `node` is the Node (its stop/wake/member)."""
+    does not come up within `deadline_s`. `node` is the Node (its stop/wake/member).
 
-    def __init__(self, node: Any, member: Member, deadline_s: float, max_voters: int) -> None:
+    A rolled-back join stops the node; `on_rollback` replaces that (a running node that was
+    asked to become a voter stops only its new member and stays an etcd client)."""
+
+    def __init__(self, node: Any, member: Member, deadline_s: float, max_voters: int,
+                 on_rollback: Callable[[], None] | None = None) -> None:
         self.node = node
         self.member = member
         self.deadline_s = deadline_s
         self.max_voters = max_voters
+        self.on_rollback = on_rollback
         self.endpoint = f"{node.opts.ip}:{node.opts.etcd_client_port}"
         self.peers = [p.client_endpoint for p in node.opts.peers]
         self.outcome = JoinOutcome()
@@ -159,6 +164,10 @@ class JoinWatch:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -198,6 +207,10 @@ class JoinWatch:
             cluster_api.promote(store, self.member.id)
         except (NotInSync, EtcdUnavailable):
             return False
+        except RaftflError as exc:  # promoted meanwhile (by the aggregator): say so, once
+            if "can only promote a learner" not in str(exc):
+                raise
+            voters -= 1
         self.outcome.promoted = self._elapsed()
         self.node.emit(f"promoted to voter after {self.outcome.promoted:.1f}s "
                        f"({voters + 1} voters)")
@@ -218,6 +231,9 @@ class JoinWatch:
             finally:
                 store.close()
         self.node.emit(self.outcome.rolled_back)
+        if self.on_rollback is not None:
+            self.on_rollback()
+            return
         self.node.stop.set()
         self.node.wake.set()
         member = self.node.member

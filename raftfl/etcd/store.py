@@ -260,11 +260,18 @@ class Store:
 
     def range(self, prefix: str, revision: int | None = None, limit: int | None = None,
               descending: bool = False, keys_only: bool = False,
-              min_mod_revision: int | None = None, start: str | None = None
-              ) -> tuple[list[KV], int]:
+              min_mod_revision: int | None = None, start: str | None = None,
+              serializable: bool | None = None) -> tuple[list[KV], int]:
         """Keys under `prefix` in key order (as of `revision`, changed since `min_mod_revision`;
         from key `start` on) and the revision read. etcd reads every key of the range to apply
-        `min_mod_revision`; `start` narrows the range itself."""
+        `min_mod_revision`; `start` narrows the range itself.
+
+        A serializable read is answered by the member we talk to, without the round of leader
+        heartbeats a linearizable read costs in Raft traffic (each cycle of each node made
+        several). It is the default for a read pinned to a `revision`, whose answer is the
+        same from any member that has applied it; a member that has not (etcd: "future
+        revision") is asked again linearizably. `serializable=True` without a revision may
+        answer a little behind: only for data nothing is fenced on."""
         kwargs: dict[str, Any] = {"keys_only": keys_only}
         if revision:
             kwargs["revision"] = revision
@@ -274,11 +281,19 @@ class Store:
             kwargs["limit"] = limit
         if descending:
             kwargs.update(sort_order="descend", sort_target="key")
-        if start is not None:
-            end = etcd3.utils.prefix_range_end(prefix.encode())
-            resp = self.call(lambda: self.client.get_range_response(start, end, **kwargs))
-        else:
-            resp = self.call(lambda: self.client.get_prefix_response(prefix, **kwargs))
+        end = etcd3.utils.prefix_range_end(prefix.encode())
+
+        def read(serial: bool) -> Any:
+            return self.call(lambda: self.client.get_range_response(
+                prefix if start is None else start, end, serializable=serial, **kwargs))
+
+        serial = bool(revision) if serializable is None else serializable
+        try:
+            resp = read(serial)
+        except grpc.RpcError as exc:
+            if not serial or "future revision" not in str(exc.details()):  # type: ignore[attr-defined]
+                raise
+            resp = read(False)
         return [_kv(kv) for kv in resp.kvs], resp.header.revision
 
     def revision(self) -> int:
@@ -364,6 +379,18 @@ class Store:
             log.debug("lease %x not revoked; it will expire", lease_id)
 
     # -- cluster ----------------------------------------------------------------------------
+    def add_endpoint(self, endpoint: str, first: bool = False) -> bool:
+        """Use a member that joined after this client was made (a node's own new member:
+        `first`, so failover prefers it). False when the client knew it already."""
+        with self._lock:
+            if endpoint in self.endpoints:
+                return False
+            ep = _endpoint(endpoint, 1.0, _CHANNEL_OPTS)
+            known = dict(self.client.endpoints)  # rebound, never mutated: readers iterate it
+            self.client.endpoints = {ep.netloc: ep, **known} if first else {**known, ep.netloc: ep}
+            self.endpoints = [endpoint, *self.endpoints] if first else [*self.endpoints, endpoint]
+            return True
+
     def members(self) -> list[Any]:
         return list(self.call(lambda: list(self.client.members)))
 

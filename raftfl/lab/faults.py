@@ -185,8 +185,10 @@ def quorum_loss(c: LocalCluster, ctx: dict[str, Any]) -> None:
 def corrupt_checkpoint(c: LocalCluster, ctx: dict[str, Any]) -> None:
     el = first_term(c)
     committed = at(c, RoundCommitted, 2, el.term)
-    store = c.store()
-    store.put(c.run_keys.checkpoint_chunk(committed.model_sha256, 0), b"\x00garbage")
+    for node in c.nodes:  # every holder's file (models live on the nodes: node/models.py)
+        path = node.data_dir / "models" / committed.model_sha256
+        if path.exists():
+            path.write_bytes(b"\x00garbage")
     at(c, RoundStarted, 3, el.term)
     c.kill(el.node)
     ctx["corrupted"] = committed.model_sha256

@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raftfl.core.address import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, check_port_free
+from raftfl.core.address import (
+    CLIENT_PORT_OFFSET,
+    FLOWER_PORT_OFFSET,
+    MODELS_PORT_OFFSET,
+    check_port_free,
+)
 from raftfl.core.certs import is_loopback
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys, RunKeys
@@ -76,13 +81,13 @@ class NodeProc:
 
 
 def free_base_port(n: int, start: int = 21000, stop: int = 32000) -> int:
-    """A base port such that base..base+n-1 and their +100/+200 ports are all free."""
+    """A base port such that base..base+n-1 and their +100/+200/+300 ports are all free."""
     rng = range(start, stop, 10)
     offset = (os.getpid() * 7) % len(rng)
     for base in list(rng[offset:]) + list(rng[:offset]):
         try:
             for i in range(n):
-                for extra in (0, CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET):
+                for extra in (0, CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, MODELS_PORT_OFFSET):
                     check_port_free("127.0.0.1", base + i + extra, "probe")
             return base
         except RaftflError:

@@ -59,6 +59,7 @@ from raftfl.core.members import MemberInfo
 from raftfl.core.membership import DEFAULT_MAX_VOTERS, initial_voters
 from raftfl.core.ranking import Ranked, rank
 from raftfl.core.records import SKIPS, MalformedRecord
+from raftfl.core.replacement import DEFAULT_GRACE_S
 from raftfl.core.replay import FLState
 from raftfl.core.role import MalformedRole, RoleHolder, parse_role
 from raftfl.core.runconfig import RunConfig, RunSpec, ensure, spec_rounds
@@ -88,10 +89,12 @@ from raftfl.lab.testhooks import hold, tamper
 from raftfl.node import runapp
 from raftfl.node.election import Election
 from raftfl.node.holder_probe import HolderProbe
+from raftfl.node.models import DEFAULT_REPLICAS, ModelFiles, Models, ModelServer
 from raftfl.node.package import pack
 from raftfl.node.recorder import AppRecorder, resume_point
 from raftfl.node.runs import Runs
 from raftfl.node.session import Session, candidates
+from raftfl.node.voters import Voters
 from raftfl.node.worker import WorkerRunner
 
 log = logging.getLogger(__name__)
@@ -137,6 +140,10 @@ class NodeOptions:
     max_examples: int = 0  # --max-examples: the training examples this node declares (0: none)
     max_update_norm: float | None = None  # --max-update-norm: refuse larger updates (aggregator)
     max_voters: int = DEFAULT_MAX_VOTERS  # the first N initial nodes (by name) run etcd members
+    voter_grace: float = DEFAULT_GRACE_S  # a voter unhealthy this long is replaced
+    models_port: int | None = None  # our model service (node/models.py) [raft port + 300]
+    model_replicas: int = DEFAULT_REPLICAS  # a round commits once this many nodes hold it
+    inline_model_bytes: int = 0  # models up to this size stay in etcd
 
     @property
     def name(self) -> str:
@@ -155,6 +162,10 @@ class NodeOptions:
         return f"{self.ip}:{self.flower_port or self.address.flower_port}"
 
     @property
+    def models_address(self) -> str:
+        return f"{self.ip}:{self.models_port or self.address.models_port}"
+
+    @property
     def dir(self) -> Path:
         default = Path(".raftfl") / self.cluster / self.name.replace(":", "_")
         return (self.data_dir or default).expanduser().resolve()
@@ -169,6 +180,8 @@ class Node:
         self.wake = threading.Event()
         self.member: EtcdMember | None = None
         self.store: Store | None = None
+        self.model_server: ModelServer | None = None
+        self.models: Models  # set in run(), before etcd
         self.runs: Runs  # set once etcd answers, in run()
         self.run_id: int | None = None  # the active run, as of the last observe()
         self._events_watch: tuple[int, threading.Event] | None = None  # (run, its stop)
@@ -195,6 +208,7 @@ class Node:
         self.signalled = False
         self._leader_checked = 0.0
         self._serve_failing_since: float | None = None
+        self.voters = Voters(self)  # lost voters replaced (the aggregator), upgrades (clients)
 
     # -- output -----------------------------------------------------------------------------
     def emit(self, text: str, once: str | None = None) -> None:
@@ -237,7 +251,7 @@ class Node:
             check_port_free(o.ip, port, what)
         reused = prepare_data_dir(spec)
         self.member = EtcdMember(spec, binary)
-        self.member.start()
+        self.member.start(threaded=o.join)  # a joiner's JoinWatch already calls into gRPC
         self.emit(f"etcd member started (pid {self.member.proc.pid if self.member.proc else '?'}, "
                   f"{'reusing' if reused else 'new'} data dir {o.dir})")
         peers = [a.client_endpoint for n, a in sorted(everyone.items()) if n != o.name]
@@ -246,6 +260,7 @@ class Node:
     def run(self) -> int:
         self._signals()
         try:
+            self._serve_models()
             endpoints = self.start_member()
             self.store = Store(endpoints)
             self.election = Election(self.store, self.keys.aggregator, self.opts.name,
@@ -255,7 +270,7 @@ class Node:
                              self.stop)
             self.emit(f"etcd healthy; client endpoints {','.join(endpoints)}")
             first = self._first_run(self.opts.run) if self.opts.run is not None else None
-            self.runs = Runs(self.store, self.keys, self.opts.dir)
+            self.runs = Runs(self.store, self.keys, self.opts.dir, self.models)
             self.config = self._await_config()
             if first is not None and stored_runs.submit(self.store, self.keys, *first,
                                                         run_id=1) == 1:
@@ -265,7 +280,8 @@ class Node:
                               client_port=self.opts.etcd_client_port,
                               flower_address=self.opts.flower_address,
                               priority=self.opts.priority, nofailover=self.opts.nofailover,
-                              pid=os.getpid(), max_examples=self.opts.max_examples)
+                              pid=os.getpid(), max_examples=self.opts.max_examples,
+                              models_address=self.opts.models_address)
             self.session = Session(self.store, self.keys, info, self.opts.lease_ttl,
                                    self._lease_lost, self.opts.probe_interval)
             self.session.open()
@@ -277,6 +293,26 @@ class Node:
             return self._loop()
         finally:
             self._shutdown()
+
+    def _serve_models(self) -> None:
+        o = self.opts
+        port = int(o.models_address.rsplit(":", 1)[1])
+        if port in (o.address.port, o.etcd_client_port, int(o.flower_address.rsplit(":", 1)[1])):
+            raise RaftflError(f"--models-port {port} is one of the node's other ports")
+        files = ModelFiles(o.dir / "models")
+        self.model_server = ModelServer(o.ip, port, files).start()
+        self.models = Models(files, o.models_address, self._model_peers, o.model_replicas,
+                             o.inline_model_bytes, self.emit)
+
+    def _model_peers(self) -> list[str]:
+        """Live peers' model services, best-ranked first: the likely next aggregator then
+        resumes from its own copy."""
+        assert self.store is not None
+        order = {r.node: i for i, r in enumerate(self._ranked[0])} if self._ranked else {}
+        peers = [m for n, m in read_members(self.store, self.keys).items()
+                 if n != self.opts.name and m.models_address and not m.finished]
+        peers.sort(key=lambda m: (order.get(m.node, len(order)), m.node))
+        return [m.models_address for m in peers]
 
     @property
     def events(self) -> EventLog:
@@ -427,7 +463,9 @@ class Node:
         if decision.topic != self._last_topic:
             self._last_topic = decision.topic
             self.emit(decision.sentence)
-        return self.act(decision, view)
+        leave = self.act(decision, view)
+        self.voters.tick()
+        return leave
 
     def observe(self) -> View:
         """Read everything a cycle needs at one revision (the vacancy's, for the ranking)."""
@@ -459,6 +497,11 @@ class Node:
             return View(rev, role, state, **at_run)
         at = self._vacancy_rev or rev
         ranking, ranked_at, max_rtt = self._ranking(at, state)
+        if not ranking and at != rev:
+            # Nobody had a member record at the vacancy: every lease expired with the role's
+            # (after a quorum loss the Raft leader revokes them all). Ranking there would wait
+            # forever; rank the members that have republished since, as a poller would.
+            ranking, ranked_at, max_rtt = self._ranking(rev, state)
         measured = True
         if not state.elections and not runs.elected_before and self.opts.aggregator == "auto":
             measured = self._peers_measured(rev)
@@ -812,9 +855,10 @@ class Node:
             if self.fleet is None or self.fleet.stopped:
                 host_ip, _, port = self.opts.flower_address.rpartition(":")
                 self.fleet = FleetServer(host_ip, int(port)).start()
-            resume = resume_point(self.store, keys, self.events, state, fence, self.opts.name)
+            resume = resume_point(self.models, self.store, keys, self.events, state, fence,
+                                  self.opts.name)
             self.recorder = AppRecorder(
-                store=self.store, keys=keys, events=self.events, fence=fence,
+                store=self.store, keys=keys, events=self.events, fence=fence, models=self.models,
                 node=self.opts.name, workers=self._wait_for_workers, on_event=self._on_event,
                 on_halt=self.wake.set, node_name=self._node_name)
             if resume is not None:
@@ -1126,6 +1170,8 @@ class Node:
             self.session.close(revoke=not self.session.info.finished)
         if self.worker is not None and not self.worker.join(WORKER_STOP_S):
             log.warning("the worker's fit did not end within %.0fs", WORKER_STOP_S)
+        if self.model_server is not None:
+            self.model_server.stop()
         if self.member is not None:
             self.member.stop()
 

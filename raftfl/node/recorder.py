@@ -39,6 +39,7 @@ from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.retention import Retention
 from raftfl.etcd.store import Fence, Store
 from raftfl.lab.testhooks import hold
+from raftfl.node.models import Models
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ KEEP_CHECKPOINTS = 3
 MAX_CLIENT_METRICS = 32  # per-client metrics are kept in the log for small federations only
 
 
-def resume_point(store: Store, keys: RunKeys, events: EventLog, state: FLState, fence: Fence,
-                 node: str) -> Any:
+def resume_point(models: Models, store: Store, keys: RunKeys, events: EventLog, state: FLState,
+                 fence: Fence, node: str) -> Any:
     """Where a new aggregator picks the run up (`flower.grid.Resume`), or None for a fresh
     run. The newest committed model that verifies; an older one (recorded as a fallback)
     if not; round 1 from the recorded initial model if no round was committed."""
@@ -61,7 +62,7 @@ def resume_point(store: Store, keys: RunKeys, events: EventLog, state: FLState, 
     bad: tuple[str, int, str] | None = None
     for rnd, sha in points:
         try:
-            arrays = arrays_from_bytes(checkpoint.load(store, keys, sha))
+            arrays = arrays_from_bytes(models.load(store, keys, sha))
         except (checkpoint.CorruptCheckpoint, CodecError) as exc:
             log.warning("round %d checkpoint unusable: %s", rnd, exc)
             bad = bad or (sha, rnd, str(exc))
@@ -80,10 +81,12 @@ class AppRecorder:
     """`RoundHooks` for one term, with fenced etcd writes."""
 
     def __init__(self, *, store: Store, keys: RunKeys, events: EventLog, fence: Fence, node: str,
+                 models: Models,
                  workers: Callable[[], int], on_event: Callable[[Event], None],
                  on_halt: Callable[[], None] = lambda: None,
                  node_name: Callable[[int], str | None] = lambda node_id: None):
         self.store, self.keys, self.events, self.fence, self.node = store, keys, events, fence, node
+        self.models = models
         self.workers = workers
         self.on_event = on_event
         self.on_halt = on_halt  # wakes the HA loop once a handover has stopped the rounds
@@ -167,8 +170,8 @@ class AppRecorder:
             return False
         hold("checkpoint", server_round)
         try:
-            manifest = checkpoint.save(self.store, self.keys, arrays_to_bytes(arrays),
-                                       server_round, self.fence)
+            manifest = self.models.save(self.store, self.keys, arrays_to_bytes(arrays),
+                                        server_round, self.fence)
         except FencedOut:
             self.deposed = True
             return False

@@ -26,11 +26,11 @@ from typing import Any
 from raftfl.core.keys import Keys
 from raftfl.core.replay import FLState
 from raftfl.core.runconfig import RunSpec
-from raftfl.etcd import checkpoint
 from raftfl.etcd import runs as stored
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Store
 from raftfl.files import make_private_dir, write_atomic
+from raftfl.node.models import Models
 from raftfl.node.package import unpack
 
 
@@ -56,10 +56,11 @@ class RunApp:
 
 
 class Runs:
-    def __init__(self, store: Store, keys: Keys, data_dir: Path):
+    def __init__(self, store: Store, keys: Keys, data_dir: Path, models: Models):
         self.store = store
         self.keys = keys
         self.data_dir = data_dir
+        self.models = models  # where the runs' checkpoints are (node/models.py)
         self._logs: dict[int, EventLog] = {}
         self._latest = 0  # the newest run id seen
         self._floor = 1  # every run below it is finished
@@ -134,7 +135,7 @@ class Runs:
 
         assert state.completed is not None
         sha = state.completed.model_sha256
-        blob = checkpoint.load(self.store, self.keys.run(run_id), sha)
+        blob = self.models.load(self.store, self.keys.run(run_id), sha)
         npz = model_npz(arrays_from_bytes(blob))
         make_private_dir(out)
         path = out / "final_model.npz"

@@ -19,7 +19,7 @@ import grpc
 import psutil
 
 from raftfl.core.keys import Keys, seq_of
-from raftfl.core.latency import Prober, Sample
+from raftfl.core.latency import Prober, Sample, worth_writing
 from raftfl.core.members import MemberInfo
 from raftfl.core.ranking import Candidate
 from raftfl.etcd.context import read_members, read_samples  # noqa: F401 - read_samples: ha.py
@@ -28,6 +28,7 @@ from raftfl.etcd.store import EtcdUnavailable, LeaseGone, Store
 log = logging.getLogger(__name__)
 
 SAMPLES_KEPT = 30  # per node; older samples are deleted by their writer
+PUBLISH_EVERY = 10  # probe cycles between refreshes of the member record's resources
 
 
 def candidates(members: dict[str, MemberInfo], samples: list[Sample],
@@ -74,6 +75,7 @@ class Session:
         self.prober = Prober()
         psutil.cpu_percent(interval=None)  # prime: the first reading is always 0.0
         self._seq = 0
+        self._written: tuple[dict[str, float | None] | None, float, int | None] = (None, 0.0, None)
         self._lock = threading.Lock()
         self.members: dict[str, MemberInfo] = {}
 
@@ -163,12 +165,16 @@ class Session:
             if lease is None:
                 continue
             try:
-                self.members = read_members(self.store, self.keys)
+                self.members = read_members(self.store, self.keys, serializable=True)
                 rtts = {peer: self.prober.probe(m.ip, m.client_port)
                         for peer, m in self.members.items() if peer != self.info.node}
-                self._append_sample(rtts, lease)
+                now = time.time()
+                last, last_ts, last_lease = self._written  # samples die with their lease
+                if last_lease != lease or worth_writing(last, last_ts, rtts, now):
+                    self._append_sample(rtts, lease)
+                    self._written = (rtts, now, lease)
                 cycle += 1
-                if cycle % 5 == 0:
+                if cycle % PUBLISH_EVERY == 0:
                     self.publish(lease)
             except EtcdUnavailable as exc:
                 log.debug("probe cycle skipped: %s", exc)

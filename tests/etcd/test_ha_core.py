@@ -34,6 +34,7 @@ from raftfl.etcd.store import Change, Fence, LeaseGone, wait_until
 from raftfl.node import runapp
 from raftfl.node.election import Election
 from raftfl.node.ha import Node, NodeOptions
+from raftfl.node.models import ModelFiles, Models
 from raftfl.node.package import pack
 from raftfl.node.runs import RunApp, Runs
 from raftfl.node.session import MemberInfo, Session
@@ -55,7 +56,8 @@ def make_node(cluster: EtcdCluster, keys: RunKeys, port: int, priority: float = 
     stored_runs.submit(node.store, keys, RunSpec(app="quickstart", run_config={},
                                                  app_sha256=hashlib.sha256(blob).hexdigest()),
                        blob, run_id=1)
-    node.runs = Runs(node.store, keys, o.dir)
+    node.models = Models(ModelFiles(o.dir / "models"), o.models_address, lambda: [], replicas=1)
+    node.runs = Runs(node.store, keys, o.dir, node.models)
     spec = stored_runs.spec(node.store, keys, 1)
     node.runs.app = lambda run_id: RunApp(run_id, spec, runapp.load(None),  # type: ignore[method-assign]
                                           _done((None, None)))

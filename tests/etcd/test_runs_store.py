@@ -84,7 +84,7 @@ def test_stop_records_once_and_the_node_moves_on(etcd_cluster_module: EtcdCluste
     blob = pack(runapp.bundled_app())
     for _ in range(3):
         runs.submit(store, keys, spec_for(blob), blob)
-    node = Runs(store, keys, tmp_path)
+    node = Runs(store, keys, tmp_path, None)  # type: ignore[arg-type] # loads no model
     first = node.refresh()
     assert (first.active, first.latest, first.elected_before) == (1, 3, False)
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, RunStarted
-from raftfl.core.latency import Sample, summarize
+from raftfl.core.latency import REFRESH_S, Sample, summarize, worth_writing
 from raftfl.core.ranking import Candidate, rank
 from raftfl.core.replay import Logged, replay
 
@@ -109,3 +109,21 @@ def test_ranking_is_deterministic_and_penalises_correctly() -> None:
     # Without a previous holder nobody is penalised for it; nofailover only ever drops out.
     assert [r.node for r in rank(cands)][:4] == ["a", "b1", "c0", "d2"]
     assert rank([replace(base, nofailover=True)]) == []
+
+
+@pytest.mark.parametrize("last, age, rtts, write", [
+    (None, 0.0, {"b": 0.2}, True),  # nothing written yet
+    ({"b": 0.2}, 1.0, {"b": 0.3}, False),  # loopback jitter: under CHANGE_MIN_MS
+    ({"b": 0.2}, REFRESH_S, {"b": 0.2}, True),  # nothing new, but due for freshness
+    ({"b": 50.0}, 1.0, {"b": 60.0}, False),  # 20 %: not news
+    ({"b": 50.0}, 1.0, {"b": 70.0}, True),  # 40 %
+    ({"b": 0.2}, 1.0, {"b": None}, True),  # a peer became unreachable ...
+    ({"b": None}, 1.0, {"b": 0.2}, True),  # ... or reachable again
+    ({"b": None}, 1.0, {"b": None}, False),
+    ({"b": 0.2}, 1.0, {"b": 0.2, "c": 0.2}, True),  # a new peer
+    ({"b": 0.2, "c": 0.2}, 1.0, {"b": 0.2}, True),  # a departed one
+])
+def test_a_sample_is_written_only_when_it_says_something_new(
+        last: dict[str, float | None] | None, age: float, rtts: dict[str, float | None],
+        write: bool) -> None:
+    assert worth_writing(last, 100.0, rtts, 100.0 + age) is write

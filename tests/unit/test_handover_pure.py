@@ -84,7 +84,8 @@ class FakeLog:
 
 def recorder(log: FakeLog, woken: list[int], workers: object = lambda: 2) -> AppRecorder:
     return AppRecorder(store=None, keys=Keys("c1").run(1), events=log,  # type: ignore[arg-type]
-                       fence=Fence("k", 7), node=A, workers=workers,  # type: ignore[arg-type]
+                       fence=Fence("k", 7), node=A, models=None,  # type: ignore[arg-type]
+                       workers=workers,  # type: ignore[arg-type]
                        on_event=lambda ev: None, on_halt=lambda: woken.append(1))
 
 

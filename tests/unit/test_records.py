@@ -199,7 +199,9 @@ def _with(record: object, **change: object) -> bytes:
     (lambda raw: Sample.from_json(raw, 1), _with(SAMPLE, rtt_ms={"p": "fast"}), "rtt_ms"),
     (lambda raw: Sample.from_json(raw, 1), _with(SAMPLE, rtt_ms=[1, 2]), "rtt_ms"),
     (lambda raw: Sample.from_json(raw, 1), _with(SAMPLE, ts=None), "field ts"),
-    (Manifest.from_json, _with(MANIFEST, chunks=0), "0 chunks"),
+    (Manifest.from_json, _with(MANIFEST, chunks=0), "0 holders"),  # neither chunks nor holders
+    (Manifest.from_json, _with(MANIFEST, chunks=0, holders=["h:1"] * 17), "17 holders"),
+    (Manifest.from_json, _with(MANIFEST, chunks=0, holders=[""]), "holder address"),
     (Manifest.from_json, _with(MANIFEST, sha256="../../etc"), "not hex"),
     (Manifest.from_json, _with(MANIFEST, size=-1), "negative"),
 ])

@@ -1,0 +1,359 @@
+"""Automatic replacement of lost etcd voters: the aggregator's executor, a client's upgrade.
+
+The decision is pure (raftfl/core/replacement.py); this module carries it out.
+
+- `Keeper`, the executor, runs on the node that holds the aggregator role (exactly one node
+  at a time, and the one whose writes are fenced anyway), on its own thread: a dead voter's
+  status call can take its whole deadline, and the HA loop must never wait for that. Each
+  second it reads the member list, asks every member for its status (1 s deadline each),
+  tracks how long each has been unhealthy, and makes the one change `next_step` names. Its
+  upgrade request is fenced on its term and bound to its lease, so a deposed aggregator's
+  request vanishes with it.
+- `Upgrade` is the other side: a node running no etcd member that finds
+  `membership/upgrade/<itself>` runs `node join`'s flow in place (learner, member started
+  with initial-cluster-state existing on a fresh data dir, `JoinWatch` promotes it once in
+  sync). If the member does not come up, the learner is removed again, exactly as for a
+  failed join, but the node stays up as an etcd client. The member is started from the HA
+  loop's thread: its death signal is tied to the thread that forks it. Once it serves, the
+  node's etcd client prefers it.
+- `Voters.tick()` is the HA cycle's one call into all of this, and it never raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from raftfl.core.address import check_port_free, parse_address
+from raftfl.core.errors import RaftflError
+from raftfl.core.replacement import UPGRADE_TIMEOUT_S, Kind, Request, Seat, Step, next_step
+from raftfl.etcd import cluster_api
+from raftfl.etcd.cluster_api import Member, NotInSync, list_members
+from raftfl.etcd.context import read_members
+from raftfl.etcd.member import (
+    EtcdMember,
+    MemberSpec,
+    check_version,
+    etcd_version,
+    find_etcd,
+    prepare_data_dir,
+)
+from raftfl.etcd.membership import JoinWatch, add_learner
+from raftfl.etcd.store import KV, CreateResult, Store
+
+log = logging.getLogger(__name__)
+
+PERIOD_S = 1.0  # the executor's cadence
+STATUS_TIMEOUT_S = 1.0  # per member status call
+CHECK_S = 1.0  # how often a node without a member looks for its upgrade request
+REFRESH_S = 10.0  # how often a node adds new voters' endpoints to its etcd client
+AVOID_S = 60.0  # a node whose upgrade failed is not asked again for this long
+
+
+def _serving(member: Member) -> bool:
+    """The member answers and knows a Raft leader (a cut-off voter answers, leaderless)."""
+    for url in member.client_urls:
+        try:
+            if Store.member_status(url.split("//", 1)[-1], STATUS_TIMEOUT_S).leader_id != 0:
+                return True
+        except Exception:  # noqa: BLE001 - down or unreachable
+            continue
+    return False
+
+
+def _endpoints(members: list[Member]) -> list[str]:
+    """The voters' client endpoints (a learner refuses reads and writes)."""
+    return [u.split("//", 1)[-1] for m in members if not m.learner for u in m.client_urls]
+
+
+class Keeper:
+    """The executor: one change per second at most, while this node holds `term`."""
+
+    def __init__(self, node: Any, term: int) -> None:
+        self.node = node
+        self.term = term
+        self.stopped = threading.Event()
+        self.down_since: dict[int, float] = {}
+        self.learner_since: dict[int, float] = {}
+        self.asked: dict[str, float] = {}  # requests in flight, by node: when first seen
+        self.avoid: dict[str, float] = {}  # node -> when its upgrade failed
+        self.last_topic: Any = (Kind.NOTHING, None, None)  # a healthy start says nothing
+        self.thread = threading.Thread(target=self._run, name="voters", daemon=True)
+
+    def start(self) -> Keeper:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def holding(self) -> bool:
+        """Still the aggregator of `term`, and not leaving: a node that exits once no run is
+        left (--exit-on-complete) lingers with its peers, who leave too; not replaced."""
+        node = self.node
+        return (node.election.term == self.term and not node.stop.is_set()
+                and not (node.opts.exit_on_complete and node.run_id is None)
+                and not (node.session is not None and node.session.info.finished))
+
+    def _run(self) -> None:
+        store = Store(self.node.store.endpoints, timeout=2.0, retry_for=3.0)
+        try:
+            while not self.stopped.wait(PERIOD_S) and self.holding():
+                try:
+                    self.once(store)
+                except RaftflError as exc:
+                    log.info("voter upkeep skipped: %s", exc)
+                except Exception:  # noqa: BLE001 - never the node's end
+                    log.exception("voter upkeep failed")
+        finally:
+            store.close()
+
+    def observe(self, store: Store) -> tuple[list[Seat], list[str], Request | None] | None:
+        """Members with their health, the live nodes without a member, the request in
+        flight; None when there is nothing to keep (no such node, no learner, no request:
+        a small all-voter federation pays one member list a second, no status calls)."""
+        node, now = self.node, time.monotonic()
+        members = list_members(store)
+        for endpoint in _endpoints(members):
+            store.add_endpoint(endpoint)
+        named = {m.name for m in members}
+        records = read_members(store, node.keys)
+        clients = sorted(n for n, r in records.items() if n not in named and not r.finished)
+        kvs, _ = store.range(node.keys.upgrades, keys_only=True)
+        requests = sorted(kv.key[len(node.keys.upgrades):] for kv in kvs)
+        if not clients and not requests and all(not m.learner for m in members):
+            self.down_since.clear()
+            return None
+        seats = []
+        for m in members:
+            healthy = bool(m.name) and _serving(m)
+            if healthy:
+                self.down_since.pop(m.id, None)
+            else:
+                self.down_since.setdefault(m.id, now)
+            if m.learner:
+                self.learner_since.setdefault(m.id, now)
+            else:
+                self.learner_since.pop(m.id, None)
+            seats.append(Seat(m.id, m.name, not m.learner, healthy,
+                              now - self.down_since.get(m.id, now),
+                              now - self.learner_since.get(m.id, now)))
+        ids = {m.id for m in members}
+        for seen in (self.down_since, self.learner_since):
+            for gone in set(seen) - ids:
+                del seen[gone]
+        for asked in set(self.asked) - set(requests):  # gone: done, withdrawn, or it failed
+            del self.asked[asked]
+            if not any(s.name == asked and s.voter for s in seats):
+                self.avoid[asked] = now
+        for name in requests:
+            self.asked.setdefault(name, now)
+        request = Request(requests[0], now - self.asked[requests[0]]) if requests else None
+        return seats, clients, request
+
+    def once(self, store: Store) -> None:
+        node, now = self.node, time.monotonic()
+        seen = self.observe(store)
+        if seen is None:
+            return
+        seats, clients, request = seen
+        avoid = {n for n, t in self.avoid.items() if now - t < AVOID_S}
+        step = next_step(seats, clients, node.opts.max_voters, node.opts.voter_grace, request,
+                         me=node.opts.name, avoid=avoid)
+        if step.topic != self.last_topic:
+            self.last_topic = step.topic
+            if step.kind in (Kind.WAIT, Kind.NOTHING):
+                node.emit(step.sentence)
+        if self.holding():
+            self.act(store, step, len([s for s in seats if s.voter]))
+
+    def act(self, store: Store, step: Step, voters: int) -> None:
+        node = self.node
+        if step.kind is Kind.REMOVE:
+            assert step.member is not None
+            node.emit(step.sentence)
+            try:
+                cluster_api.remove(store, step.member)
+            except RaftflError as exc:
+                node.emit(f"removing member {step.member:x} failed: {exc}")
+        elif step.kind is Kind.PROMOTE:
+            assert step.member is not None
+            try:
+                cluster_api.promote(store, step.member)
+                node.emit(step.sentence.replace("promoting", "promoted", 1))
+            except NotInSync:
+                log.info("learner %s not in sync yet", step.node)
+            except RaftflError as exc:
+                node.emit(f"promoting learner {step.node} failed: {exc}")
+        elif step.kind is Kind.ASK:
+            assert step.node is not None
+            lease, fence = node.session.lease, node.election.fence
+            if lease is None or fence is None or fence.create_revision != self.term:
+                return
+            value = json.dumps({"node": step.node, "by": node.opts.name, "term": self.term,
+                                "voters": voters, "ts": time.time()})
+            if store.create(node.keys.upgrade(step.node), value, lease=lease,
+                            fence=fence) is CreateResult.CREATED:
+                self.asked[step.node] = time.monotonic()
+                node.emit(f"node {step.node} asked to become a voter ({voters} of "
+                          f"{node.opts.max_voters} voters)")
+        elif step.kind is Kind.CLEAR:
+            assert step.node is not None
+            if step.sentence.endswith("withdrawn"):
+                node.emit(step.sentence)
+            store.delete(node.keys.upgrade(step.node))
+
+
+class Upgrade:
+    """This node, asked to become a voter: the `node join` flow, in place."""
+
+    def __init__(self, node: Any, request: KV) -> None:
+        self.node = node
+        self.request = request
+        self.etcd: EtcdMember | None = None
+        self.watch: JoinWatch | None = None
+        self.done = False
+
+    def start(self) -> None:
+        """Add the learner and start its member (in the HA loop's thread)."""
+        node, o = self.node, self.node.opts
+        try:
+            binary = find_etcd(o.etcd_bin)
+            check_version(etcd_version(binary), o.allow_unsafe_etcd)
+            for port, what in ((o.address.port, "etcd peer"), (o.etcd_client_port, "etcd client")):
+                check_port_free(o.ip, port, what)
+            probe = MemberSpec(name=o.name, cluster=o.cluster, data_dir=o.dir, ip=o.ip,
+                               peer_port=o.address.port, client_port=o.etcd_client_port,
+                               initial_cluster={o.name: o.address.peer_url}, state="existing")
+            stale = prepare_data_dir(probe)
+            o.peers = [parse_address(m.name) for m in list_members(node.store)
+                       if m.name and m.name != o.name]
+            # a stale data dir is cleared once the cluster confirms we are not a member
+            member = add_learner(o, stale, True, node.emit)
+        except RaftflError as exc:
+            node.emit(f"cannot become a voter: {exc}")
+            self._withdraw()
+            self.done = True
+            return
+        # The member list as it is now, not as add_learner saw it: etcd refuses to start a
+        # member whose initial cluster differs from the cluster's (a removal meanwhile).
+        try:
+            o.peers = [parse_address(m.name) for m in list_members(node.store)
+                       if m.name and m.name != o.name]
+        except RaftflError:
+            pass
+        everyone = {o.name: o.address, **{p.name: p for p in o.peers}}
+        spec = MemberSpec(name=o.name, cluster=o.cluster, data_dir=o.dir, ip=o.ip,
+                          peer_port=o.address.port, client_port=o.etcd_client_port,
+                          state="existing",
+                          initial_cluster={n: a.peer_url for n, a in sorted(everyone.items())})
+        self.etcd = EtcdMember(spec, binary)
+        self.watch = JoinWatch(node, member, UPGRADE_TIMEOUT_S, o.max_voters,
+                               on_rollback=self._rolled_back)
+        try:
+            self.etcd.start(threaded=True)
+        except OSError as exc:
+            self.watch.rollback(f"its etcd member did not start: {exc}")
+            self.done = True
+            return
+        node.emit(f"etcd member started (pid {self.etcd.proc.pid if self.etcd.proc else '?'}, "
+                  f"data dir {o.dir})")
+        self.watch.start()
+
+    def poll(self) -> None:
+        """From the HA cycle: hand a member that serves over to the node, or roll back."""
+        node, etcd, watch = self.node, self.etcd, self.watch
+        if etcd is None or watch is None:
+            self.done = True
+            return
+        out = watch.outcome
+        if out.came_up is not None and node.member is None and etcd.alive():
+            node.member = etcd  # from now on the node stops it, and dies if it exits
+            node.store.add_endpoint(etcd.spec.client_endpoint, first=True)
+        elif out.came_up is None and out.rolled_back is None and not etcd.alive():
+            try:
+                etcd.check_alive()
+            except RaftflError as exc:
+                watch.rollback(str(exc))
+        if out.rolled_back is not None or not watch.running:
+            self.done = True
+
+    def _rolled_back(self) -> None:
+        """The learner was removed again: stop the member, stay an etcd client."""
+        if self.etcd is not None:
+            self.etcd.stop()
+        self._withdraw()
+
+    def _withdraw(self) -> None:
+        """Delete our request, so the executor knows at once that this node failed."""
+        try:
+            self.node.store.delete_if_unchanged(self.request.key, self.request.mod_revision)
+        except RaftflError:
+            pass
+
+
+class Voters:
+    """The HA cycle's entry point: run the executor while holding the role; as a node
+    without a member, answer an upgrade request; keep the etcd client's endpoints current."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.keeper: Keeper | None = None
+        self.upgrade: Upgrade | None = None
+        self._acted: int | None = None  # create revision of the last request acted on
+        self._next_check = 0.0
+        self._next_refresh = time.monotonic() + REFRESH_S
+
+    def tick(self) -> None:
+        try:
+            self._keep()
+            self._answer()
+        except Exception:  # noqa: BLE001 - membership upkeep never fails a cycle
+            log.exception("voter upkeep failed")
+
+    def _keep(self) -> None:
+        node = self.node
+        term = node.election.term
+        wanted = term is not None and node.opts.etcd_endpoints is None
+        if self.keeper is not None and (not wanted or self.keeper.term != term
+                                        or not self.keeper.alive):
+            self.keeper.stop()
+            self.keeper = None
+        if wanted and self.keeper is None:
+            keeper = Keeper(node, term)
+            if keeper.holding():
+                self.keeper = keeper.start()
+
+    def _answer(self) -> None:
+        node, now = self.node, time.monotonic()
+        if self.upgrade is not None:
+            self.upgrade.poll()
+            if self.upgrade.done:
+                self.upgrade = None
+        if now >= self._next_refresh:
+            self._next_refresh = now + REFRESH_S
+            for endpoint in _endpoints(list_members(node.store)):
+                if node.store.add_endpoint(endpoint):
+                    log.info("etcd client: added endpoint %s", endpoint)
+        if node.member is not None or node.opts.etcd_endpoints or self.upgrade is not None \
+                or now < self._next_check:
+            return
+        self._next_check = now + CHECK_S
+        kv = node.store.get(node.keys.upgrade(node.opts.name))
+        if kv is None or kv.create_revision == self._acted:
+            return
+        self._acted = kv.create_revision
+        try:
+            by = json.loads(kv.value).get("by", "?")
+        except (ValueError, AttributeError):
+            by = "?"
+        node.emit(f"asked by {by} to become a voter: joining the etcd cluster as a learner")
+        self.upgrade = Upgrade(node, kv)
+        self.upgrade.start()

@@ -1,0 +1,129 @@
+"""Models out of Raft (node/models.py): real etcd, real model services on loopback.
+
+A commit's model is held by `replicas` nodes and etcd holds only its manifest; a node without
+the file fetches it from any holder and verifies it; a holder with a rotten file, a dead
+holder or a forged upload never yields other bytes than the manifest names.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import EtcdCluster, free_port_base
+from test_foundation import fresh_keys
+
+from raftfl.core.errors import FencedOut
+from raftfl.etcd import checkpoint
+from raftfl.etcd.checkpoint import CorruptCheckpoint, Manifest
+from raftfl.etcd.store import Fence
+from raftfl.node.models import ModelFiles, Models, ModelServer
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[list[ModelServer]]:
+    base = free_port_base(3)
+    servers = [ModelServer("127.0.0.1", base + i, ModelFiles(tmp_path / f"n{i}")).start()
+               for i in range(3)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def models(servers: list[ModelServer], i: int, replicas: int = 2, **kw: int) -> Models:
+    """Node i's Models: the others are its live peers, in order."""
+    peers = [s.address for j, s in enumerate(servers) if j != i]
+    return Models(servers[i].files, servers[i].address, lambda: peers, replicas, **kw)
+
+
+def test_a_commit_is_held_by_the_replicas_and_etcd_keeps_only_the_manifest(
+        etcd_cluster_module: EtcdCluster, services: list[ModelServer]) -> None:
+    store = etcd_cluster_module.store()
+    keys = fresh_keys(etcd_cluster_module)
+    blob = os.urandom(300_000)
+    manifest = models(services, 0).save(store, keys, blob, 4, None)
+    assert manifest.chunks == 0
+    assert manifest.holders == [services[0].address, services[1].address]
+    kvs, _ = store.range(keys.checkpoints)
+    assert [kv.key for kv in kvs] == [keys.checkpoint_meta(manifest.sha256)]
+    assert sum(len(kv.value) for kv in kvs) < 300  # bytes in etcd, for a 300 kB model
+    assert services[1].files.get(manifest.sha256) == blob  # pushed before the commit
+    assert services[2].files.get(manifest.sha256) is None
+
+    # Node 2 has no copy: it fetches from a holder, verifies and keeps it.
+    assert models(services, 2).load(store, keys, manifest.sha256) == blob
+    assert services[2].files.get(manifest.sha256) == blob
+
+
+def test_load_skips_a_rotten_or_dead_holder_and_fails_when_none_is_left(
+        etcd_cluster_module: EtcdCluster, services: list[ModelServer]) -> None:
+    store = etcd_cluster_module.store()
+    keys = fresh_keys(etcd_cluster_module)
+    blob = os.urandom(50_000)
+    sha = models(services, 0).save(store, keys, blob, 1, None).sha256
+    (services[0].files.root / sha).write_bytes(b"bit rot" + blob[7:])  # same size, other bytes
+    reader = models(services, 2)
+    assert reader.load(store, keys, sha) == blob  # from holder 1; holder 0 answered 404
+    assert not (services[0].files.root / sha).exists()  # the rotten file was removed
+
+    (services[2].files.root / sha).unlink()
+    services[1].stop()  # the last good holder is gone
+    with pytest.raises(CorruptCheckpoint, match="no holder has it"):
+        reader.load(store, keys, sha)
+
+
+def test_uploads_must_hash_to_their_name(services: list[ModelServer]) -> None:
+    host, port = services[0].address.split(":")
+    good = os.urandom(1000)
+    sha = checkpoint.sha256(good)
+    for body, name, status in ((good, sha, 201), (b"forged", sha, 400),
+                               (good, "../../etc/passwd", 400)):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("PUT", f"/models/{name}", body=body)
+        assert conn.getresponse().status == status
+        conn.close()
+    assert sorted(p.name for p in services[0].files.root.iterdir()) == [sha]
+
+
+def test_fewer_live_nodes_than_replicas_commits_with_all_there_are(
+        etcd_cluster_module: EtcdCluster, services: list[ModelServer]) -> None:
+    store = etcd_cluster_module.store()
+    keys = fresh_keys(etcd_cluster_module)
+    said: list[str] = []
+    services[1].stop()
+    services[2].stop()
+    m = models(services, 0, replicas=3)
+    m.say = said.append
+    manifest = m.save(store, keys, os.urandom(1000), 2, None)
+    assert manifest.holders == [services[0].address]
+    assert said == ["round 2 model held by 1 of 3 replicas: no further live node took it"]
+
+
+def test_small_models_stay_inline_and_manifests_are_fenced(
+        etcd_cluster_module: EtcdCluster, services: list[ModelServer]) -> None:
+    store = etcd_cluster_module.store()
+    keys = fresh_keys(etcd_cluster_module)
+    small = os.urandom(2000)
+    manifest = models(services, 0, inline_max=4096).save(store, keys, small, 1, None)
+    assert manifest.chunks == 1 and manifest.holders == []
+    assert checkpoint.load(store, keys, manifest.sha256) == small  # no fetch needed
+
+    store.create(keys.aggregator, "holder")
+    role = store.get(keys.aggregator)
+    assert role is not None
+    deposed = Fence(keys.aggregator, role.create_revision - 1)
+    with pytest.raises(FencedOut):
+        models(services, 0).save(store, keys, os.urandom(9000), 3, deposed)
+    # A re-save by the rightful writer updates the holders of an existing manifest.
+    fence = Fence(keys.aggregator, role.create_revision)
+    blob = os.urandom(9000)
+    models(services, 0).save(store, keys, blob, 3, fence)
+    again = models(services, 2).save(store, keys, blob, 3, fence)
+    stored = store.get(keys.checkpoint_meta(again.sha256))
+    assert stored is not None
+    assert Manifest.from_json(stored.value).holders == [services[2].address, services[0].address]
