@@ -97,10 +97,17 @@ class Observer:
 
 
 def _signal_group(c: LocalCluster, name: str, sig: signal.Signals) -> float:
-    """Signal a node's whole process group (the node and its etcd member) at once."""
+    """Signal a node's process group and its etcd member (a process group of its own) at
+    once: a crashed or hung host."""
     node = c.by_name(name)
+    member = node.etcd_pid()
     now = time.time()
     os.killpg(node.pid, sig)
+    if member is not None:
+        try:
+            os.kill(member, sig)
+        except ProcessLookupError:
+            pass  # killed with its node already
     if sig == signal.SIGKILL:
         assert node.proc is not None
         node.proc.wait()

@@ -161,6 +161,28 @@ def test_polled_vacancy_is_reranked_at_the_delete_revision(etcd_cluster_module: 
     assert decision.action is Action.CAMPAIGN and f"vacancy at rev {deleted_at}" in decision.sentence
 
 
+def test_a_vacancy_nobody_was_live_at_is_ranked_now(etcd_cluster_module: EtcdCluster,
+                                                   keys: RunKeys, nodes: list[Node]) -> None:
+    """After a quorum loss the Raft leader revokes every expired lease, the role's and every
+    member record's: ranking at the vacancy's revision finds nobody, and nobody would ever
+    campaign. The members that republished since are ranked instead."""
+    store = etcd_cluster_module.store()
+    me = make_node(etcd_cluster_module, keys, 23120, rank_step=60.0)
+    nodes.append(me)
+    EventLog(store, keys).append(AggregatorElected(
+        node="old", term=1, flower_address="h:1", rank=0, score=0.0, revision=1, ranking=[]))
+    holder = store.grant(30)
+    store.create(keys.aggregator, '{"node": "old", "flower_address": "h:1"}', lease=holder)
+    store.revoke(holder)  # deleted at R, when no member record exists
+    _, deleted_at = store.range(keys.aggregator)
+    me.session.open()  # type: ignore[union-attr] # our record comes back after R
+    me.role_changes.put(Change(keys.aggregator, None, deleted_at, 0))
+    view = me.observe()
+    assert view.vacancy_revision == deleted_at and view.ranked_at > deleted_at
+    assert [r.node for r in view.ranking] == [me.opts.name]
+    assert decide(view, me._local()).action is Action.CAMPAIGN
+
+
 def test_role_churn_never_breaks_a_cycle(etcd_cluster_module: EtcdCluster, keys: RunKeys,
                                          nodes: list[Node]) -> None:
     """Defect 1: the role watch flips the vacancy while the loop is mid-cycle."""
