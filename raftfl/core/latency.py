@@ -29,7 +29,7 @@ TEST_EXTRA_RTT_ENV = "RAFTFL_TEST_EXTRA_RTT_MS"
 MAX_RTT_MS = 600_000.0
 REFRESH_S = 5.0  # the longest a node goes without writing a sample
 CHANGE_RATIO = 0.25  # an RTT this much off the written one is news ...
-CHANGE_MIN_MS = 1.0  # ... when it also moved by at least this much (loopback jitter is not)
+CHANGE_MIN_MS = 5.0  # ... and moved by this much (5 points of score; LAN jitter is not news)
 
 
 def worth_writing(last: dict[str, float | None] | None, last_ts: float,
