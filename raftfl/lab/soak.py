@@ -292,7 +292,9 @@ class Run:
             if i > 0:  # the second failure in a row: wait for the new term and a full cluster
                 term = self._await_back(term)
             event = self._await_phase(fault, term)
-            if isinstance(event, RunCompleted):  # it finished while we waited for the phase
+            # It finished while we waited for the phase, or during the delay into it (a round
+            # can be shorter than the delay: then no commit can follow the fault).
+            if isinstance(event, RunCompleted) or self._completed():
                 rec.missed = "the run completed first"
                 continue
             self._fire(fault, rec, event)
