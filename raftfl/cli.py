@@ -684,7 +684,10 @@ def main() -> None:
 @click.option("--summary-json", type=click.Path(path_type=Path), default=None)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"),
               show_default=True, help="Directory for summary.json, rounds.csv, accuracy.png.")
-@click.option("--lease-ttl", type=click.IntRange(2, 60), default=3, show_default=True)
+@click.option("--lease-ttl", type=click.IntRange(2, 60), default=None,
+              help="[default: 3 s up to 5 nodes, then one more second per 2 nodes (16 nodes: "
+                   "9 s): every node of the demo shares this machine's cores, and a starved "
+                   "keepalive thread loses its lease]")
 @click.option("--keep", is_flag=True, help="Keep the nodes' data dirs and logs.")
 @click.option("--app", "app", type=click.Path(path_type=Path, exists=True, file_okay=False),
               default=None, help="A Flower app directory [default: the bundled quick-start app].")
@@ -693,10 +696,12 @@ def main() -> None:
 @click.option("--secure", is_flag=True,
               help="Mutual TLS and etcd RBAC: a throwaway cluster CA, one bundle per node.")
 def demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, summary_json: Path | None,
-         out: Path, lease_ttl: int, keep: bool, app: Path | None, run_config: str | None,
+         out: Path, lease_ttl: int | None, keep: bool, app: Path | None, run_config: str | None,
          secure: bool) -> None:
     """Run a local cluster, kill the aggregator mid-round, verify the outcome."""
     from raftfl.lab.demo import run_demo
+
+    lease_ttl = lease_ttl or 3 + max(0, nodes - 5 + 1) // 2
 
     if kill_at is not None and kill_at > rounds:
         raise click.BadParameter(f"round {kill_at} > --rounds {rounds}",

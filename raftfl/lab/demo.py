@@ -48,7 +48,8 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
     try:
         cluster.start()
         echo(f"demo: {nodes} nodes on 127.0.0.1 ports {cluster.base}..{cluster.base + nodes - 1}"
-             f" (logs in {cluster.workdir}); {rounds} rounds, dataset {dataset}"
+             f" (logs in {cluster.workdir}); {rounds} rounds, dataset {dataset}, lease TTL "
+             f"{lease_ttl} s"
              + (f", killing the aggregator in round {kill_at}" if kill_at else "")
              + ("; mutual TLS and etcd RBAC (CA in the logs dir)" if secure else ""))
         started = time.monotonic()
