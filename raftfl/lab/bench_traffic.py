@@ -38,10 +38,10 @@ from raftfl.lab.bench import MODEL_BYTES, plot_bars
 from raftfl.lab.bench_report import Column, Echo, machine, table, write_csv
 from raftfl.lab.faults import Skip, at, first_term, netns_setup, netns_teardown
 from raftfl.lab.localcluster import LocalCluster
+from raftfl.node.models import DEFAULT_REPLICAS  # the nodes' default --model-replicas
 
 CHANNELS = ("raft", "client", "flower", "models")
 RAFT_TARGET_COPIES, RAFT_TARGET_EXTRA = 0.1, 16 * 1024  # per round
-REPLICAS = 2  # the nodes' default --model-replicas
 NFT_TABLE = "rflbench"
 
 _METRIC = re.compile(r'^(etcd_network_peer_sent_bytes_total|etcd_network_client_grpc_sent_bytes_total'
@@ -161,7 +161,7 @@ def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
             "flower_copies": round(kr["flower"] / MODEL_BYTES, 2),
             "kernel_models_bytes": int(kr["models"]),
             "model_service_copies": round(kr["models"] / MODEL_BYTES, 2),
-            "models_target_met": kr["models"] <= (REPLICAS - 1) * MODEL_BYTES * 1.1,
+            "models_target_met": kr["models"] <= (DEFAULT_REPLICAS - 1) * MODEL_BYTES * 1.1,
             "kernel_raft_vs_etcd": round(kr["raft"] / per_round["raft"], 3)
             if per_round["raft"] else None,
             "kernel_client_vs_etcd": round(kr["client"] / per_round["client"], 3)
@@ -206,7 +206,7 @@ def bench_traffic(nodes_list: list[int], rounds: int, out: Path, echo: Echo = pr
     echo(table(rows, COLUMNS))
     echo(f"per round, from round 1's start to round {rounds}'s commit; a model copy is "
          f"{MODEL_BYTES} B; kernel bytes include TCP/IP headers and ACKs (10% allowed on the "
-         f"model services' {REPLICAS - 1} copy)")
+         f"model services' {DEFAULT_REPLICAS - 1} copy)")
     skipped = {r["crosscheck"] for r in rows if r.get("crosscheck")}
     for reason in skipped:
         echo(reason)
