@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 DEFAULT_REPLICAS = 2
 KEEP_FILES = 4  # per node: the checkpoints the aggregator keeps (3) and the newest
 MAX_MODEL_BYTES = 1 << 30
-TRANSFER_TIMEOUT_S = 30.0  # per socket operation, not per transfer
+CONNECT_TIMEOUT_S = 2.0  # a holder cut off by a partition drops SYNs: don't wait long
+STALL_TIMEOUT_S = 10.0  # per socket operation once connected (a frozen holder), not per transfer
 _SHA = re.compile(r"/models/([0-9a-f]{64})")
 
 
@@ -128,7 +129,7 @@ class ModelServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: ModelServer
     protocol_version = "HTTP/1.0"
-    timeout = TRANSFER_TIMEOUT_S
+    timeout = STALL_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("model service: " + format, *args)
@@ -164,14 +165,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def _request(method: str, address: str, sha: str, body: bytes | None = None,
-             timeout: float = TRANSFER_TIMEOUT_S) -> tuple[int, bytes]:
+def _request(method: str, address: str, sha: str, body: bytes | None = None) -> tuple[int, bytes]:
     host, _, port = address.rpartition(":")
     identity = tls.current()
-    conn = (http.client.HTTPSConnection(host, int(port), timeout=timeout,
+    conn = (http.client.HTTPSConnection(host, int(port), timeout=CONNECT_TIMEOUT_S,
                                         context=identity.client_context())
-            if identity else http.client.HTTPConnection(host, int(port), timeout=timeout))
+            if identity else http.client.HTTPConnection(host, int(port),
+                                                        timeout=CONNECT_TIMEOUT_S))
     try:
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.settimeout(STALL_TIMEOUT_S)
         conn.request(method, f"/models/{sha}", body=body)
         response = conn.getresponse()
         return response.status, response.read()
@@ -239,7 +243,10 @@ class Models:
         if blob is not None:
             return blob
         failures = []
-        for holder in (h for h in manifest.holders if h != self.address):
+        # The first holder wrote it: the aggregator, which after a failover is the one most
+        # likely dead, frozen or cut off. Ask it last.
+        order = manifest.holders[1:] + manifest.holders[:1]
+        for holder in (h for h in order if h != self.address):
             try:
                 blob = fetch(holder, manifest.sha256)
             except RaftflError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,15 +67,35 @@ def test_load_skips_a_rotten_or_dead_holder_and_fails_when_none_is_left(
     keys = fresh_keys(etcd_cluster_module)
     blob = os.urandom(50_000)
     sha = models(services, 0).save(store, keys, blob, 1, None).sha256
-    (services[0].files.root / sha).write_bytes(b"bit rot" + blob[7:])  # same size, other bytes
+    (services[1].files.root / sha).write_bytes(b"bit rot" + blob[7:])  # same size, other bytes
     reader = models(services, 2)
-    assert reader.load(store, keys, sha) == blob  # from holder 1; holder 0 answered 404
-    assert not (services[0].files.root / sha).exists()  # the rotten file was removed
+    assert reader.load(store, keys, sha) == blob  # from holder 0; holder 1 answered 404
+    assert not (services[1].files.root / sha).exists()  # the rotten file was removed
 
     (services[2].files.root / sha).unlink()
-    services[1].stop()  # the last good holder is gone
+    services[0].stop()  # the last good holder is gone
     with pytest.raises(CorruptCheckpoint, match="no holder has it"):
         reader.load(store, keys, sha)
+
+
+def test_the_writer_is_asked_last(etcd_cluster_module: EtcdCluster,
+                                  services: list[ModelServer]) -> None:
+    """After a failover the first holder, the old aggregator, may be frozen: its kernel
+    still accepts the connection, and a read would stall. The other holders go first."""
+    store = etcd_cluster_module.store()
+    keys = fresh_keys(etcd_cluster_module)
+    blob = os.urandom(10_000)
+    sha = models(services, 0).save(store, keys, blob, 1, None).sha256
+    host, port = services[0].address.split(":")
+    services[0].stop()
+    with socket.socket() as frozen:  # accepts (in the kernel's backlog), never answers
+        frozen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        frozen.bind((host, int(port)))
+        frozen.listen()
+        assert models(services, 2).load(store, keys, sha) == blob
+        frozen.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            frozen.accept()  # nobody connected to it
 
 
 def test_uploads_must_hash_to_their_name(services: list[ModelServer]) -> None:
