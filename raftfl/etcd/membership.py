@@ -44,13 +44,14 @@ STATUS_TIMEOUT_S = 1.0
 
 
 # -- join ---------------------------------------------------------------------------------
-def local_checks(opts: Any) -> bool:
-    """Everything a join can check without the cluster, before any change to it.
+def local_checks(opts: Any, flower: bool = True) -> bool:
+    """Everything a join can check without the cluster, before any change to it; `flower`
+    False for a running node (asked to become a voter), whose Flower port may be its own.
 
     Returns True when the data dir holds etcd data (of an earlier membership)."""
     check_version(etcd_version(find_etcd(opts.etcd_bin)), opts.allow_unsafe_etcd)
     ports = ((opts.address.port, "etcd peer"), (opts.etcd_client_port, "etcd client"),
-             (int(opts.flower_address.rsplit(":", 1)[1]), "Flower"))
+             *([(int(opts.flower_address.rsplit(":", 1)[1]), "Flower")] if flower else []))
     if len({port for port, _ in ports}) < len(ports):
         raise RaftflError("the etcd peer, etcd client and Flower ports must differ: "
                           + ", ".join(f"{what} {port}" for port, what in ports))

@@ -27,21 +27,14 @@ import threading
 import time
 from typing import Any
 
-from raftfl.core.address import check_port_free, parse_address
+from raftfl.core.address import parse_address
 from raftfl.core.errors import RaftflError
 from raftfl.core.replacement import UPGRADE_TIMEOUT_S, Kind, Request, Seat, Step, next_step
 from raftfl.etcd import cluster_api
 from raftfl.etcd.cluster_api import Member, NotInSync, list_members
 from raftfl.etcd.context import read_members
-from raftfl.etcd.member import (
-    EtcdMember,
-    MemberSpec,
-    check_version,
-    etcd_version,
-    find_etcd,
-    prepare_data_dir,
-)
-from raftfl.etcd.membership import JoinWatch, add_learner
+from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd
+from raftfl.etcd.membership import JoinWatch, add_learner, local_checks
 from raftfl.etcd.store import KV, CreateResult, Store
 
 log = logging.getLogger(__name__)
@@ -225,14 +218,8 @@ class Upgrade:
         """Add the learner and start its member (in the HA loop's thread)."""
         node, o = self.node, self.node.opts
         try:
+            stale = local_checks(o, flower=False)
             binary = find_etcd(o.etcd_bin)
-            check_version(etcd_version(binary), o.allow_unsafe_etcd)
-            for port, what in ((o.address.port, "etcd peer"), (o.etcd_client_port, "etcd client")):
-                check_port_free(o.ip, port, what)
-            probe = MemberSpec(name=o.name, cluster=o.cluster, data_dir=o.dir, ip=o.ip,
-                               peer_port=o.address.port, client_port=o.etcd_client_port,
-                               initial_cluster={o.name: o.address.peer_url}, state="existing")
-            stale = prepare_data_dir(probe)
             o.peers = [parse_address(m.name) for m in list_members(node.store)
                        if m.name and m.name != o.name]
             # a stale data dir is cleared once the cluster confirms we are not a member
