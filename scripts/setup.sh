@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup: etcd 3.4 from Debian (when root with apt), a .venv with raftfl and its
-# dev extras. Safe to run again: every step checks before it acts.
+# dev and lab extras. Safe to run again: every step checks before it acts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -61,7 +61,7 @@ want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing raftfl into .venv (torch comes from the local wheel cache)" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither a file" >&2 || true
+  .venv/bin/python -m pip install -q -e '.[dev,lab]' 2>&1 | grep -v "is ignored: it is neither a file" >&2 || true
   .venv/bin/python -c "import raftfl, etcd3, flwr, torch, torchvision" \
     || { echo "setup: install failed" >&2; exit 1; }
   echo "$want" > "$stamp"

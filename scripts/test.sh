@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check raftfl tests
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest -q --durations=25 "$@"

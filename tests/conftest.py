@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from raftfl.core.address import check_port_free
 from raftfl.core.errors import RaftflError
 from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd, prepare_data_dir, wait_healthy
 from raftfl.etcd.store import Store
 from raftfl.lab.bench import serves
+from raftfl.net.ports import check_port_free
 
 HOST = "127.0.0.1"
 PORT_RANGE = (20000, 32000)

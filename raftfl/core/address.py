@@ -13,12 +13,14 @@ Each can be overridden per node (`--client-port`, `--flower-port`, `--models-por
 Names are restricted to a safe character set, because they end up in etcd keys, in etcd's
 YAML configuration and in paths under the data root: a cluster named `../../x` or one
 holding a quote and a newline must be refused, not interpreted.
+
+Pure: resolving a host to the IP etcd listens on, and checking that a port is free, are the
+network edge's (raftfl/net/address.py, raftfl/net/ports.py).
 """
 
 from __future__ import annotations
 
 import re
-import socket
 from dataclasses import dataclass
 
 from raftfl.core.errors import RaftflError
@@ -62,10 +64,6 @@ class NodeAddress:
         return f"{self.host}:{self.port}"
 
     @property
-    def ip(self) -> str:
-        return resolve(self.host)
-
-    @property
     def client_port(self) -> int:
         return self.port + CLIENT_PORT_OFFSET
 
@@ -77,14 +75,6 @@ class NodeAddress:
     def models_port(self) -> int:
         return self.port + MODELS_PORT_OFFSET
 
-    @property
-    def peer_url(self) -> str:
-        return f"http://{self.ip}:{self.port}"
-
-    @property
-    def client_endpoint(self) -> str:
-        return f"{self.ip}:{self.client_port}"
-
 
 def parse_address(text: str) -> NodeAddress:
     """Parse `host:port`; raise a one-line error for anything else."""
@@ -94,26 +84,3 @@ def parse_address(text: str) -> NodeAddress:
         raise RaftflError(f"invalid node address {text!r}: expected host:port, e.g. localhost:5000 "
                           "(host: letters, digits, '.', '_', '-')")
     return NodeAddress(host, int(port))
-
-
-def resolve(host: str) -> str:
-    """Resolve to an IPv4 address; etcd listens on IPs, not names."""
-    try:
-        return socket.gethostbyname(host)
-    except OSError as exc:
-        raise RaftflError(f"node address {host!r} does not resolve: {exc}") from exc
-
-
-def client_endpoints(addresses: list[NodeAddress]) -> list[str]:
-    """The etcd client endpoints (`ip:port`) derived from node addresses by the port rule."""
-    return [a.client_endpoint for a in addresses]
-
-
-def check_port_free(ip: str, port: int, what: str) -> None:
-    """Fail early and clearly instead of letting etcd or Flower die with a bind error."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((ip, port))
-        except OSError as exc:
-            raise RaftflError(f"{what} port {ip}:{port} is already in use ({exc.strerror})") from exc

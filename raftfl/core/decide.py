@@ -10,11 +10,16 @@ An operator steers it through two keys (raftfl/core/maintenance.py): a handover 
 the holder resign after its current round and the named node campaign at once while the
 others wait for it; a pause (maintenance mode) stops every node from filling a vacancy or
 taking over on evidence, and leaves the holder serving.
+
+Besides its one action, a decision names the cycle's housekeeping (`Chore`): activating a new
+run, retiring a ServerApp whose run ended, saving finished runs' models, moving etcd's Raft
+leadership off the aggregator, and voter upkeep. The node does nothing a decision did not
+name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from raftfl.core.evidence import confirmed, rank_step
@@ -48,6 +53,16 @@ class Action(Enum):
     PAUSED = "paused"  # failover is paused: fill no vacancy, take nothing over
 
 
+class Chore(Enum):
+    """Housekeeping a cycle does before its action, in this order."""
+
+    ACTIVATE_RUN = "activate_run"  # the active run changed: load its app, watch its log
+    RETIRE_SERVER = "retire_server"  # our ServerApp serves a run that is no longer active
+    SAVE_FINISHED = "save_finished"  # a run finished: write its final model to the data dir
+    MOVE_LEADER = "move_leader"  # serving, and due to check that our member does not lead Raft
+    TEND_VOTERS = "tend_voters"  # voter upkeep (the aggregator), an upgrade request (a client)
+
+
 @dataclass(frozen=True)
 class View:
     """Everything etcd says, read at one revision."""
@@ -68,6 +83,7 @@ class View:
     handover: HandoverRequest | None = None  # control/handover, if present
     handover_revision: int = 0  # its mod revision
     paused_since: int | None = None  # control/paused's create revision, while paused
+    finished_runs: tuple[int, ...] = ()  # runs finished since the node last saved their models
 
 
 @dataclass(frozen=True)
@@ -82,10 +98,14 @@ class Local:
     bootstrap: str = "auto"  # -a: "self", "auto" or the name of the bootstrap aggregator
     nofailover: bool = False
     rank_step: float = 1.0
-    lease_ttl: float = 3.0
+    malformed_grace_s: float = 3.0  # a malformed role key is deleted after this long
+    handover_wait_s: float = 3.0  # a handover's named node gets this long to campaign
     vacancy_seen: float | None = None  # monotonic time this node first saw the vacancy
     malformed_seen: float | None = None  # monotonic time this node first saw a malformed key
     exit_on_complete: bool = False  # leave once no run is left and the last one completed
+    active_run: int | None = None  # the run whose app and log the node has taken up
+    serving_run: int | None = None  # the run our ServerApp serves, if one runs
+    leader_check_due: bool = False  # our etcd member may lead Raft, unchecked for a while
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,7 @@ class Decision:
     rank: int | None = None
     wait_s: float | None = None
     run: int | None = None
+    chores: tuple[Chore, ...] = ()
 
     @property
     def topic(self) -> tuple[Action, int | None, int | None, int | None]:
@@ -105,6 +126,28 @@ class Decision:
 
 
 def decide(view: View, local: Local) -> Decision:
+    """The cycle's action and sentence, and the housekeeping it needs."""
+    decision = _action(view, local)
+    return replace(decision, chores=_chores(view, local, decision))
+
+
+def _chores(view: View, local: Local, decision: Decision) -> tuple[Chore, ...]:
+    if decision.action is Action.FINISH:
+        return ()
+    chores = []
+    if view.run != local.active_run:
+        chores.append(Chore.ACTIVATE_RUN)
+    if local.serving_run is not None and local.serving_run != view.run:
+        chores.append(Chore.RETIRE_SERVER)
+    if view.finished_runs:
+        chores.append(Chore.SAVE_FINISHED)
+    if decision.action is Action.SERVE and local.leader_check_due:
+        chores.append(Chore.MOVE_LEADER)
+    chores.append(Chore.TEND_VOTERS)
+    return tuple(chores)
+
+
+def _action(view: View, local: Local) -> Decision:
     state, role = view.state, view.role
     if view.run is None and local.exit_on_complete and state.finished:
         if state.completed is None:
@@ -132,12 +175,12 @@ def _malformed(role: MalformedRole, local: Local) -> Decision:
         return Decision(Action.STEP_DOWN, f"the role key was replaced by a malformed value "
                         f"({role.reason}): stepping down", term=local.serving_term)
     seen = local.malformed_seen if local.malformed_seen is not None else local.now
-    if local.now - seen >= local.lease_ttl:
-        return Decision(Action.CLEAR_MALFORMED, f"role key malformed for {local.lease_ttl:.0f}s "
+    if local.now - seen >= local.malformed_grace_s:
+        return Decision(Action.CLEAR_MALFORMED, f"role key malformed for {local.malformed_grace_s:.0f}s "
                         f"({role.reason}): deleting it (guarded by revision {role.mod_revision})",
                         term=role.term)
     return Decision(Action.WAIT_MALFORMED, f"role key malformed ({role.reason}): deleting it "
-                    f"in {local.lease_ttl - (local.now - seen):.1f}s unless it changes",
+                    f"in {local.malformed_grace_s - (local.now - seen):.1f}s unless it changes",
                     term=role.term)
 
 
@@ -222,11 +265,11 @@ def _vacant(view: View, local: Local) -> Decision:
         if view.paused_since is not None:
             return Decision(Action.PAUSED, f"handover to {handover.to}; failover paused since "
                             f"rev {view.paused_since}: not campaigning")
-        wait = seen + local.lease_ttl - local.now
+        wait = seen + local.handover_wait_s - local.now
         if wait > 0:
             return Decision(Action.WAIT_HANDOVER, f"handover to {handover.to}: waiting for its "
                             f"campaign ({wait:.1f}s, then ranking)", wait_s=wait)
-        seen += local.lease_ttl  # it did not take the role: rank, as after any vacancy
+        seen += local.handover_wait_s  # it did not take the role: rank, as after any vacancy
     first = not view.state.elections and not view.elected_before
     if view.paused_since is not None and not first:
         return Decision(Action.PAUSED, f"role vacant; failover paused since rev "

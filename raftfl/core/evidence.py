@@ -6,7 +6,8 @@ probes both; `observe` folds the probes into `Evidence` (pure). The rule:
 
 * **gone** (local evidence): both endpoints failed in every probe of a streak of at least
   `REFUSED_STREAK` probes that were all *refused* (the host answers, nothing listens), or of
-  at least `lease_ttl / 2` seconds of any failure (a silent host, or a partition);
+  at least `evidence_s` seconds (half the lease TTL: raftfl/node/options.py) of any
+  failure (a silent host, or a partition);
 * **confirmed**: more than half of the other live members (by their member records, the
   holder excluded) have published the same suspicion for the same term.
 
@@ -49,10 +50,10 @@ def fold(ev: Evidence, probes: list[Probe], now: float) -> Evidence:
                     ev.since if ev.since is not None else now)
 
 
-def gone(ev: Evidence, now: float, lease_ttl: float) -> bool:
+def gone(ev: Evidence, now: float, evidence_s: float) -> bool:
     if ev.refused >= REFUSED_STREAK:
         return True
-    return ev.since is not None and now - ev.since >= lease_ttl / 2
+    return ev.since is not None and now - ev.since >= evidence_s
 
 
 def confirmed(suspecting: frozenset[str], members: frozenset[str], holder: str) -> bool:

@@ -1,4 +1,5 @@
-"""Latency probing and the sliding-window mean the election ranks by.
+"""Latency samples and the sliding-window mean the election ranks by (the probes that
+measure them are the network edge's: raftfl/net/probe.py).
 
 Each node probes every live peer every probe cycle and appends a sample to its own stream
 (`latency/<node>/<seq>`), attached to its lease, so a departed node's samples vanish with it.
@@ -12,20 +13,13 @@ is rewritten at least every `REFRESH_S`, well inside the ranking's `fresh_s` (10
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import socket
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from raftfl.core.records import MalformedRecord, Record, from_fields, loads_bounded, require
 
-log = logging.getLogger(__name__)
-
-TEST_EXTRA_RTT_ENV = "RAFTFL_TEST_EXTRA_RTT_MS"
 MAX_RTT_MS = 600_000.0
 REFRESH_S = 5.0  # the longest a node goes without writing a sample
 CHANGE_RATIO = 0.25  # an RTT this much off the written one is news ...
@@ -116,61 +110,3 @@ def summarize(samples: Iterable[Sample], live: set[str], window: int) -> dict[st
         mean = sum(values) / len(values) if values else None
         out[node] = RttSummary(mean, len(recent), unreachable, recent[-1].ts if recent else None)
     return out
-
-
-class Prober:
-    """Measures RTT to peers: ICMP via ping3 where allowed, else a TCP connect round trip."""
-
-    def __init__(self, timeout: float = 1.0):
-        self.timeout = timeout
-        self.method: str | None = None
-        self.extra_ms = _test_extra_rtt()
-
-    def _icmp_allowed(self) -> bool:
-        if self.method is None:
-            import ping3  # lazy: ping3 opens raw sockets, and only the prober needs it
-
-            try:
-                ok = ping3.ping("127.0.0.1", timeout=self.timeout) not in (None, False)
-            except (PermissionError, OSError):
-                ok = False
-            self.method = "icmp" if ok else "tcp"
-            if not ok:
-                log.warning("ICMP ping not permitted (needs root or net.ipv4.ping_group_range); "
-                            "measuring latency with TCP connect round trips instead")
-        return self.method == "icmp"
-
-    def probe(self, host: str, tcp_port: int) -> float | None:
-        """One RTT in ms, or None when the peer did not answer in time."""
-        rtt = self._icmp(host) if self._icmp_allowed() else self._tcp(host, tcp_port)
-        return None if rtt is None else rtt + self.extra_ms
-
-    def _icmp(self, host: str) -> float | None:
-        import ping3
-
-        try:
-            rtt = ping3.ping(host, timeout=self.timeout, unit="ms")
-        except OSError:
-            return None
-        return float(rtt) if rtt not in (None, False) else None
-
-    def _tcp(self, host: str, port: int) -> float | None:
-        start = time.perf_counter()
-        try:
-            with socket.create_connection((host, port), timeout=self.timeout):
-                return (time.perf_counter() - start) * 1000.0
-        except OSError:
-            return None
-
-
-def _test_extra_rtt() -> float:
-    """TEST ONLY: RAFTFL_TEST_EXTRA_RTT_MS adds a fixed delay to every RTT this node measures.
-
-    On loopback all RTTs are equal, so tests use it to make one node look far away.
-    """
-    raw = os.environ.get(TEST_EXTRA_RTT_ENV, "")
-    try:
-        return float(raw) if raw else 0.0
-    except ValueError:
-        log.warning("ignoring %s=%r: not a number", TEST_EXTRA_RTT_ENV, raw)
-        return 0.0

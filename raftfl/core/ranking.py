@@ -17,6 +17,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from raftfl.core.latency import Sample, summarize
+from raftfl.core.members import MemberInfo
+
+RTT_WINDOW = 10  # samples per peer in a candidate's mean RTT
+
 
 @dataclass(frozen=True)
 class Weights:
@@ -70,3 +75,16 @@ def rank(candidates: list[Candidate], weights: Weights = Weights(),
     newest = max((c.last_sample_ts for c in eligible if c.last_sample_ts), default=None)
     ranked = [score(c, weights, newest, previous) for c in eligible]
     return sorted(ranked, key=lambda r: (-r.score, r.node))
+
+
+def candidates(members: dict[str, MemberInfo], samples: list[Sample],
+               window: int = RTT_WINDOW) -> list[Candidate]:
+    """Context of every live member, from replicated data only."""
+    rtt = summarize(samples, set(members), window)
+    return [
+        Candidate(node=m.node, priority=m.priority, nofailover=m.nofailover,
+                  cpu_free=m.cpu_free, mem_free_mb=m.mem_free_mb,
+                  mean_rtt_ms=rtt[m.node].mean_ms if m.node in rtt else None,
+                  last_sample_ts=rtt[m.node].last_ts if m.node in rtt else None)
+        for m in members.values()
+    ]

@@ -7,6 +7,7 @@ spec, not their own command lines. `RunConfig` also carries the task flags of th
 creates the cluster: with `-r` they make its first run. Both records are range-checked on
 both sides: a node refuses to create a record it could not run, and refuses (one line,
 non-zero exit) a stored one that is malformed, instead of failing later inside training.
+Pure: the etcd edge stores and reads them (raftfl/etcd/clusterconfig.py, raftfl/etcd/runs.py).
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ from typing import ClassVar
 
 from raftfl.core.address import check_node_name
 from raftfl.core.errors import RaftflError
-from raftfl.core.keys import Keys
 from raftfl.core.ranking import Weights
 from raftfl.core.records import MalformedRecord, Record, require
-from raftfl.etcd.store import Store
 from raftfl.task.data import KINDS as DATASETS
 
 PARTITIONS = ("iid", "dirichlet")
@@ -108,14 +107,6 @@ class RunConfig(Record):
             return super().from_json(raw)
         except (MalformedRecord, RaftflError) as exc:
             raise RaftflError(f"cluster config is unreadable: {exc}") from exc
-
-
-def ensure(store: Store, keys: Keys, proposed: RunConfig | None) -> RunConfig | None:
-    """Create the config if absent (first writer wins); return whatever is stored."""
-    if proposed is not None:
-        store.create(keys.config, proposed.to_json())
-    kv = store.get(keys.config)
-    return RunConfig.from_json(kv.value) if kv else None
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftfl import tls
-from raftfl.core.address import NodeAddress, check_port_free, parse_address
+from raftfl.core.address import NodeAddress, parse_address
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys
 from raftfl.core.membership import leave_refusal, may_promote, tolerates
 from raftfl.core.role import RoleHolder, parse_role
 from raftfl.etcd import cluster_api
 from raftfl.etcd.cluster_api import Member, NotInSync, list_members
+from raftfl.etcd.handover import request_handover, wait_handover
 from raftfl.etcd.member import (
     MemberSpec,
     check_version,
@@ -38,6 +39,8 @@ from raftfl.etcd.member import (
     prepare_data_dir,
 )
 from raftfl.etcd.store import EtcdUnavailable, Store
+from raftfl.net.address import client_endpoint, peer_url, resolve
+from raftfl.net.ports import check_port_free
 
 POLL_S = 0.5
 STATUS_TIMEOUT_S = 1.0
@@ -60,7 +63,7 @@ def local_checks(opts: Any, flower: bool = True) -> bool:
     data = opts.dir
     spec = MemberSpec(name=opts.name, cluster=opts.cluster, data_dir=data, ip=opts.ip,
                       peer_port=opts.address.port, client_port=opts.etcd_client_port,
-                      initial_cluster={opts.name: opts.address.peer_url}, state="existing")
+                      initial_cluster={opts.name: peer_url(opts.address)}, state="existing")
     stale = prepare_data_dir(spec)  # usable, and not another node's or cluster's
     try:
         probe = data / f".raftfl-write-test-{os.getpid()}"
@@ -73,11 +76,11 @@ def local_checks(opts: Any, flower: bool = True) -> bool:
 
 def _peer_url(address: NodeAddress) -> str:
     """The member's peer URL as its etcd announces it: https with --certs."""
-    return f"{'https' if tls.current() else 'http'}://{address.ip}:{address.port}"
+    return f"{'https' if tls.current() else 'http'}://{resolve(address.host)}:{address.port}"
 
 
 def _is(member: Member, address: NodeAddress) -> bool:
-    where = f"{address.ip}:{address.port}"
+    where = f"{resolve(address.host)}:{address.port}"
     return member.name == address.name or any(u.split("://", 1)[-1] == where
                                                for u in member.peer_urls)
 
@@ -86,14 +89,16 @@ def _voters(members: list[Member]) -> int:
     return sum(1 for m in members if not m.learner)
 
 
-def add_learner(opts: Any, stale_data: bool, fresh: bool, emit: Callable[[str], None]) -> Member:
-    """Add the node as a learner; set `opts.peers` to every other member's address.
+def add_learner(opts: Any, stale_data: bool, fresh: bool, emit: Callable[[str], None]
+                ) -> tuple[Member, tuple[NodeAddress, ...]]:
+    """Add the node (its `NodeOptions`) as a learner; returns the learner and every other
+    member's address (the node's peers from now on).
 
     `stale_data`: the data dir holds etcd data, which `fresh` clears once the cluster has
     confirmed that this node is not a member (etcd refuses a member ID it removed)."""
     if not opts.peers:
         raise RaftflError("node join needs -n with at least one running node")
-    store = Store([p.client_endpoint for p in opts.peers], retry_for=10)
+    store = Store([client_endpoint(p) for p in opts.peers], retry_for=10)
     try:
         members = list_members(store)
         mine = [m for m in members if _is(m, opts.address)]
@@ -119,8 +124,8 @@ def add_learner(opts: Any, stale_data: bool, fresh: bool, emit: Callable[[str], 
             member = cluster_api.add_learner(store, _peer_url(opts.address))
             emit(f"added learner {member.id:x} for {opts.name} "
                  f"({_voters(members)} voters, {len(members) + 1} members)")
-        opts.peers = [parse_address(m.name) for m in members if m.name and m.id != member.id]
-        return member
+        return member, tuple(parse_address(m.name) for m in members
+                             if m.name and m.id != member.id)
     finally:
         store.close()
 
@@ -143,20 +148,22 @@ class JoinOutcome:
 
 class JoinWatch:
     """Beside the joining node: promote its learner once caught up, or remove it if it
-    does not come up within `deadline_s`. `node` is the Node (its stop/wake/member).
+    does not come up within `deadline_s`.
 
-    A rolled-back join stops the node; `on_rollback` replaces that (a running node that was
-    asked to become a voter stops only its new member and stays an etcd client)."""
+    It changes nothing of the node's: it says its lines, and `on_rollback` tells the node a
+    rolled-back join (a joining node stops; a running node that was asked to become a voter
+    stops only its new member and stays an etcd client)."""
 
-    def __init__(self, node: Any, member: Member, deadline_s: float, max_voters: int,
-                 on_rollback: Callable[[], None] | None = None) -> None:
-        self.node = node
+    def __init__(self, say: Callable[[str], None], member: Member, endpoint: str,
+                 peers: list[str], deadline_s: float, max_voters: int,
+                 on_rollback: Callable[[], None]) -> None:
+        self.say = say
         self.member = member
         self.deadline_s = deadline_s
         self.max_voters = max_voters
         self.on_rollback = on_rollback
-        self.endpoint = f"{node.opts.ip}:{node.opts.etcd_client_port}"
-        self.peers = [p.client_endpoint for p in node.opts.peers]
+        self.endpoint = endpoint  # the joining member's client endpoint
+        self.peers = peers  # the other members' client endpoints
         self.outcome = JoinOutcome()
         self.started = time.monotonic()
         self._done = threading.Event()
@@ -179,7 +186,7 @@ class JoinWatch:
             while not self._done.is_set():
                 if self.outcome.came_up is None and _member_up(self.endpoint, self.member.id):
                     self.outcome.came_up = self._elapsed()
-                    self.node.emit(f"etcd learner {self.member.id:x} is up after "
+                    self.say(f"etcd learner {self.member.id:x} is up after "
                                    f"{self.outcome.came_up:.1f}s; catching up")
                 if self.outcome.came_up is not None and self._settle(store):
                     return
@@ -188,12 +195,12 @@ class JoinWatch:
                         self.rollback(f"its etcd member did not come up within "
                                       f"{self.deadline_s:.0f}s")
                     else:
-                        self.node.emit(f"not in sync with the leader after {self.deadline_s:.0f}"
+                        self.say(f"not in sync with the leader after {self.deadline_s:.0f}"
                                        "s: stays a learner (promote it by joining again later)")
                     return
                 self._done.wait(POLL_S)
         except RaftflError as exc:
-            self.node.emit(f"join: {exc}")
+            self.say(f"join: {exc}")
         finally:
             store.close()
 
@@ -202,7 +209,7 @@ class JoinWatch:
         try:
             voters = _voters(list_members(store))
             if not may_promote(voters, self.max_voters):
-                self.node.emit(f"stays a learner: the cluster has {voters} voters "
+                self.say(f"stays a learner: the cluster has {voters} voters "
                                f"(--max-voters {self.max_voters})")
                 return True
             cluster_api.promote(store, self.member.id)
@@ -213,12 +220,12 @@ class JoinWatch:
                 raise
             voters -= 1
         self.outcome.promoted = self._elapsed()
-        self.node.emit(f"promoted to voter after {self.outcome.promoted:.1f}s "
+        self.say(f"promoted to voter after {self.outcome.promoted:.1f}s "
                        f"({voters + 1} voters)")
         return True
 
     def rollback(self, why: str) -> None:
-        """Remove the learner (once) and stop the node."""
+        """Remove the learner (once) and tell the node."""
         with self._lock:
             if self.outcome.rolled_back is not None or self.outcome.came_up is not None:
                 return
@@ -231,15 +238,8 @@ class JoinWatch:
                 self.outcome.rolled_back = f"join failed: {why}; and removing it failed: {exc}"
             finally:
                 store.close()
-        self.node.emit(self.outcome.rolled_back)
-        if self.on_rollback is not None:
-            self.on_rollback()
-            return
-        self.node.stop.set()
-        self.node.wake.set()
-        member = self.node.member
-        if member is not None and member.alive():
-            member.stop()
+        self.say(self.outcome.rolled_back)
+        self.on_rollback()
 
     def finish(self, failed: bool) -> None:
         """The node's run ended. A member that never came up is removed again."""
@@ -264,8 +264,6 @@ def remove_member(leaving: NodeAddress, endpoints: list[str], cluster: str = "de
                   max_voters: int = 5, handover_timeout: float = 60.0,
                   by: str = "", emit: Callable[[str], None] = print) -> str:
     """Check, hand the role over if `leaving` holds it, remove its member; say what happened."""
-    from raftfl.control import request_handover, wait_handover
-
     store = Store(endpoints, retry_for=10)
     keys = Keys(cluster)
     try:

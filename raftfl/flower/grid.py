@@ -27,18 +27,16 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flwr.app import ArrayRecord, Error, Message, Metadata, RecordDict
 from flwr.serverapp import Grid
 
 from raftfl.flower.codec import CodecError, decode_message, encode_message
 from raftfl.flower.fleet import FleetServer, FleetStopped, Lost
+from raftfl.flower.hooks import RoundHooks
 from raftfl.flower.identity import SERVER_NODE_ID, adopt_server_identity
 from raftfl.flower.screen import ScreenPolicy, screen_reply
-
-if TYPE_CHECKING:
-    from raftfl.flower.start import RoundHooks
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ Under a `RaftGrid` it runs Flower's own round loop (train, federated evaluation,
 `evaluate_fn`, as in `Strategy.start` of flwr 1.42.0) through the strategy's public methods
 only, but resumable: it starts at the grid's resume round from the grid's resume arrays, so
 `configure_train` and `evaluate_fn` see GLOBAL round numbers, and it reports every step to the
-grid's `RoundHooks`, which record it (fenced) in etcd:
+grid's `RoundHooks` (hooks.py), which record it (fenced) in etcd:
 
 * a fresh run commits round 0 (the initial arrays and `evaluate_fn(0, ...)`), so a successor
   resumes round 1 from the same initial model;
@@ -31,8 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -40,6 +39,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from raftfl.flower.codec import arrays_sha256
 from raftfl.flower.grid import AggregatorStopped, RaftGrid
+from raftfl.flower.hooks import RoundReport, TrainReport
 
 log = logging.getLogger(__name__)
 
@@ -51,42 +51,6 @@ EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 class NoTrainResults(RuntimeError):
     """Every training attempt of a round came back without a single result."""
-
-
-@dataclass(frozen=True)
-class TrainReport:
-    attempt: int  # 1.. TRAIN_ATTEMPTS
-    sent: int  # instructions sent
-    results: int  # replies with content
-    failures: int  # sent - results: error replies and replies that never came
-    client_metrics: list[dict[str, Any]]  # per result: {"node_id", "metrics": {record: {k: v}}}
-    aggregated: dict[str, Any] | None  # the strategy's aggregated train MetricRecord
-    errors: list[dict[str, Any]] = field(default_factory=list)  # {"code", "reason", "node_id"}
-
-
-@dataclass(frozen=True)
-class RoundReport:
-    sha256: str  # of the arrays committed (codec.arrays_sha256)
-    train: TrainReport | None  # None for round 0
-    evaluate_clientapp: dict[str, Any] | None = None  # aggregated federated evaluation
-    evaluate_results: int = 0
-    evaluate_failures: int = 0
-    evaluate_serverapp: dict[str, Any] | None = None  # evaluate_fn's MetricRecord
-    client_metrics: list[dict[str, Any]] = field(default_factory=list)  # evaluation replies
-    num_rounds: int = 0  # the rounds the ServerApp asked for (reported with round 0)
-
-
-class RoundHooks(Protocol):
-    """What the aggregator records at each step (implemented with fenced etcd writes).
-
-    Called from the ServerApp's thread. A hook may raise to abort the run (the ServerApp fails);
-    returning False means "this node was deposed" and raises `AggregatorStopped`."""
-
-    def round_started(self, server_round: int) -> bool: ...
-
-    def train_done(self, server_round: int, report: TrainReport) -> None: ...
-
-    def commit(self, server_round: int, arrays: ArrayRecord, report: RoundReport) -> bool: ...
 
 
 def start(strategy: Strategy, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,

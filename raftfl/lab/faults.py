@@ -27,10 +27,9 @@ from raftfl.core.events import (
     StepDown,
 )
 from raftfl.core.invariants import check, failovers
-from raftfl.core.latency import TEST_EXTRA_RTT_ENV
 from raftfl.core.replay import replay
 from raftfl.lab.localcluster import LocalCluster
-from raftfl.lab.testhooks import HOLD_ENV
+from raftfl.lab.testhooks import EXTRA_RTT_ENV, HOLD_ENV
 
 WAIT_S = 120.0
 INTERRUPT_HOLD_S = 30.0  # the interrupted aggregator's own fit: the election must not wait for it
@@ -365,7 +364,7 @@ def run_scenario(s: Scenario, echo: Callable[[str], None] = print) -> Outcome:
         if s.worker_hold:
             env[i][HOLD_ENV] = s.worker_hold
         if i in s.extra_rtt:
-            env[i][TEST_EXTRA_RTT_ENV] = str(s.extra_rtt[i])
+            env[i][EXTRA_RTT_ENV] = str(s.extra_rtt[i])
     cluster = LocalCluster(n=s.nodes, rounds=s.rounds, cluster=f"faults-{s.name}",
                            node_env=env, train_size=3000, test_size=500,
                            ips=ctx.get("ips"), wrappers=ctx.get("wrappers"))

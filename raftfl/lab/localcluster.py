@@ -22,12 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raftfl.core.address import (
-    CLIENT_PORT_OFFSET,
-    FLOWER_PORT_OFFSET,
-    MODELS_PORT_OFFSET,
-    check_port_free,
-)
+from raftfl.core.address import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, MODELS_PORT_OFFSET
 from raftfl.core.certs import is_loopback
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys, RunKeys
@@ -35,6 +30,7 @@ from raftfl.core.membership import DEFAULT_MAX_VOTERS, initial_voters
 from raftfl.core.replay import FLState, Logged, replay
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Change, Store
+from raftfl.net.ports import check_port_free
 
 
 @dataclass
@@ -192,8 +188,9 @@ class LocalCluster:
     def start_node(self, node: NodeProc) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **node.env}
         log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child
-        node.proc = subprocess.Popen([*node.wrapper, sys.executable, "-m", "raftfl", *node.args],
-                                     env=env,
+        # The lab's launcher: `raftfl` with the node's RAFTFL_TEST_* fault hooks injected.
+        node.proc = subprocess.Popen([*node.wrapper, sys.executable, "-m", "raftfl.lab.node",
+                                      *node.args], env=env,
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()

@@ -1,4 +1,7 @@
-"""TEST ONLY fault-injection points, inert unless RAFTFL_TEST_HOLD is set.
+"""TEST ONLY fault hooks, as the RAFTFL_TEST_* variables of a lab-launched node say.
+
+The lab starts its nodes with `python -m raftfl.lab.node` (raftfl/lab/node.py), which builds
+`hooks_from_env()` and injects it into the node; the product never reads these variables.
 
 `RAFTFL_TEST_HOLD="phase:round:seconds[,...]"` makes the process sleep at that point of that
 round, so the fault harness can kill or freeze it at an exact phase:
@@ -14,6 +17,9 @@ round, so the fault harness can kill or freeze it at an exact phase:
     nan          the first array's first value becomes NaN
     shape        the first array loses its last row
     examples=N   every `num-examples` metric becomes N
+
+`RAFTFL_TEST_EXTRA_RTT_MS=N` adds N ms to every RTT the node measures: on loopback all RTTs
+are equal, so tests use it to make one node look far away.
 """
 
 from __future__ import annotations
@@ -21,52 +27,97 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from raftfl.node.faults import NO_FAULTS, FaultHooks
 
 log = logging.getLogger(__name__)
 HOLD_ENV = "RAFTFL_TEST_HOLD"
 HOSTILE_ENV = "RAFTFL_TEST_HOSTILE"
+EXTRA_RTT_ENV = "RAFTFL_TEST_EXTRA_RTT_MS"
 
 
-def hold(phase: str, rnd: int) -> None:
-    for spec in filter(None, os.environ.get(HOLD_ENV, "").split(",")):
-        want_phase, _, rest = spec.partition(":")
-        want_round, _, seconds = rest.partition(":")
-        if want_phase == phase and want_round.isdigit() and int(want_round) == rnd:
-            log.warning("test hold: %s of round %d for %ss", phase, rnd, seconds or 5)
-            time.sleep(float(seconds or 5))
+@dataclass(frozen=True)
+class Hold:
+    phase: str
+    round: int
+    seconds: float
 
 
-def tamper(reply: bytes, rnd: int) -> bytes:
-    """A worker's encoded reply in global round `rnd`, tampered with as `RAFTFL_TEST_HOSTILE`
-    says (a train reply with content only); unchanged when it is unset."""
-    faults = [f for f in os.environ.get(HOSTILE_ENV, "").split(",") if f]
-    if not faults:
-        return reply
-    import numpy as np
-    from flwr.app import Array
+def _holds(text: str) -> tuple[Hold, ...]:
+    holds = []
+    for spec in filter(None, text.split(",")):
+        phase, _, rest = spec.partition(":")
+        rnd, _, seconds = rest.partition(":")
+        if rnd.isdigit():
+            holds.append(Hold(phase, int(rnd), float(seconds or 5)))
+    return tuple(holds)
 
-    from raftfl.flower.codec import decode_message, encode_message
 
-    message, extra = decode_message(reply)
-    if message.metadata.message_type != "train" or not message.has_content():
-        return reply
-    arrays = next(iter(message.content.array_records.values()), None)
-    for fault in faults:
-        fault, _, nth = fault.partition("@")
-        if nth and int(nth) != rnd:
-            continue
-        name, _, value = fault.partition("=")
-        if name in ("nan", "shape") and arrays:
-            key = next(iter(arrays))
-            data = arrays[key].numpy().astype(np.float32)
-            if name == "nan":
-                data.flat[0] = np.nan
-            else:
-                data = data[:-1]
-            arrays[key] = Array(np.ascontiguousarray(data))
-        elif name == "examples":
-            for record in message.content.metric_records.values():
-                if "num-examples" in record:
-                    record["num-examples"] = int(value)
-        log.warning("test hostile: %s in the train reply", fault)
-    return encode_message(message, extra)
+def _extra_rtt(raw: str) -> float:
+    try:
+        return float(raw) if raw else 0.0
+    except ValueError:
+        log.warning("ignoring %s=%r: not a number", EXTRA_RTT_ENV, raw)
+        return 0.0
+
+
+class EnvFaultHooks:
+    """The `FaultHooks` (raftfl/node/faults.py) that RAFTFL_TEST_HOLD, RAFTFL_TEST_HOSTILE and
+    RAFTFL_TEST_EXTRA_RTT_MS in `env` describe; says once, as a warning, what they will do."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.holds = _holds(env.get(HOLD_ENV, ""))
+        self.hostile = tuple(f for f in env.get(HOSTILE_ENV, "").split(",") if f)
+        self.extra_rtt_ms = _extra_rtt(env.get(EXTRA_RTT_ENV, ""))
+        log.warning("TEST ONLY fault hooks: hold %s; hostile %s; extra RTT %g ms",
+                    ",".join(f"{h.phase}:{h.round}:{h.seconds:g}" for h in self.holds) or "none",
+                    ",".join(self.hostile) or "none", self.extra_rtt_ms)
+
+    def hold(self, phase: str, rnd: int) -> None:
+        for hold in self.holds:
+            if hold.phase == phase and hold.round == rnd:
+                log.warning("test hold: %s of round %d for %gs", phase, rnd, hold.seconds)
+                time.sleep(hold.seconds)
+
+    def tamper(self, reply: bytes, rnd: int) -> bytes:
+        """A worker's encoded reply in global round `rnd`, tampered with as RAFTFL_TEST_HOSTILE
+        says (a train reply with content only); unchanged when it is unset."""
+        if not self.hostile:
+            return reply
+        import numpy as np
+        from flwr.app import Array
+
+        from raftfl.flower.codec import decode_message, encode_message
+
+        message, extra = decode_message(reply)
+        if message.metadata.message_type != "train" or not message.has_content():
+            return reply
+        arrays = next(iter(message.content.array_records.values()), None)
+        for fault in self.hostile:
+            fault, _, nth = fault.partition("@")
+            if nth and int(nth) != rnd:
+                continue
+            name, _, value = fault.partition("=")
+            if name in ("nan", "shape") and arrays:
+                key = next(iter(arrays))
+                data = arrays[key].numpy().astype(np.float32)
+                if name == "nan":
+                    data.flat[0] = np.nan
+                else:
+                    data = data[:-1]
+                arrays[key] = Array(np.ascontiguousarray(data))
+            elif name == "examples":
+                for record in message.content.metric_records.values():
+                    if "num-examples" in record:
+                        record["num-examples"] = int(value)
+            log.warning("test hostile: %s in the train reply", fault)
+        return encode_message(message, extra)
+
+
+def hooks_from_env(env: Mapping[str, str] = os.environ) -> FaultHooks:
+    """`EnvFaultHooks` when a RAFTFL_TEST_* variable is set, else `NO_FAULTS`."""
+    if any(env.get(name) for name in (HOLD_ENV, HOSTILE_ENV, EXTRA_RTT_ENV)):
+        return EnvFaultHooks(env)
+    return NO_FAULTS

@@ -4,6 +4,10 @@ An `Election` owns the role key and, once won, the key's create revision: the **
 term is read from the create transaction's own header, so it names exactly the key this
 node created. `fence` guards every write the aggregator makes (`proclaim`, `resign`, events,
 checkpoints): once the key is gone or re-created, each of them fails instead of landing.
+
+No caller writes the fence: `step_down()` forgets the term locally, `resign()` deletes our
+key, `free(term)` deletes another node's key of that term (a takeover on evidence), and
+`clear_malformed(rev)` deletes an unreadable key that has not changed since `rev`.
 """
 
 from __future__ import annotations
@@ -55,3 +59,16 @@ class Election:
         """Give the role up at once (planned handover, shutdown); guarded by the term."""
         fence, self.fence = self.fence, None
         return fence is not None and self.store.delete(self.key, fence=fence)
+
+    def step_down(self) -> None:
+        """Forget our term (deposed, or fenced out): nothing more is written for it."""
+        self.fence = None
+
+    def free(self, term: int) -> bool:
+        """Delete the role key of `term`, held by a node that is evidently gone; True if
+        this call deleted it (fenced on that term: a newer holder's key is never touched)."""
+        return self.store.delete(self.key, fence=Fence(self.key, term))
+
+    def clear_malformed(self, mod_revision: int) -> bool:
+        """Delete an unreadable role key, unless it changed since `mod_revision`."""
+        return self.store.delete_if_unchanged(self.key, mod_revision)

@@ -32,8 +32,10 @@ def probe(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> Probe:
 
 
 class HolderProbe:
-    def __init__(self, lease_ttl: float, wake: Callable[[], None]):
-        self.lease_ttl = lease_ttl
+    """`follow` (the HA loop) sets the target; only the probe thread writes `latest`."""
+
+    def __init__(self, evidence_s: float, wake: Callable[[], None]):
+        self.evidence_s = evidence_s
         self.wake = wake
         self._target: tuple[int, str, tuple[tuple[str, int], ...]] | None = None
         self.latest: Evidence | None = None  # replaced whole, never mutated
@@ -47,7 +49,12 @@ class HolderProbe:
         target = (term, holder or "", endpoints) if term is not None and endpoints else None
         if target != self._target:
             self._target = target
-            self.latest = Evidence(term, holder or "") if target else None  # type: ignore[arg-type]
+
+    @property
+    def following(self) -> int | None:
+        """The term whose holder is probed, if any."""
+        target = self._target
+        return target[0] if target is not None else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -55,12 +62,15 @@ class HolderProbe:
     def _run(self) -> None:
         while not self._stop.wait(PROBE_INTERVAL_S):
             target, ev = self._target, self.latest
-            if target is None or ev is None or ev.term != target[0]:
+            if target is None:
+                self.latest = None
                 continue
+            if ev is None or ev.term != target[0]:
+                ev = Evidence(target[0], target[1])  # a new holder: fresh evidence
             now = time.monotonic()
             new = fold(ev, [probe(h, p) for h, p in target[2]], now)
             if self._target is not target:
                 continue  # retargeted while probing: these outcomes belong to the old holder
             self.latest = new
-            if gone(new, time.monotonic(), self.lease_ttl) and not gone(ev, now, self.lease_ttl):
+            if gone(new, time.monotonic(), self.evidence_s) and not gone(ev, now, self.evidence_s):
                 self.wake()

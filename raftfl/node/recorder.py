@@ -1,6 +1,6 @@
 """The aggregator role: resume from the log, then record every step of every round, fenced.
 
-`AppRecorder` implements the Flower edge's `RoundHooks` (raftfl/flower/start.py) for one
+`AppRecorder` implements the Flower edge's `RoundHooks` (raftfl/flower/hooks.py) for one
 term. Every write is guarded by the term, so once the role is lost nothing more lands: the
 first rejected write answers False and the user's ServerApp is stopped. A planned handover
 (`hand_over()`) stops it the same way, between rounds: the round in flight commits, the next
@@ -38,7 +38,6 @@ from raftfl.etcd import checkpoint
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.retention import Retention
 from raftfl.etcd.store import Fence, Store
-from raftfl.lab.testhooks import hold
 from raftfl.node.models import Models
 
 log = logging.getLogger(__name__)
@@ -84,13 +83,15 @@ class AppRecorder:
                  models: Models,
                  workers: Callable[[], int], on_event: Callable[[Event], None],
                  on_halt: Callable[[], None] = lambda: None,
-                 node_name: Callable[[int], str | None] = lambda node_id: None):
+                 node_name: Callable[[int], str | None] = lambda node_id: None,
+                 hold: Callable[[str, int], None] = lambda phase, rnd: None):
         self.store, self.keys, self.events, self.fence, self.node = store, keys, events, fence, node
         self.models = models
         self.workers = workers
         self.on_event = on_event
         self.on_halt = on_halt  # wakes the HA loop once a handover has stopped the rounds
         self.node_name = node_name  # a Flower node id -> the node's name, if known
+        self.hold = hold  # the lab's fault hooks: pause at a phase of a round
         self.deposed = False
         self.handing_over = False  # a planned handover: start no further round
         self.halted = threading.Event()  # ...and the ServerApp has reached a round boundary
@@ -134,13 +135,13 @@ class AppRecorder:
     def round_started(self, server_round: int) -> bool:
         if self._halt():
             return False
-        hold("round_start", server_round)
+        self.hold("round_start", server_round)
         clients = self.workers()
         if self._halt():  # asked while waiting for the workers
             return False
         ok = self._append(RoundStarted(node=self.node, term=self.term, round=server_round,
                                        base_model=self.base or "", clients=clients))
-        hold("fit_start", server_round)
+        self.hold("fit_start", server_round)
         return ok
 
     def train_done(self, server_round: int, report: Any) -> None:
@@ -168,7 +169,7 @@ class AppRecorder:
 
         if self.deposed:
             return False
-        hold("checkpoint", server_round)
+        self.hold("checkpoint", server_round)
         try:
             manifest = self.models.save(self.store, self.keys, arrays_to_bytes(arrays),
                                         server_round, self.fence)

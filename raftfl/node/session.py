@@ -19,31 +19,16 @@ import grpc
 import psutil
 
 from raftfl.core.keys import Keys, seq_of
-from raftfl.core.latency import Prober, Sample, worth_writing
+from raftfl.core.latency import worth_writing
 from raftfl.core.members import MemberInfo
-from raftfl.core.ranking import Candidate
-from raftfl.etcd.context import read_members, read_samples  # noqa: F401 - read_samples: ha.py
+from raftfl.etcd.context import read_members
 from raftfl.etcd.store import EtcdUnavailable, LeaseGone, Store
+from raftfl.net.probe import Prober
 
 log = logging.getLogger(__name__)
 
 SAMPLES_KEPT = 30  # per node; older samples are deleted by their writer
 PUBLISH_EVERY = 10  # probe cycles between refreshes of the member record's resources
-
-
-def candidates(members: dict[str, MemberInfo], samples: list[Sample],
-               window: int) -> list[Candidate]:
-    """Context of every live member, from replicated data only."""
-    from raftfl.core.latency import summarize
-
-    rtt = summarize(samples, set(members), window)
-    return [
-        Candidate(node=m.node, priority=m.priority, nofailover=m.nofailover,
-                  cpu_free=m.cpu_free, mem_free_mb=m.mem_free_mb,
-                  mean_rtt_ms=rtt[m.node].mean_ms if m.node in rtt else None,
-                  last_sample_ts=rtt[m.node].last_ts if m.node in rtt else None)
-        for m in members.values()
-    ]
 
 
 def local_resources() -> tuple[float, float]:
@@ -63,7 +48,8 @@ class Session:
     """Lease + keepalive + member record + latency prober for one node."""
 
     def __init__(self, store: Store, keys: Keys, info: MemberInfo, ttl: int,
-                 on_lost: Callable[[], None], probe_interval: float = 1.0):
+                 on_lost: Callable[[], None], probe_interval: float = 1.0,
+                 extra_rtt_ms: float = 0.0):
         self.store = store
         self.keys = keys
         self.info = info
@@ -72,7 +58,7 @@ class Session:
         self.probe_interval = probe_interval
         self._state = LeaseState(None, 0.0)
         self.stop = threading.Event()
-        self.prober = Prober()
+        self.prober = Prober(extra_ms=extra_rtt_ms)
         psutil.cpu_percent(interval=None)  # prime: the first reading is always 0.0
         self._seq = 0
         self._written: tuple[dict[str, float | None] | None, float, int | None] = (None, 0.0, None)

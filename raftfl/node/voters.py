@@ -16,7 +16,9 @@ The decision is pure (raftfl/core/replacement.py); this module carries it out.
   failed join, but the node stays up as an etcd client. The member is started from the HA
   loop's thread: its death signal is tied to the thread that forks it. Once it serves, the
   node's etcd client prefers it.
-- `Voters.tick()` is the HA cycle's one call into all of this, and it never raises.
+- `Voters.tick()` is the HA cycle's one call into all of this (its `TEND_VOTERS` chore), and
+  it never raises. It returns an upgraded node's new member once it serves; the node adopts
+  it. Nothing here writes the node's state.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from raftfl.core.address import parse_address
+from raftfl.core.address import NodeAddress, parse_address
 from raftfl.core.errors import RaftflError
 from raftfl.core.replacement import UPGRADE_TIMEOUT_S, Kind, Request, Seat, Step, next_step
 from raftfl.etcd import cluster_api
@@ -36,6 +40,10 @@ from raftfl.etcd.context import read_members
 from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd
 from raftfl.etcd.membership import JoinWatch, add_learner, local_checks
 from raftfl.etcd.store import KV, CreateResult, Store
+from raftfl.net.address import client_endpoint, peer_url
+from raftfl.node.election import Election
+from raftfl.node.session import Session
+from raftfl.node.shell import Shell
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +73,10 @@ def _endpoints(members: list[Member]) -> list[str]:
 class Keeper:
     """The executor: one change per second at most, while this node holds `term`."""
 
-    def __init__(self, node: Any, term: int) -> None:
-        self.node = node
+    def __init__(self, shell: Shell, election: Election, session: Session,
+                 active_run: Callable[[], int | None], term: int) -> None:
+        self.shell, self.election, self.session, self.active_run = \
+            shell, election, session, active_run
         self.term = term
         self.stopped = threading.Event()
         self.down_since: dict[int, float] = {}
@@ -90,13 +100,13 @@ class Keeper:
     def holding(self) -> bool:
         """Still the aggregator of `term`, and not leaving: a node that exits once no run is
         left (--exit-on-complete) lingers with its peers, who leave too; not replaced."""
-        node = self.node
-        return (node.election.term == self.term and not node.stop.is_set()
-                and not (node.opts.exit_on_complete and node.run_id is None)
-                and not (node.session is not None and node.session.info.finished))
+        shell = self.shell
+        return (self.election.term == self.term and not shell.stop.is_set()
+                and not (shell.opts.exit_on_complete and self.active_run() is None)
+                and not self.session.info.finished)
 
     def _run(self) -> None:
-        store = Store(self.node.store.endpoints, timeout=2.0, retry_for=3.0)
+        store = Store(self.shell.store.endpoints, timeout=2.0, retry_for=3.0)
         try:
             while not self.stopped.wait(PERIOD_S) and self.holding():
                 try:
@@ -112,15 +122,15 @@ class Keeper:
         """Members with their health, the live nodes without a member, the request in
         flight; None when there is nothing to keep (no such node, no learner, no request:
         a small all-voter federation pays one member list a second, no status calls)."""
-        node, now = self.node, time.monotonic()
+        keys, now = self.shell.keys, time.monotonic()
         members = list_members(store)
         for endpoint in _endpoints(members):
             store.add_endpoint(endpoint)
         named = {m.name for m in members}
-        records = read_members(store, node.keys)
+        records = read_members(store, keys)
         clients = sorted(n for n, r in records.items() if n not in named and not r.finished)
-        kvs, _ = store.range(node.keys.upgrades, keys_only=True)
-        requests = sorted(kv.key[len(node.keys.upgrades):] for kv in kvs)
+        kvs, _ = store.range(keys.upgrades, keys_only=True)
+        requests = sorted(kv.key[len(keys.upgrades):] for kv in kvs)
         if not clients and not requests and all(not m.learner for m in members):
             self.down_since.clear()
             return None
@@ -152,63 +162,63 @@ class Keeper:
         return seats, clients, request
 
     def once(self, store: Store) -> None:
-        node, now = self.node, time.monotonic()
+        opts, now = self.shell.opts, time.monotonic()
         seen = self.observe(store)
         if seen is None:
             return
         seats, clients, request = seen
         avoid = {n for n, t in self.avoid.items() if now - t < AVOID_S}
-        step = next_step(seats, clients, node.opts.max_voters, node.opts.voter_grace, request,
-                         me=node.opts.name, avoid=avoid)
+        step = next_step(seats, clients, opts.max_voters, opts.voter_grace, request,
+                         me=opts.name, avoid=avoid)
         if step.topic != self.last_topic:
             self.last_topic = step.topic
             if step.kind in (Kind.WAIT, Kind.NOTHING):
-                node.emit(step.sentence)
+                self.shell.say(step.sentence)
         if self.holding():
             self.act(store, step, len([s for s in seats if s.voter]))
 
     def act(self, store: Store, step: Step, voters: int) -> None:
-        node = self.node
+        shell, say = self.shell, self.shell.say
         if step.kind is Kind.REMOVE:
             assert step.member is not None
-            node.emit(step.sentence)
+            say(step.sentence)
             try:
                 cluster_api.remove(store, step.member)
             except RaftflError as exc:
-                node.emit(f"removing member {step.member:x} failed: {exc}")
+                say(f"removing member {step.member:x} failed: {exc}")
         elif step.kind is Kind.PROMOTE:
             assert step.member is not None
             try:
                 cluster_api.promote(store, step.member)
-                node.emit(step.sentence.replace("promoting", "promoted", 1))
+                say(step.sentence.replace("promoting", "promoted", 1))
             except NotInSync:
                 log.info("learner %s not in sync yet", step.node)
             except RaftflError as exc:
-                node.emit(f"promoting learner {step.node} failed: {exc}")
+                say(f"promoting learner {step.node} failed: {exc}")
         elif step.kind is Kind.ASK:
             assert step.node is not None
-            lease, fence = node.session.lease, node.election.fence
+            lease, fence = self.session.lease, self.election.fence
             if lease is None or fence is None or fence.create_revision != self.term:
                 return
-            value = json.dumps({"node": step.node, "by": node.opts.name, "term": self.term,
+            value = json.dumps({"node": step.node, "by": shell.name, "term": self.term,
                                 "voters": voters, "ts": time.time()})
-            if store.create(node.keys.upgrade(step.node), value, lease=lease,
+            if store.create(shell.keys.upgrade(step.node), value, lease=lease,
                             fence=fence) is CreateResult.CREATED:
                 self.asked[step.node] = time.monotonic()
-                node.emit(f"node {step.node} asked to become a voter ({voters} of "
-                          f"{node.opts.max_voters} voters)")
+                say(f"node {step.node} asked to become a voter ({voters} of "
+                          f"{shell.opts.max_voters} voters)")
         elif step.kind is Kind.CLEAR:
             assert step.node is not None
             if step.sentence.endswith("withdrawn"):
-                node.emit(step.sentence)
-            store.delete(node.keys.upgrade(step.node))
+                say(step.sentence)
+            store.delete(shell.keys.upgrade(step.node))
 
 
 class Upgrade:
     """This node, asked to become a voter: the `node join` flow, in place."""
 
-    def __init__(self, node: Any, request: KV) -> None:
-        self.node = node
+    def __init__(self, shell: Shell, request: KV) -> None:
+        self.shell = shell
         self.request = request
         self.etcd: EtcdMember | None = None
         self.watch: JoinWatch | None = None
@@ -216,72 +226,85 @@ class Upgrade:
 
     def start(self) -> None:
         """Add the learner and start its member (in the HA loop's thread)."""
-        node, o = self.node, self.node.opts
+        shell, say = self.shell, self.shell.say
+        o = shell.opts
         try:
             stale = local_checks(o, flower=False)
             binary = find_etcd(o.etcd_bin)
-            o.peers = [parse_address(m.name) for m in list_members(node.store)
-                       if m.name and m.name != o.name]
             # a stale data dir is cleared once the cluster confirms we are not a member
-            member = add_learner(o, stale, True, node.emit)
+            member, _ = add_learner(replace(o, peers=self._peers()), stale, True, say)
         except RaftflError as exc:
-            node.emit(f"cannot become a voter: {exc}")
+            say(f"cannot become a voter: {exc}")
             self._withdraw()
             self.done = True
             return
         # The member list as it is now, not as add_learner saw it: etcd refuses to start a
         # member whose initial cluster differs from the cluster's (a removal meanwhile).
         try:
-            o.peers = [parse_address(m.name) for m in list_members(node.store)
-                       if m.name and m.name != o.name]
+            peers = self._peers()
         except RaftflError:
-            pass
-        everyone = {o.name: o.address, **{p.name: p for p in o.peers}}
+            peers = ()
+        everyone = {o.name: o.address, **{p.name: p for p in peers}}
         spec = MemberSpec(name=o.name, cluster=o.cluster, data_dir=o.dir, ip=o.ip,
                           peer_port=o.address.port, client_port=o.etcd_client_port,
                           state="existing",
-                          initial_cluster={n: a.peer_url for n, a in sorted(everyone.items())})
+                          initial_cluster={n: peer_url(a) for n, a in sorted(everyone.items())})
         self.etcd = EtcdMember(spec, binary)
-        self.watch = JoinWatch(node, member, UPGRADE_TIMEOUT_S, o.max_voters,
-                               on_rollback=self._rolled_back)
+        self.watch = JoinWatch(say, member, spec.client_endpoint,
+                               [client_endpoint(p) for p in peers], UPGRADE_TIMEOUT_S,
+                               o.max_voters, on_rollback=shell.wake.set)
         try:
             self.etcd.start(threaded=True)
         except OSError as exc:
             self.watch.rollback(f"its etcd member did not start: {exc}")
-            self.done = True
+            self._rolled_back()
             return
-        node.emit(f"etcd member started (pid {self.etcd.proc.pid if self.etcd.proc else '?'}, "
-                  f"data dir {o.dir})")
+        say(f"etcd member started (pid {self.etcd.proc.pid if self.etcd.proc else '?'}, "
+            f"data dir {o.dir})")
         self.watch.start()
 
-    def poll(self) -> None:
-        """From the HA cycle: hand a member that serves over to the node, or roll back."""
-        node, etcd, watch = self.node, self.etcd, self.watch
+    def _peers(self) -> tuple[NodeAddress, ...]:
+        name = self.shell.name
+        return tuple(parse_address(m.name) for m in list_members(self.shell.store)
+                     if m.name and m.name != name)
+
+    def poll(self, member: EtcdMember | None) -> EtcdMember | None:
+        """From the HA cycle: a member that serves is handed to the node (returned; `member`
+        is the node's own, if it has one), a rolled-back one is stopped."""
+        etcd, watch = self.etcd, self.watch
         if etcd is None or watch is None:
             self.done = True
-            return
+            return None
         out = watch.outcome
-        if out.came_up is not None and node.member is None and etcd.alive():
-            node.member = etcd  # from now on the node stops it, and dies if it exits
-            node.store.add_endpoint(etcd.spec.client_endpoint, first=True)
-        elif out.came_up is None and out.rolled_back is None and not etcd.alive():
+        if out.rolled_back is not None:
+            self._rolled_back()
+            return None
+        if out.came_up is not None and member is None and etcd.alive():
+            self.shell.store.add_endpoint(etcd.spec.client_endpoint, first=True)
+            self.done = not watch.running
+            return etcd  # from now on the node stops it, and dies if it exits
+        if out.came_up is None and not etcd.alive():
             try:
                 etcd.check_alive()
             except RaftflError as exc:
                 watch.rollback(str(exc))
-        if out.rolled_back is not None or not watch.running:
+                self._rolled_back()
+                return None
+        if not watch.running:
             self.done = True
+        return None
 
     def _rolled_back(self) -> None:
         """The learner was removed again: stop the member, stay an etcd client."""
         if self.etcd is not None:
             self.etcd.stop()
         self._withdraw()
+        self.done = True
 
     def _withdraw(self) -> None:
         """Delete our request, so the executor knows at once that this node failed."""
         try:
-            self.node.store.delete_if_unchanged(self.request.key, self.request.mod_revision)
+            self.shell.store.delete_if_unchanged(self.request.key, self.request.mod_revision)
         except RaftflError:
             pass
 
@@ -290,57 +313,65 @@ class Voters:
     """The HA cycle's entry point: run the executor while holding the role; as a node
     without a member, answer an upgrade request; keep the etcd client's endpoints current."""
 
-    def __init__(self, node: Any) -> None:
-        self.node = node
+    def __init__(self, shell: Shell, election: Election, session: Session,
+                 active_run: Callable[[], int | None]) -> None:
+        self.shell, self.election, self.session, self.active_run = \
+            shell, election, session, active_run
         self.keeper: Keeper | None = None
         self.upgrade: Upgrade | None = None
         self._acted: int | None = None  # create revision of the last request acted on
         self._next_check = 0.0
         self._next_refresh = time.monotonic() + REFRESH_S
 
-    def tick(self) -> None:
+    def tick(self, member: EtcdMember | None) -> EtcdMember | None:
+        """One cycle's upkeep; `member` is the node's etcd member, if it runs one. Returns
+        a new member for the node to adopt (an upgrade that came up)."""
         try:
             self._keep()
-            self._answer()
+            return self._answer(member)
         except Exception:  # noqa: BLE001 - membership upkeep never fails a cycle
             log.exception("voter upkeep failed")
+            return None
 
     def _keep(self) -> None:
-        node = self.node
-        term = node.election.term
-        wanted = term is not None and node.opts.etcd_endpoints is None
+        term = self.election.term
+        wanted = term is not None and self.shell.opts.etcd_endpoints is None
         if self.keeper is not None and (not wanted or self.keeper.term != term
                                         or not self.keeper.alive):
             self.keeper.stop()
             self.keeper = None
         if wanted and self.keeper is None:
-            keeper = Keeper(node, term)
+            assert term is not None
+            keeper = Keeper(self.shell, self.election, self.session, self.active_run, term)
             if keeper.holding():
                 self.keeper = keeper.start()
 
-    def _answer(self) -> None:
-        node, now = self.node, time.monotonic()
+    def _answer(self, member: EtcdMember | None) -> EtcdMember | None:
+        shell, now = self.shell, time.monotonic()
+        adopted = None
         if self.upgrade is not None:
-            self.upgrade.poll()
+            adopted = self.upgrade.poll(member)
+            member = member or adopted
             if self.upgrade.done:
                 self.upgrade = None
         if now >= self._next_refresh:
             self._next_refresh = now + REFRESH_S
-            for endpoint in _endpoints(list_members(node.store)):
-                if node.store.add_endpoint(endpoint):
+            for endpoint in _endpoints(list_members(shell.store)):
+                if shell.store.add_endpoint(endpoint):
                     log.info("etcd client: added endpoint %s", endpoint)
-        if node.member is not None or node.opts.etcd_endpoints or self.upgrade is not None \
+        if member is not None or shell.opts.etcd_endpoints or self.upgrade is not None \
                 or now < self._next_check:
-            return
+            return adopted
         self._next_check = now + CHECK_S
-        kv = node.store.get(node.keys.upgrade(node.opts.name))
+        kv = shell.store.get(shell.keys.upgrade(shell.name))
         if kv is None or kv.create_revision == self._acted:
-            return
+            return adopted
         self._acted = kv.create_revision
         try:
             by = json.loads(kv.value).get("by", "?")
         except (ValueError, AttributeError):
             by = "?"
-        node.emit(f"asked by {by} to become a voter: joining the etcd cluster as a learner")
-        self.upgrade = Upgrade(node, kv)
+        shell.say(f"asked by {by} to become a voter: joining the etcd cluster as a learner")
+        self.upgrade = Upgrade(shell, kv)
         self.upgrade.start()
+        return adopted

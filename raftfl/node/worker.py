@@ -12,7 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from raftfl.core.errors import RaftflError
+from raftfl.core.runconfig import RunConfig
+from raftfl.node import runapp
+from raftfl.node.runs import Runs
+from raftfl.node.shell import Shell, Voice
+
+if TYPE_CHECKING:  # Flower is imported when the worker first trains, not at start-up
+    from raftfl.flower.host import ClientAppHost
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +83,84 @@ class WorkerRunner:
             finally:
                 self._client = None
             self._changed.wait(RECONNECT_WAIT_S)
+
+
+class WorkerRole:
+    """This node's ClientApps, one run at a time, answering instructions in the worker thread.
+
+    It owns what that thread changes (the ClientApp host, its own voice); it reads the
+    node's active run but never writes the node's state.
+    """
+
+    def __init__(self, shell: Shell, runs: Runs, config: RunConfig,
+                 active_run: Callable[[], int | None]):
+        self.shell, self.runs, self.config, self.active_run = shell, runs, config, active_run
+        self.say = Voice(shell.name, shell.say.out)  # this thread's own once-lines
+        self._hosts: dict[int, ClientAppHost] = {}  # run -> its ClientApp host
+
+    def handle(self, msg_id: str, payload: bytes) -> bytes:
+        """One instruction for this node's ClientApp of the run it names. The run may be one
+        this node's loop has not seen become active yet; an instruction for an earlier run,
+        or one that cannot be read, goes to the current host, which refuses it."""
+        from raftfl.flower.codec import CodecError, decode_message
+        from raftfl.flower.grid import Stamp
+
+        try:
+            stamp = Stamp.from_json(decode_message(payload)[1])
+        except CodecError:
+            stamp = Stamp(0, 0)
+        run_id = stamp.run_id
+        current = next(iter(self._hosts), None)
+        if run_id < max(current or 1, self.active_run() or 1):
+            run_id = current or self.active_run() or 1
+        if run_id not in self._hosts:
+            self._hosts = {run_id: self._client_host(run_id)}  # one run at a time
+        reply = self._hosts[run_id].handle(msg_id, payload)
+        return self.shell.hooks.tamper(reply, stamp.round)
+
+    def _client_host(self, run_id: int) -> ClientAppHost:
+        """This node's ClientApp for run `run_id`; one that cannot be loaded answers every
+        instruction with the reason, as a ClientApp that raised."""
+        from raftfl.flower.app import node_config
+        from raftfl.flower.host import ClientAppHost
+
+        opts = self.shell.opts
+        run_app = self.runs.app(run_id)
+        try:
+            _, client_app = run_app.apps.result()
+        except Exception as exc:  # noqa: BLE001 - reported in each reply
+            client_app = _Unusable(exc)
+        return ClientAppHost(
+            client_app, run_id=run_id, node_id=runapp.node_id(opts.name),
+            node_config=node_config(opts.node_config, self.config.shard_index(opts.name),
+                                    len(self.config.nodes)),
+            run_config=run_app.spec.run_config if run_app.spec else {}, admit=self._admit)
+
+    def _admit(self, stamp: Any, message: Any) -> str | None:
+        """Refuse an instruction from a term that is not the current one, or whose arrays
+        are not the model it says the round starts from."""
+        from raftfl.flower.codec import arrays_sha256
+
+        kv = self.shell.store.get(self.shell.keys.aggregator)
+        current = kv.create_revision if kv else None
+        if stamp.term != current:
+            return f"term {stamp.term} is not the current term ({current})"
+        if stamp.base:
+            arrays = message.content.array_records
+            if len(arrays) == 1 and arrays_sha256(next(iter(arrays.values()))) != stamp.base:
+                return f"the arrays are not base model {stamp.base[:12]}"
+        if stamp.round and message.metadata.message_type == "train":
+            self.say(f"training round {stamp.round} for term {stamp.term}",
+                     once=f"fit{stamp.term}:{stamp.round}")
+            self.shell.hooks.hold("fit", stamp.round)
+        return None
+
+
+class _Unusable:
+    """Stands in for a ClientApp whose run's app cannot be loaded: raises why, each time."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def __call__(self, message: Any, context: Any) -> Any:
+        raise RaftflError(f"this node cannot load the run's app: {self.error}")

@@ -9,10 +9,9 @@ import pytest
 
 from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, StepDown
 from raftfl.core.invariants import check, failovers
-from raftfl.core.latency import TEST_EXTRA_RTT_ENV
 from raftfl.lab.faults import at, first_term, new_term_commit
 from raftfl.lab.localcluster import LocalCluster
-from raftfl.lab.testhooks import HOLD_ENV
+from raftfl.lab.testhooks import EXTRA_RTT_ENV, HOLD_ENV
 
 pytestmark = pytest.mark.slow
 WAIT = 150
@@ -53,8 +52,8 @@ def test_winner_is_the_top_ranked_node_when_latencies_differ() -> None:
     """With --max-voters 3 the fourth node is an etcd client of the three voters, and still
     the best candidate: a node without an etcd member can aggregate."""
     # TEST ONLY latency override: node 1 looks 80 ms away, node 2 40 ms, node 3 is near.
-    env = {1: {TEST_EXTRA_RTT_ENV: "80", HOLD_ENV: "fit:2:2"},
-           2: {TEST_EXTRA_RTT_ENV: "40", HOLD_ENV: "fit:2:2"},
+    env = {1: {EXTRA_RTT_ENV: "80", HOLD_ENV: "fit:2:2"},
+           2: {EXTRA_RTT_ENV: "40", HOLD_ENV: "fit:2:2"},
            3: {HOLD_ENV: "fit:2:2"}}
     with LocalCluster(n=4, rounds=3, cluster="t-rank", node_env=env, train_size=2000,
                       test_size=400, max_voters=3) as c:

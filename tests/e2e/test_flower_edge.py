@@ -29,8 +29,9 @@ from raftfl.flower.app import load_app
 from raftfl.flower.codec import arrays_sha256
 from raftfl.flower.fleet import FleetClient, FleetError, FleetServer
 from raftfl.flower.grid import MOD_FAILED_PRECONDITION, NODE_UNAVAILABLE, RaftGrid, Resume, Stamp
+from raftfl.flower.hooks import RoundReport, TrainReport
 from raftfl.flower.host import ClientAppHost, ServerAppHost
-from raftfl.flower.start import NoTrainResults, RoundReport, TrainReport
+from raftfl.flower.start import NoTrainResults
 
 HOST = "127.0.0.1"
 RUN_ID = 42

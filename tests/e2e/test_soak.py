@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from raftfl.cli import cli
+from raftfl.lab.cli import soak
 from raftfl.lab.soak import schedule
 
 pytestmark = pytest.mark.slow
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 def test_short_soak_has_a_failover_and_no_crash_or_violation(tmp_path: Path) -> None:
     summary_path = tmp_path / "soak" / "summary.json"
-    result = CliRunner().invoke(cli, ["soak", "--duration", "90s", "--nodes", "3", "--seed", "1",
-                                      "--max-runs", "2", "--summary-json", str(summary_path)])
+    result = CliRunner().invoke(soak, ["--duration", "90s", "--nodes", "3", "--seed", "1",
+                                       "--max-runs", "2", "--summary-json", str(summary_path)])
     assert result.exit_code == 0, result.output
     summary = json.loads(summary_path.read_text())
     assert summary["runs"] >= 1 and summary["faults"] >= 1, summary

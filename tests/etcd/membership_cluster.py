@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raftfl.core.keys import Keys
-from raftfl.core.runconfig import RunConfig, ensure
+from raftfl.core.runconfig import RunConfig
 from raftfl.etcd.cluster_api import Member, list_members
+from raftfl.etcd.clusterconfig import ensure
 from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd, running_members
 from raftfl.etcd.store import Store
 from raftfl.lab.bench import serves

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from conftest import EtcdCluster, free_port_base, running_cluster
 
-from raftfl.core.address import check_port_free
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, RunStarted
 from raftfl.core.keys import Keys, RunKeys
@@ -31,6 +30,7 @@ from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.member import MemberSpec, check_version, find_etcd, prepare_data_dir
 from raftfl.etcd.store import CreateResult, Fence, wait_until
+from raftfl.net.ports import check_port_free
 from raftfl.node.session import Session
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -27,46 +27,46 @@ from raftfl.core.address import NodeAddress
 from raftfl.core.decide import Action, decide
 from raftfl.core.events import AggregatorElected, RunStarted
 from raftfl.core.keys import Keys, RunKeys
-from raftfl.core.runconfig import RunConfig, RunSpec, ensure
+from raftfl.core.runconfig import RunConfig, RunSpec
 from raftfl.etcd import runs as stored_runs
+from raftfl.etcd.clusterconfig import ensure
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Change, Fence, LeaseGone, wait_until
 from raftfl.node import runapp
 from raftfl.node.election import Election
-from raftfl.node.ha import Node, NodeOptions
+from raftfl.node.ha import Node
 from raftfl.node.models import ModelFiles, Models
+from raftfl.node.options import NodeOptions
 from raftfl.node.package import pack
 from raftfl.node.runs import RunApp, Runs
 from raftfl.node.session import MemberInfo, Session
-from raftfl.node.worker import WorkerRunner
 
 
 def make_node(cluster: EtcdCluster, keys: RunKeys, port: int, priority: float = 0.0,
               **opts: Any) -> Node:
-    """A node wired to the cluster the way `Node.run` wires it, minus process start-up; run 1
+    """A node wired to the cluster the way start-up wires it, minus process start-up; run 1
     (the bundled app, whose import is skipped) is submitted if it is not yet."""
     address = NodeAddress("127.0.0.1", port)
-    o = NodeOptions(address=address, peers=[], cluster=keys.cluster,
-                    etcd_endpoints=cluster.endpoints, priority=priority,
-                    data_dir=Path(tempfile.mkdtemp(prefix="raftfl-ha-")), **opts)
+    o = NodeOptions(address=address, cluster=keys.cluster, etcd_endpoints=cluster.endpoints,
+                    priority=priority, data_dir=Path(tempfile.mkdtemp(prefix="raftfl-ha-")),
+                    **opts)
     node = Node(o, out=io.StringIO())
-    node.store = cluster.store()
+    store = cluster.store()
     node.keys = keys
     blob = pack(runapp.bundled_app())
-    stored_runs.submit(node.store, keys, RunSpec(app="quickstart", run_config={},
-                                                 app_sha256=hashlib.sha256(blob).hexdigest()),
+    stored_runs.submit(store, keys, RunSpec(app="quickstart", run_config={},
+                                            app_sha256=hashlib.sha256(blob).hexdigest()),
                        blob, run_id=1)
-    node.models = Models(ModelFiles(o.dir / "models"), o.models_address, lambda: [], replicas=1)
-    node.runs = Runs(node.store, keys, o.dir, node.models)
-    spec = stored_runs.spec(node.store, keys, 1)
-    node.runs.app = lambda run_id: RunApp(run_id, spec, runapp.load(None),  # type: ignore[method-assign]
-                                          _done((None, None)))
-    node.election = Election(node.store, keys.aggregator, o.name, o.flower_address)
-    node.config = ensure(node.store, keys, RunConfig(rounds=3, nodes=[o.name]))
+    models = Models(ModelFiles(o.dir / "models"), o.models_address, lambda: [], replicas=1)
+    runs = Runs(store, keys, o.dir, models)
+    spec = stored_runs.spec(store, keys, 1)
+    runs.app = lambda run_id: RunApp(run_id, spec, runapp.load(None),  # type: ignore[method-assign]
+                                     _done((None, None)))
+    config = ensure(store, keys, RunConfig(rounds=3, nodes=[o.name]))
     info = MemberInfo(node=o.name, ip="127.0.0.1", client_port=port + 100,
                       flower_address=o.flower_address, priority=priority)
-    node.session = Session(node.store, keys, info, o.lease_ttl, node._lease_lost, 3600)
-    node.worker = WorkerRunner(runapp.node_id(o.name), o.name, lambda i, p: b"")
+    node.wire(store, models, runs, config, Session(store, keys, info, o.lease_ttl,
+                                                   node.lease_lost, 3600))
     return node
 
 
@@ -81,12 +81,9 @@ def nodes() -> Iterator[list[Node]]:
     yield made
     for node in made:
         node.stop.set()
-        if node.worker is not None:
-            node.worker.stop()
-        if node.session is not None:
-            node.session.close(revoke=True)
-        if node._events_watch is not None:
-            node._events_watch[1].set()
+        node.worker.stop()
+        node.session.close(revoke=True)
+        node.observer.stop()
         shutil.rmtree(node.opts.dir, ignore_errors=True)
 
 
@@ -119,14 +116,14 @@ def test_a_term_without_its_election_record_is_repaired(etcd_cluster_module: Etc
     node.session.open()  # type: ignore[union-attr]
     term = node.election.campaign(node.session.lease)  # type: ignore[union-attr,arg-type]
     assert term is not None
-    node.election.fence = None  # as after a restart of the loop: nothing in memory
-    view = node.observe()
-    decision = decide(view, node._local())
+    node.election.step_down()  # as after a restart of the loop: nothing in memory
+    view = node.observer.observe()
+    decision = decide(view, node.local())
     assert decision.action is Action.RECORD_ELECTION and decision.term == term
     node.act(decision, view)
-    state, _ = node.events.current()
+    state, _ = node.runs.log(1).current()
     assert [e.term for e in state.elections] == [term]
-    assert decide(node.observe(), node._local()).action is Action.SERVE
+    assert decide(node.observer.observe(), node.local()).action is Action.SERVE
 
 
 def test_polled_vacancy_is_reranked_at_the_delete_revision(etcd_cluster_module: EtcdCluster,
@@ -148,16 +145,16 @@ def test_polled_vacancy_is_reranked_at_the_delete_revision(etcd_cluster_module: 
                       flower_address="h:9", priority=50.0)
     store.put(keys.member(late.node), late.to_json(), lease=store.grant(30))
 
-    polled = me.observe()
+    polled = me.observer.observe()
     assert polled.vacancy_revision is None
     assert [r.node for r in polled.ranking][0] == late.node  # by polling: ranked now
-    assert decide(polled, me._local()).action is Action.WAIT_RANK
+    assert decide(polled, me.local()).action is Action.WAIT_RANK
 
-    me.role_changes.put(Change(keys.aggregator, None, deleted_at, 0))  # the watch reports R
-    at_r = me.observe()
+    me.observer.role_changes.put(Change(keys.aggregator, None, deleted_at, 0))  # the watch reports R
+    at_r = me.observer.observe()
     assert at_r.vacancy_revision == deleted_at and at_r.ranked_at == deleted_at
     assert [r.node for r in at_r.ranking] == [me.opts.name]
-    decision = decide(at_r, me._local())
+    decision = decide(at_r, me.local())
     assert decision.action is Action.CAMPAIGN and f"vacancy at rev {deleted_at}" in decision.sentence
 
 
@@ -176,11 +173,11 @@ def test_a_vacancy_nobody_was_live_at_is_ranked_now(etcd_cluster_module: EtcdClu
     store.revoke(holder)  # deleted at R, when no member record exists
     _, deleted_at = store.range(keys.aggregator)
     me.session.open()  # type: ignore[union-attr] # our record comes back after R
-    me.role_changes.put(Change(keys.aggregator, None, deleted_at, 0))
-    view = me.observe()
+    me.observer.role_changes.put(Change(keys.aggregator, None, deleted_at, 0))
+    view = me.observer.observe()
     assert view.vacancy_revision == deleted_at and view.ranked_at > deleted_at
     assert [r.node for r in view.ranking] == [me.opts.name]
-    assert decide(view, me._local()).action is Action.CAMPAIGN
+    assert decide(view, me.local()).action is Action.CAMPAIGN
 
 
 def test_role_churn_never_breaks_a_cycle(etcd_cluster_module: EtcdCluster, keys: RunKeys,
@@ -197,7 +194,7 @@ def test_role_churn_never_breaks_a_cycle(etcd_cluster_module: EtcdCluster, keys:
                        flower_address="h:9", priority=50.0)  # ranks first: we only wait
     lease = store.grant(60)
     store.put(keys.member(rival.node), rival.to_json(), lease=lease)
-    node._watch()
+    node.observer.watch()
     done = threading.Event()
 
     def churn() -> None:
@@ -210,8 +207,8 @@ def test_role_churn_never_breaks_a_cycle(etcd_cluster_module: EtcdCluster, keys:
     try:
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
-            view = node.observe()
-            decision = decide(view, node._local())
+            view = node.observer.observe()
+            decision = decide(view, node.local())
             node.act(decision, view)
             actions.append(decision.action)
     finally:
@@ -283,7 +280,7 @@ def test_server_restarted_in_its_term_resumes_after_the_old_one(
     from flwr.app import Array, ArrayRecord
 
     from raftfl.flower import host as flower_host
-    from raftfl.flower.start import RoundReport, TrainReport
+    from raftfl.flower.hooks import RoundReport, TrainReport
 
     node = make_node(etcd_cluster_module, keys, 23130, client_wait=0.1)
     nodes.append(node)
@@ -332,20 +329,20 @@ def test_server_restarted_in_its_term_resumes_after_the_old_one(
     term = node.election.campaign(node.session.lease)  # type: ignore[union-attr,arg-type]
     assert term is not None
     for _ in range(3):  # record the election, then serve
-        view = node.observe()
-        node.act(decide(view, node._local()), view)
+        view = node.observer.observe()
+        node.act(decide(view, node.local()), view)
     assert started == [0]
-    node.server.stop()  # type: ignore[union-attr]  # the ServerApp "ends" within its term
-    node.server.state = "failed"  # type: ignore[union-attr]
-    view = node.observe()
-    node.act(decide(view, node._local()), view)  # restart: join the old thread, then re-read
-    state, _ = node.events.current()
+    node.aggregator.server.stop()  # type: ignore[union-attr]  # the ServerApp "ends" within its term
+    node.aggregator.server.state = "failed"  # type: ignore[union-attr]
+    view = node.observer.observe()
+    node.act(decide(view, node.local()), view)  # restart: join the old thread, then re-read
+    state, _ = node.runs.log(1).current()
     assert started == [0, 2] and state.commit_order == [1] and not state.duplicate_commits
-    node.server.stop()  # type: ignore[union-attr]
-    assert node.server.join(5)  # type: ignore[union-attr]
-    state, _ = node.events.current()
+    node.aggregator.server.stop()  # type: ignore[union-attr]
+    assert node.aggregator.server.join(5)  # type: ignore[union-attr]
+    state, _ = node.runs.log(1).current()
     assert state.commit_order == [1, 2] and not state.duplicate_commits
-    node.fleet.stop()  # type: ignore[union-attr]
+    node.aggregator.fleet.stop()  # type: ignore[union-attr]
 
 
 def _done(value: Any) -> Any:
@@ -359,23 +356,23 @@ def _done(value: Any) -> Any:
 def test_malformed_role_key_is_cleared_after_one_ttl(etcd_cluster_module: EtcdCluster,
                                                      keys: RunKeys, nodes: list[Node]) -> None:
     store = etcd_cluster_module.store()
-    node = make_node(etcd_cluster_module, keys, 23140, lease_ttl=2, aggregator="self")
+    node = make_node(etcd_cluster_module, keys, 23140, lease_ttl=2, bootstrap="self")
     nodes.append(node)
     node.session.open()  # type: ignore[union-attr]
     store.put(keys.aggregator, "[" * 1500 + "]" * 1500)  # no lease: it would never expire
     seen = []
 
     def step() -> bool:
-        view = node.observe()
-        d = decide(view, node._local())
+        view = node.observer.observe()
+        d = decide(view, node.local())
         seen.append(d.action)
         node.act(d, view)
         return d.action is Action.CLEAR_MALFORMED
 
     assert wait_until(step, timeout=6, interval=0.3)
     assert seen[0] is Action.WAIT_MALFORMED and store.get(keys.aggregator) is None
-    view = node.observe()
-    assert view.role is None and decide(view, node._local()).action is Action.CAMPAIGN
+    view = node.observer.observe()
+    assert view.role is None and decide(view, node.local()).action is Action.CAMPAIGN
 
 
 def test_fence_rejects_a_deposed_term(etcd_cluster_module: EtcdCluster, keys: RunKeys) -> None:

@@ -21,7 +21,7 @@ from raftfl.core.keys import Keys
 from raftfl.core.maintenance import HandoverRequest
 from raftfl.core.members import MemberInfo
 from raftfl.core.runconfig import RunConfig, RunSpec
-from raftfl.etcd import runs
+from raftfl.etcd import handover, runs
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Store, wait_until
 from raftfl.inspection import cluster_status, format_status
@@ -97,18 +97,18 @@ def test_handover_request_refusals_and_the_new_term(etcd_cluster) -> None:
     assert f"handover: term {term} of {A} to {C} requested" in format_status(status)
 
     # The holder resigns and C wins: the waiter reports the new term.
-    requested = control.Requested(req, 0, time.monotonic())
-    assert control.wait_handover(store, keys, requested, 0.2) is None
+    requested = handover.Requested(req, 0, time.monotonic())
+    assert handover.wait_handover(store, keys, requested, 0.2) is None
     assert election.resign()
     new = Election(store, keys.aggregator, C, "127.0.0.1:21200")
     new_term = new.campaign(store.grant(60))
-    done = control.wait_handover(store, keys, requested, 5.0)
+    done = handover.wait_handover(store, keys, requested, 5.0)
     assert done is not None and (done.node, done.term) == (C, new_term)
 
     # A request for a term that has ended is refused (the guard), not written.
     with pytest.raises(RaftflError, match="already holds"):
-        control.request_handover(store, keys, C, "t")
-    stale = control.request_handover(store, keys, B, "t")  # replaces the stale request of A
+        handover.request_handover(store, keys, C, "t")
+    stale = handover.request_handover(store, keys, B, "t")  # replaces the stale request of A
     assert stale.request.term == new_term and stale.request.holder == C
 
 
@@ -159,31 +159,32 @@ def test_nodes_hand_over_at_once_and_fill_no_vacancy_while_paused(
 
     keys = keys_run
     store = etcd_cluster_module.store()
-    a, b, c = (make_node(etcd_cluster_module, keys, port, lease_ttl=10)
+    a, b, c = (make_node(etcd_cluster_module, keys, port, lease_ttl=10,
+                         bootstrap="self" if port == 23150 else "auto")
                for port in (23150, 23151, 23152))
     nodes.extend([a, b, c])
     for n in (a, b, c):
         n.session.open()
 
     def cycle(n):  # one observe/decide/act, as the loop runs it
-        view = n.observe()
-        decision = decide(view, n._local())
+        view = n.observer.observe()
+        decision = decide(view, n.local())
         n.act(decision, view)
         return decision
 
-    a.opts.aggregator = "self"
     assert cycle(a).action is Action.CAMPAIGN
     term = a.election.term
-    assert cycle(a).action is Action.SERVE and a.server is not None
-    assert wait_until(lambda: a.server.state == "failed", 10.0)  # the stand-in app is None
-    req = control.request_handover(store, keys, b.opts.name, "t")
+    assert cycle(a).action is Action.SERVE and a.aggregator.server is not None
+    server = a.aggregator.server
+    assert wait_until(lambda: server.state == "failed", 10.0)  # the stand-in app is None
+    req = handover.request_handover(store, keys, b.opts.name, "t")
     assert req.request.term == term
 
     d = cycle(a)  # nothing in flight: record `handover`, resign
     assert d.action is Action.HAND_OVER and f"handover of term {term} to {b.opts.name}" in \
         d.sentence
     assert store.get(keys.aggregator) is None
-    assert not a.events.current()[0].step_downs  # a handover is no step-down
+    assert not a.runs.log(1).current()[0].step_downs  # a handover is no step-down
     logged = [i.event for i in EventLog(store, keys).read().events]
     assert any(isinstance(e, Handover) and e.term == term and e.to == b.opts.name
                for e in logged)

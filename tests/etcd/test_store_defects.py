@@ -30,8 +30,9 @@ from raftfl.core.keys import Keys, RunKeys
 from raftfl.core.latency import Sample
 from raftfl.core.members import MemberInfo
 from raftfl.core.records import SKIPS
-from raftfl.core.runconfig import RunConfig, RunSpec, ensure
+from raftfl.core.runconfig import RunConfig, RunSpec
 from raftfl.etcd import checkpoint, runs
+from raftfl.etcd.clusterconfig import ensure
 from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.member import MemberSpec, find_etcd, loopback_specs, running_members

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from raftfl.core.decide import Action, Local, View, decide
+from raftfl.core.decide import Action, Chore, Local, View, decide
 from raftfl.core.events import AggregatorElected, RunCompleted, RunStopped
 from raftfl.core.maintenance import HandoverRequest
 from raftfl.core.ranking import Ranked
@@ -40,7 +40,7 @@ MY_OLD_KEY = RoleHolder(ME, "a:1", term=5, lease=0xDEAD, mod_revision=5)
 MALFORMED = MalformedRole("not JSON: x", term=11, lease=0, mod_revision=12)
 ELECTED = state(elected(OTHER, 3))
 LOCAL = Local(name=ME, now=100.0, lease=LEASE, lease_valid=True, serving_term=None,
-              rank_step=1.0, lease_ttl=3.0)
+              rank_step=1.0, malformed_grace_s=3.0, handover_wait_s=3.0)
 DONE = state(elected(ME, 7), RunCompleted(node=ME, term=7, rounds=3, model_sha256="ab" * 32))
 MINE = state(elected(ME, 7))
 TO_OTHER = HandoverRequest(holder=ME, term=7, to=OTHER)  # the operator moves our term 7
@@ -215,6 +215,39 @@ def test_wait_handover_topic_is_stable_while_the_wait_ticks_down() -> None:
     assert b.wait_s == pytest.approx(1.0)
 
 
+ACTIVE = replace(LOCAL, active_run=1)
+SERVING = replace(ACTIVE, serving_term=7, serving_run=1)
+CHORES = [
+    # (id, view, local, chores): the housekeeping a cycle does before its action, in order
+    ("steady-worker", View(50, HELD_BY_OTHER, ELECTED), ACTIVE, (Chore.TEND_VOTERS,)),
+    ("new-run", View(50, HELD_BY_OTHER, ELECTED, run=2), ACTIVE,
+     (Chore.ACTIVATE_RUN, Chore.TEND_VOTERS)),
+    ("first-run", View(50, HELD_BY_OTHER, ELECTED), LOCAL,
+     (Chore.ACTIVATE_RUN, Chore.TEND_VOTERS)),
+    ("run-ended", View(50, HELD_BY_ME, MINE, run=None), SERVING,
+     (Chore.ACTIVATE_RUN, Chore.RETIRE_SERVER, Chore.TEND_VOTERS)),
+    ("run-finished", View(50, HELD_BY_OTHER, ELECTED, finished_runs=(1,), run=2),
+     replace(ACTIVE, serving_run=None),
+     (Chore.ACTIVATE_RUN, Chore.SAVE_FINISHED, Chore.TEND_VOTERS)),
+    ("serving-leader-due", View(50, HELD_BY_ME, MINE), replace(SERVING, leader_check_due=True),
+     (Chore.MOVE_LEADER, Chore.TEND_VOTERS)),
+    ("serving-leader-checked", View(50, HELD_BY_ME, MINE), SERVING, (Chore.TEND_VOTERS,)),
+    ("worker-never-moves-leader", View(50, HELD_BY_OTHER, ELECTED),
+     replace(ACTIVE, leader_check_due=True), (Chore.TEND_VOTERS,)),
+    ("finish-does-nothing-else", View(50, HELD_BY_ME, DONE, run=None, finished_runs=(1,)),
+     replace(SERVING, exit_on_complete=True), ()),
+]
+
+
+@pytest.mark.parametrize("view,local,chores", [c[1:] for c in CHORES], ids=[c[0] for c in CHORES])
+def test_chores(view: View, local: Local, chores: tuple[Chore, ...]) -> None:
+    assert decide(view, local).chores == chores
+
+
+def test_every_chore_has_a_row() -> None:
+    assert {c for row in CHORES for c in row[3]} == set(Chore)
+
+
 @pytest.mark.parametrize("raw,lease,reason", [
     (b'{"node": "n", "flower_address": "h:1", "term": 3}', 5, None),
     (b"garbage", 5, "not JSON"),
@@ -249,7 +282,7 @@ def test_evidence_gone(refused: int, failed: int, since: float | None, now: floa
                        gone_: bool) -> None:
     from raftfl.core.evidence import Evidence, gone
 
-    assert gone(Evidence(7, "h", refused, failed, since), now, lease_ttl=3.0) is gone_
+    assert gone(Evidence(7, "h", refused, failed, since), now, evidence_s=1.5) is gone_
 
 
 def test_evidence_fold_resets_on_any_answer() -> None:

@@ -211,13 +211,13 @@ def test_fit_results_carry_rejections_and_old_events_still_decode() -> None:
                    rejected={f"n{i}": "x" for i in range(40)})
 
 
-def test_the_hostile_test_hook_tampers_only_as_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    from raftfl.lab.testhooks import HOSTILE_ENV, tamper
+def test_the_hostile_test_hook_tampers_only_as_told() -> None:
+    from raftfl.lab.testhooks import HOSTILE_ENV, hooks_from_env
 
     honest = encode_message(reply())
-    assert tamper(honest, 1) == honest  # unset: inert
-    monkeypatch.setenv(HOSTILE_ENV, "nan@1,shape@2,examples=9")
-    reasons = [screen_reply(sent(), decode_message(tamper(honest, rnd))[0], 5)
+    assert hooks_from_env({}).tamper(honest, 1) == honest  # unset: inert
+    hostile = hooks_from_env({HOSTILE_ENV: "nan@1,shape@2,examples=9"})
+    reasons = [screen_reply(sent(), decode_message(hostile.tamper(honest, rnd))[0], 5)
                for rnd in (1, 2, 3)]
     assert reasons[0] is not None and "non-finite values (nan)" in reasons[0]
     assert reasons[1] is not None and "shape [1, 3], not [2, 3]" in reasons[1]

@@ -1,0 +1,182 @@
+"""`node start` and `node join`'s options, and the one `NodeOptions` built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from raftfl.cli.options import (
+    addresses,
+    certs_option,
+    cluster_option,
+    endpoints,
+    lease_ttl_option,
+    more_nodes_argument,
+    peers_option,
+)
+
+if TYPE_CHECKING:
+    from raftfl.node.options import NodeOptions
+
+max_voters_option = click.option(
+    "--max-voters", type=click.IntRange(1, 9), default=5, show_default=True,
+    help="Voter target: the first N initial nodes (by name) run etcd members, the others "
+         "are etcd clients of them; a caught-up learner is promoted only while there are "
+         "fewer voters.")
+
+_OPTIONS = [
+    click.option("-s", "--self", "address", required=True, metavar="HOST:PORT",
+                 help="This node's address; PORT is its etcd peer (Raft) port."),
+    peers_option,
+    more_nodes_argument,
+    click.option("-a", "--aggregator", default="auto", show_default=True,
+                 help="Bootstrap aggregator: 'self', 'auto' (by context) or a node address."),
+    click.option("-r", "--rounds", type=click.IntRange(1), default=None,
+                 help="FL rounds (needed on the node that creates the cluster)."),
+    cluster_option,
+    click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                 help="Member data dir [default: .raftfl/<cluster>/<host>_<port>]."),
+    click.option("--etcd-bin", default=None, help="etcd binary [env RAFTFL_ETCD_BIN, PATH]."),
+    click.option("--allow-unsafe-etcd", is_flag=True,
+                 help="Run etcd 3.5.0-3.5.5 despite its data-inconsistency bugs."),
+    click.option("--etcd-endpoints", default=None,
+                 help="Use an external etcd cluster (ip:port,...); no embedded member."),
+    certs_option,
+    click.option("--insecure", is_flag=True,
+                 help="Serve without TLS on a non-loopback address (anyone who reaches "
+                      "the ports can read, write and train)."),
+    click.option("--client-port", type=click.IntRange(1, 65535), default=None,
+                 help="etcd client port [default: raft port + 100]."),
+    click.option("--flower-port", type=click.IntRange(1, 65535), default=None,
+                 help="Flower server port [default: raft port + 200]."),
+    click.option("--models-port", type=click.IntRange(1, 65535), default=None,
+                 help="Model service port: peers fetch checkpoints here [default: raft "
+                      "port + 300]."),
+    click.option("--model-replicas", type=click.IntRange(1, 16), default=2, show_default=True,
+                 help="A round commits once this many nodes hold its model (the "
+                      "aggregator and the best-ranked peers)."),
+    click.option("--inline-model-bytes", type=click.IntRange(0), default=0, show_default=True,
+                 help="Keep models of at most this size in etcd instead of on the nodes."),
+    lease_ttl_option(help="Seconds a silent node keeps its lease (and the role)."),
+    click.option("--priority", type=float, default=0.0, show_default=True,
+                 help="Operator priority in the ranking (higher wins)."),
+    click.option("--nofailover", is_flag=True, help="Never take the aggregator role."),
+    click.option("--rank-step", type=click.FloatRange(0.1, 30), default=1.0,
+                 show_default=True, help="Seconds between campaigns of successive ranks."),
+    click.option("--weights", default="", metavar="NAME=VALUE,...",
+                 help="Ranking weights, stored in the cluster config by the node that "
+                      "creates it: priority, rtt, cpu, mem, missing_rtt_ms, stale_penalty, "
+                      "previous_penalty, fresh_s (see README)."),
+    click.option("--probe-interval", type=click.FloatRange(0.2, 60), default=1.0,
+                 show_default=True, help="Seconds between latency probe rounds."),
+    # The bundled app's task knobs: unset ones come from its run config
+    # (examples/quickstart/pyproject.toml: a human-paced workload).
+    click.option("--dataset", type=click.Choice(["auto", "cifar10", "synthetic"]),
+                 default=None, help="[default: the app's run config: auto]"),
+    click.option("--partition", type=click.Choice(["iid", "dirichlet"]), default=None,
+                 help="[default: the app's run config: iid]"),
+    click.option("--alpha", type=click.FloatRange(0.01), default=None,
+                 help="Dirichlet concentration for --partition dirichlet [default: 0.5]."),
+    click.option("--train-size", type=click.IntRange(100), default=None,
+                 help="Images in the whole federation's training set [default: the app's "
+                      "run config: 50000, CIFAR-10's size]."),
+    click.option("--test-size", type=click.IntRange(100), default=None,
+                 help="[default: the app's run config]"),
+    click.option("--epochs", type=click.IntRange(1), default=None,
+                 help="Local epochs per round [default: the app's run config]."),
+    click.option("--seed", type=int, default=None, help="Data seed [default: 0]."),
+    click.option("--app", "app", type=click.Path(path_type=Path, exists=True, file_okay=False),
+                 default=None,
+                 help="A Flower app directory (pyproject.toml with [tool.flwr.app]) "
+                      "[default: the bundled quick-start app]."),
+    click.option("--run-config", default=None, metavar='"KEY=VALUE ..."',
+                 help="Override the app's [tool.flwr.app.config] (Flower's syntax; used by "
+                      "the node that creates the cluster)."),
+    click.option("--node-config", default=None, metavar='"KEY=VALUE ..."',
+                 help="This node's context.node_config [default: partition-id and "
+                      "num-partitions from its place in the federation]."),
+    click.option("--max-examples", type=click.IntRange(0), default=0,
+                 help="The most training examples this node has; the aggregator refuses "
+                      "an update claiming more [default: 0, none declared]."),
+    click.option("--max-update-norm", type=click.FloatRange(0, min_open=True), default=None,
+                 help="As aggregator, refuse an update whose L2 norm (reply minus global "
+                      "model) is above this [default: no bound]."),
+    click.option("--round-timeout", type=click.FloatRange(1), default=120.0,
+                 show_default=True, help="Seconds Flower waits for fit results."),
+    click.option("--start-timeout", type=click.FloatRange(1), default=300.0,
+                 show_default=True, help="Seconds to wait for quorum and workers."),
+    click.option("--exit-on-complete", is_flag=True,
+                 help="Leave once no run is left: write the last run's final model to the data "
+                      "dir and exit (by default a node stays up for the next `raftfl run "
+                      "submit`)."),
+    max_voters_option,
+    click.option("--voter-grace", type=click.FloatRange(1), default=10.0, show_default=True,
+                 help="Seconds a voter may be unhealthy before the aggregator removes it and "
+                      "asks a node without an etcd member to become a voter in its place."),
+]
+
+
+def node_options(fn: Any) -> Any:
+    """Every option of `node start` (and of `node join`, which adds its own)."""
+    for option in reversed(_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _weights(text: str) -> dict[str, float]:
+    from dataclasses import fields
+
+    from raftfl.core.ranking import Weights
+
+    known = {f.name for f in fields(Weights)}
+    out: dict[str, float] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or name not in known:
+                raise ValueError
+            out[name] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected NAME=NUMBER with NAME one of "
+                                     f"{', '.join(sorted(known))}", param_hint="--weights") from None
+    return out
+
+
+def build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...],
+                  **kw: Any) -> NodeOptions:
+    """The node's options, checked (a bad value is a usage error), in one piece."""
+    from raftfl import tls
+    from raftfl.core.certs import check_bind
+    from raftfl.core.runconfig import RunConfig
+    from raftfl.net.address import resolve
+    from raftfl.node.options import NodeOptions
+
+    me = addresses((address,))[0]
+    peers = [p for p in addresses(nodes + more_nodes) if p.name != me.name]
+    aggregator = kw["aggregator"]
+    if aggregator not in ("self", "auto"):
+        aggregator = addresses((aggregator,))[0].name
+    run = None
+    if kw["rounds"] is not None:
+        run = RunConfig(rounds=kw["rounds"], nodes=sorted({me.name, *(p.name for p in peers)}),
+                        dataset=kw["dataset"], partition=kw["partition"], alpha=kw["alpha"],
+                        n_train=kw["train_size"], n_test=kw["test_size"], epochs=kw["epochs"],
+                        seed=kw["seed"], weights=_weights(kw["weights"]))
+    check_bind(resolve(me.host), tls.current() is not None, kw["insecure"])
+    return NodeOptions(
+        address=me, peers=tuple(peers), bootstrap=aggregator, cluster=kw["cluster"],
+        data_dir=kw["data_dir"], etcd_bin=kw["etcd_bin"], allow_unsafe_etcd=kw["allow_unsafe_etcd"],
+        etcd_endpoints=tuple(endpoints((), kw["etcd_endpoints"], "--etcd-endpoints"))
+        if kw["etcd_endpoints"] else None,
+        client_port=kw["client_port"], flower_port=kw["flower_port"],
+        models_port=kw["models_port"], model_replicas=kw["model_replicas"],
+        inline_model_bytes=kw["inline_model_bytes"], join=join,
+        lease_ttl=kw["lease_ttl"], priority=kw["priority"], nofailover=kw["nofailover"],
+        rank_step=kw["rank_step"], probe_interval=kw["probe_interval"],
+        round_timeout=kw["round_timeout"], start_timeout=kw["start_timeout"], first_run=run,
+        app=kw["app"], run_config=kw["run_config"], node_config=kw["node_config"],
+        max_examples=kw["max_examples"], max_update_norm=kw["max_update_norm"],
+        exit_on_complete=kw["exit_on_complete"], max_voters=kw["max_voters"],
+        voter_grace=kw["voter_grace"])

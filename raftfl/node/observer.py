@@ -1,0 +1,238 @@
+"""The observer: everything a cycle needs, read at one revision into a frozen `View`.
+
+It reads and remembers (when a vacancy or a malformed key was first seen, the ranking at a
+vacancy's revision); it acts on nothing. Its watch threads only queue changes and wake the
+loop; `HolderProbe` probes the holder's host in a thread of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from raftfl.core.decide import View
+from raftfl.core.evidence import gone
+from raftfl.core.maintenance import HandoverRequest, Pause
+from raftfl.core.ranking import Ranked, candidates, rank
+from raftfl.core.records import SKIPS, MalformedRecord
+from raftfl.core.replay import FLState
+from raftfl.core.role import MalformedRole, RoleHolder, parse_role
+from raftfl.core.runconfig import RunConfig
+from raftfl.etcd.context import read_members, read_samples
+from raftfl.etcd.store import Change, Compacted, Resync
+from raftfl.node.holder_probe import HolderProbe
+from raftfl.node.runs import Runs
+from raftfl.node.shell import Shell
+
+log = logging.getLogger(__name__)
+
+
+class Observer:
+    def __init__(self, shell: Shell, runs: Runs, config: RunConfig):
+        self.shell, self.runs, self.config = shell, runs, config
+        self.role_changes: queue.Queue[Change | Resync] = queue.Queue()  # from the role watch
+        self.vacancy_rev: int | None = None  # delete revision of the role key (from the watch)
+        self.vacancy_seen: float | None = None
+        self._malformed_seen: float | None = None
+        self.ranked: tuple[tuple[Ranked, ...], int, float | None] | None = None
+        self.holder_probe = HolderProbe(shell.opts.timings.evidence_s, shell.wake.set)
+        self._events_watch: tuple[int, threading.Event] | None = None  # (run, its stop)
+
+    @property
+    def malformed_seen(self) -> float | None:
+        return self._malformed_seen
+
+    def observe(self) -> View:
+        """Read everything a cycle needs at one revision (the vacancy's, for the ranking)."""
+        shell, opts = self.shell, self.shell.opts
+        self._drain_role_changes()
+        kvs, rev = shell.store.range(shell.keys.aggregator)
+        kv = next((k for k in kvs if k.key == shell.keys.aggregator), None)
+        role = parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision) if kv else None
+        runs = self.runs.refresh(rev)
+        state = runs.state
+        now = time.monotonic()
+        if role is None and runs.active is not None:  # no run, no election: nor a rank clock
+            self.vacancy_seen = self.vacancy_seen or now
+        elif role is None:
+            self.vacancy_seen = None
+        else:
+            self.vacancy_seen, self.vacancy_rev = None, None
+        self._malformed_seen = (self._malformed_seen or now) \
+            if isinstance(role, MalformedRole) else None
+        at_run: dict[str, Any] = {"run": runs.active, "elected_before": runs.elected_before,
+                                  "finished_runs": tuple(self.runs.finished), **self._control(rev)}
+        if at_run["paused_since"] is not None:  # the rank clock starts when failover resumes
+            self.vacancy_seen = None
+        if isinstance(role, RoleHolder) and role.node != opts.name and runs.active:
+            return replace(self._observe_holder(rev, role, state), **at_run)
+        self.holder_probe.follow(None)
+        if role is not None or runs.active is None or opts.nofailover:
+            return View(rev, role, state, **at_run)
+        at = self.vacancy_rev or rev
+        ranking, ranked_at, max_rtt = self._ranking(at, state)
+        if not ranking and at != rev:
+            # Nobody had a member record at the vacancy: every lease expired with the role's
+            # (after a quorum loss the Raft leader revokes them all). Ranking there would wait
+            # forever; rank the members that have republished since, as a poller would.
+            ranking, ranked_at, max_rtt = self._ranking(rev, state)
+        measured = True
+        if not state.elections and not runs.elected_before and opts.bootstrap == "auto":
+            measured = self._peers_measured(rev)
+            if not measured:  # the rank clock starts once everyone can rank the same way
+                self.vacancy_seen = None
+        return View(rev, role, state, ranking, ranked_at, self.vacancy_rev, measured, max_rtt,
+                    **at_run)
+
+    def _control(self, revision: int) -> dict[str, Any]:
+        """The operator's requests at `revision` (View fields); a malformed one is skipped
+        with one warning, as if absent."""
+        keys = self.shell.keys
+        kvs, _ = self.shell.store.range(keys.control, revision=revision)
+        out: dict[str, Any] = {"handover": None, "handover_revision": 0, "paused_since": None}
+        for kv in kvs:
+            try:
+                if kv.key == keys.handover:
+                    out["handover"] = HandoverRequest.from_json(kv.value)
+                    out["handover_revision"] = kv.mod_revision
+                elif kv.key == keys.paused:
+                    Pause.from_json(kv.value)
+                    out["paused_since"] = kv.create_revision
+            except MalformedRecord as exc:
+                SKIPS.skip("control record", kv.key, str(exc))
+        return out
+
+    def _observe_holder(self, rev: int, role: RoleHolder, state: FLState) -> View:
+        """Another node holds the role: probe its host, and read who else suspects it."""
+        store, keys = self.shell.store, self.shell.keys
+        if self.holder_probe.following != role.term:
+            self.holder_probe.follow(role.term, role.node, self._endpoints_of(role))
+        ev = self.holder_probe.latest
+        if ev is None or ev.term != role.term or not gone(ev, time.monotonic(),
+                                                          self.shell.opts.timings.evidence_s):
+            return View(rev, role, state)
+        kvs, _ = store.range(keys.suspects(role.term), revision=rev)
+        suspecting = frozenset(kv.key.rsplit("/", 1)[-1] for kv in kvs)
+        members = frozenset(read_members(store, keys, rev))
+        return View(rev, role, state, holder_gone=True, suspected_by=suspecting,
+                    live_members=members)
+
+    def _endpoints_of(self, role: RoleHolder) -> tuple[tuple[str, int], ...]:
+        """The holder's Flower endpoint and, when it runs one of our members, its etcd one."""
+        store = self.shell.store
+        out: list[tuple[str, int]] = []
+        if role.flower_address and ":" in role.flower_address:
+            host, _, port = role.flower_address.rpartition(":")
+            out.append((host, int(port)))
+        record = read_members(store, self.shell.keys).get(role.node)
+        if record is not None:
+            etcd_clients = {url.split("//", 1)[-1] for m in store.members()
+                            for url in m.client_urls}
+            if f"{record.ip}:{record.client_port}" in etcd_clients:
+                out.append((record.ip, record.client_port))
+        return tuple(out)
+
+    def _drain_role_changes(self) -> None:
+        while True:
+            try:
+                change = self.role_changes.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(change, Resync):  # history compacted: the delete revision is lost
+                self.vacancy_rev = None
+            elif change.value is None:  # deleted at this revision: a vacancy everyone ranks at
+                if change.revision != self.vacancy_rev:
+                    self.vacancy_rev = change.revision
+                    self.vacancy_seen = self.vacancy_seen or time.monotonic()
+                    self.shell.say(f"aggregator role vacant at revision {change.revision}")
+            else:
+                self.vacancy_rev, self.vacancy_seen = None, None
+
+    def _ranking(self, revision: int, state: FLState
+                 ) -> tuple[tuple[Ranked, ...], int, float | None]:
+        """Every node's ranking of the candidates at `revision` (cached: it never changes),
+        and the largest mean RTT in it (which paces the rank steps)."""
+        if self.ranked is not None and self.ranked[1] == revision:
+            return self.ranked
+        store, keys = self.shell.store, self.shell.keys
+        last = next((e for e in reversed(state.elections) if e.term <= revision), None)
+        try:
+            members = read_members(store, keys, revision)
+            samples = read_samples(store, keys, revision)
+            suspected = last is not None and bool(
+                store.range(keys.suspects(last.term), revision, keys_only=True)[0])
+        except Compacted:
+            log.warning("revision %d compacted; ranking at the current revision", revision)
+            members, samples = read_members(store, keys), read_samples(store, keys)
+            suspected = False
+        previous = last.node if last else None
+        if suspected:  # its role was freed on evidence that it is gone: not a candidate
+            members.pop(previous, None)  # type: ignore[arg-type]
+        ranking = tuple(rank(candidates(members, samples), self.config.ranking_weights, previous))
+        max_rtt = max((r.rtt_ms for r in ranking if r.rtt_ms is not None), default=None)
+        self.ranked = (ranking, revision, max_rtt)
+        return self.ranked
+
+    def _peers_measured(self, revision: int) -> bool:
+        """With -a auto, the first election waits until every expected node has samples."""
+        store, keys = self.shell.store, self.shell.keys
+        members = read_members(store, keys, revision)
+        sampled = {s.node for s in read_samples(store, keys, revision)}
+        expected = set(self.config.nodes) | {self.shell.name}
+        return expected <= (set(members) & sampled)
+
+    # -- watches: they hand changes over (a queue) and wake the loop; they decide nothing ---
+    def watch(self) -> None:
+        shell = self.shell
+        _, rev = shell.store.range(shell.keys.aggregator, keys_only=True)
+
+        def role() -> None:
+            for change in shell.store.watch(shell.keys.aggregator, rev + 1, shell.stop):
+                if isinstance(change, Resync) or change.key == shell.keys.aggregator:
+                    self.role_changes.put(change)
+                    shell.wake.set()
+
+        def control() -> None:  # a handover request or a pause: decide again now
+            for _ in shell.store.watch(shell.keys.control, rev + 1, shell.stop):
+                shell.wake.set()
+
+        self._thread(role, "role")
+        self._thread(control, "control")
+
+    def watch_events(self, run_id: int, revision: int) -> None:
+        """Wake the loop on each new event of the active run (a new watch when it changes)."""
+        if self._events_watch is not None:
+            if self._events_watch[0] == run_id:
+                return
+            self._events_watch[1].set()
+        stop = threading.Event()
+        self._events_watch = (run_id, stop)
+        events_log = self.runs.log(run_id)
+
+        def events() -> None:
+            for _ in events_log.tail(revision + 1, stop):
+                if self.shell.stop.is_set():
+                    return
+                self.shell.wake.set()
+
+        self._thread(events, f"events-{run_id}")
+
+    def _thread(self, fn: Callable[[], None], name: str) -> None:
+        def run() -> None:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                if not self.shell.stop.is_set():
+                    log.exception("%s watcher failed; the loop keeps polling", name)
+
+        threading.Thread(target=run, name=name, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._events_watch is not None:
+            self._events_watch[1].set()
+        self.holder_probe.stop()
