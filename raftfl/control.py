@@ -18,15 +18,15 @@ from raftfl.core.keys import Keys
 from raftfl.core.maintenance import HandoverRequest, Pause
 from raftfl.core.records import MalformedRecord
 from raftfl.core.role import RoleHolder, parse_role
-from raftfl.core.runs import active
-from raftfl.etcd import runs
+from raftfl.core.run_order import active
+from raftfl.etcd import run_store
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Store
 
 
 def _record(store: Store, keys: Keys, event: Event) -> None:
     """Append to the active run's log (else the newest run's); no run yet: nothing to log."""
-    ids = runs.ids(store, keys)
+    ids = run_store.ids(store, keys)
     if not ids:
         return
     states = {rid: EventLog(store, keys.run(rid)).state()[0] for rid in ids}

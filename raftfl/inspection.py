@@ -14,11 +14,11 @@ from typing import Any
 from raftfl.control import control_status
 from raftfl.core.keys import Keys
 from raftfl.core.latency import summarize
-from raftfl.core.membership import tolerates
+from raftfl.core.quorum import tolerates
 from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
 from raftfl.core.replay import FLState, replay
-from raftfl.core.runs import active, run_state
-from raftfl.etcd import runs
+from raftfl.core.run_order import active, run_state
+from raftfl.etcd import run_store
 from raftfl.etcd.cluster_api import list_members
 from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog, ReadResult
@@ -28,9 +28,9 @@ from raftfl.etcd.store import Store, nospace_fix
 def _run_log(store: Store, keys: Keys, run: int | None) -> tuple[int | None, ReadResult]:
     """Run `run` (checked to exist), or the newest run, and its log (empty: no run yet)."""
     if run is not None:
-        runs.spec(store, keys, run)  # NoSuchRun: one line
+        run_store.spec(store, keys, run)  # NoSuchRun: one line
     else:
-        run = len(runs.ids(store, keys)) or None
+        run = len(run_store.ids(store, keys)) or None
     if run is None:
         return None, ReadResult([], store.revision())
     return run, EventLog(store, keys.run(run)).read()
@@ -211,7 +211,7 @@ def run_list(endpoints: list[str], cluster: str) -> list[dict[str, Any]]:
     store = Store(endpoints, retry_for=5)
     keys = Keys(cluster)
     try:
-        specs = {rid: runs.spec(store, keys, rid) for rid in runs.ids(store, keys)}
+        specs = {rid: run_store.spec(store, keys, rid) for rid in run_store.ids(store, keys)}
         states: dict[int, FLState] = {
             rid: replay(EventLog(store, keys.run(rid)).read().events) for rid in specs}
         now = active(states)

@@ -53,6 +53,27 @@ fi
 # The WAN lab (raftfl bench wan, tests/e2e/test_wan.py) drops packets with nftables.
 command -v nft >/dev/null 2>&1 || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null; }; } || true
 
+# Test tools from Debian (root with apt only; without them their tests skip): chromium for
+# the dashboard's browser test (Playwright drives it; it never downloads a browser) and
+# promtool, from the prometheus package, for deploy/prometheus. The package's services are
+# kept from starting (policy-rc.d, as for etcd) and its recommended node exporter is left out.
+test_tools() {  # PACKAGE COMMAND [apt options]: install PACKAGE unless COMMAND exists
+  local pkg=$1 cmd=$2; shift 2
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 0
+  echo "setup: installing $pkg from Debian (for the tests)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || true
+  install_policy
+  apt-get install -y -qq "$@" "$pkg" >/dev/null || echo "setup: could not install $pkg; its tests skip" >&2
+  restore_policy
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now "$pkg" >/dev/null 2>&1 || true  # a test tool, not a service
+  fi
+}
+test_tools chromium chromium
+test_tools prometheus promtool --no-install-recommends
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Set up (idempotent), lint, then run the test suite on real etcd members and Flower processes.
+# Set up (idempotent), lint, check the import layers, then run the tests on real etcd members
+# and Flower processes: scripts/test.sh [--all] [pytest args]. CI's tier leaves out the
+# long experiments, soaks and latency labs (marker `ondemand`); --all runs them too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tier=(-m "not ondemand")
+if [ "${1:-}" = "--all" ]; then tier=(); shift; fi
 scripts/setup.sh
 .venv/bin/ruff check raftfl tests
 .venv/bin/lint-imports
-exec .venv/bin/python -m pytest -q --durations=25 "$@"
+exec .venv/bin/python -m pytest -q --durations=25 "${tier[@]}" "$@"

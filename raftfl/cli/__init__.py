@@ -14,11 +14,11 @@ from importlib.metadata import entry_points
 import click
 
 from raftfl import __version__
-from raftfl.cli.certs import certs_group
-from raftfl.cli.control import aggregator_group, pause, resume
-from raftfl.cli.inspect import history, status
-from raftfl.cli.node import FAULT_HOOKS, node_group
-from raftfl.cli.runs import run_group
+from raftfl.cli.certs_cmd import certs_group
+from raftfl.cli.control_cmd import aggregator_group, pause, resume
+from raftfl.cli.inspect_cmd import history, status
+from raftfl.cli.node_cmd import FAULT_HOOKS, node_group
+from raftfl.cli.run_cmd import run_group
 from raftfl.core.errors import RaftflError
 from raftfl.node.faults import NO_FAULTS, FaultHooks
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from raftfl.cli import config_file, logs
 from raftfl.cli.options import (
     addresses,
     certs_option,
@@ -27,6 +29,10 @@ max_voters_option = click.option(
          "fewer voters.")
 
 _OPTIONS = [
+    config_file.config_option(),
+    click.option("--print-config", is_flag=True,
+                 help="Print the effective configuration (flags over --config over defaults) "
+                      "as a config file, and exit."),
     click.option("-s", "--self", "address", required=True, metavar="HOST:PORT",
                  help="This node's address; PORT is its etcd peer (Raft) port."),
     peers_option,
@@ -43,7 +49,7 @@ _OPTIONS = [
                  help="Run etcd 3.5.0-3.5.5 despite its data-inconsistency bugs."),
     click.option("--etcd-endpoints", default=None,
                  help="Use an external etcd cluster (ip:port,...); no embedded member."),
-    certs_option,
+    certs_option(expose_value=True),
     click.option("--insecure", is_flag=True,
                  help="Serve without TLS on a non-loopback address (anyone who reaches "
                       "the ports can read, write and train)."),
@@ -54,6 +60,9 @@ _OPTIONS = [
     click.option("--models-port", type=click.IntRange(1, 65535), default=None,
                  help="Model service port: peers fetch checkpoints here [default: raft "
                       "port + 300]."),
+    click.option("--api-port", type=click.IntRange(0, 65535), default=None,
+                 help="HTTP API port: health, metrics, the dashboard (0: none) [default: raft "
+                      "port + 400]."),
     click.option("--model-replicas", type=click.IntRange(1, 16), default=2, show_default=True,
                  help="A round commits once this many nodes hold its model (the "
                       "aggregator and the best-ranked peers)."),
@@ -115,14 +124,35 @@ _OPTIONS = [
     click.option("--voter-grace", type=click.FloatRange(1), default=10.0, show_default=True,
                  help="Seconds a voter may be unhealthy before the aggregator removes it and "
                       "asks a node without an etcd member to become a voter in its place."),
+    click.option("--log-format", type=click.Choice(logs.FORMATS), default="text",
+                 show_default=True,
+                 help="json: one JSON object per line (time, level, node, term, run, round, "
+                      "event), the node's lines and its logging alike."),
 ]
 
 
 def node_options(fn: Any) -> Any:
-    """Every option of `node start` (and of `node join`, which adds its own)."""
+    """Every option of `node start` (and of `node join`, which adds its own), --config FILE
+    among them. With --print-config the command prints its effective configuration instead
+    of running; else it makes the process's lines --log-format's and runs. (--certs is loaded
+    by its own callback: its value is only printed.)"""
+
+    @functools.wraps(fn)
+    def command(*args: Any, print_config: bool, log_format: str, certs: Path | None,
+                **kw: Any) -> Any:
+        ctx = click.get_current_context()
+        if print_config:
+            values = config_file.effective(ctx)
+            values["nodes"] = [*kw["nodes"], *kw["more_nodes"]]  # -n A B C: A is -n's, B C after
+            click.echo(config_file.render(f"raftfl node {ctx.info_name}: effective configuration "
+                                          "(flags over --config over defaults)", values), nl=False)
+            return None
+        logs.use(log_format, addresses((kw["address"],))[0].name)
+        return fn(*args, **kw)
+
     for option in reversed(_OPTIONS):
-        fn = option(fn)
-    return fn
+        command = option(command)
+    return command
 
 
 def _weights(text: str) -> dict[str, float]:
@@ -149,7 +179,7 @@ def build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: 
     """The node's options, checked (a bad value is a usage error), in one piece."""
     from raftfl import tls
     from raftfl.core.certs import check_bind
-    from raftfl.core.runconfig import RunConfig
+    from raftfl.core.specs import ClusterConfig
     from raftfl.net.address import resolve
     from raftfl.node.options import NodeOptions
 
@@ -160,7 +190,7 @@ def build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: 
         aggregator = addresses((aggregator,))[0].name
     run = None
     if kw["rounds"] is not None:
-        run = RunConfig(rounds=kw["rounds"], nodes=sorted({me.name, *(p.name for p in peers)}),
+        run = ClusterConfig(rounds=kw["rounds"], nodes=sorted({me.name, *(p.name for p in peers)}),
                         dataset=kw["dataset"], partition=kw["partition"], alpha=kw["alpha"],
                         n_train=kw["train_size"], n_test=kw["test_size"], epochs=kw["epochs"],
                         seed=kw["seed"], weights=_weights(kw["weights"]))
@@ -171,7 +201,7 @@ def build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: 
         etcd_endpoints=tuple(endpoints((), kw["etcd_endpoints"], "--etcd-endpoints"))
         if kw["etcd_endpoints"] else None,
         client_port=kw["client_port"], flower_port=kw["flower_port"],
-        models_port=kw["models_port"], model_replicas=kw["model_replicas"],
+        models_port=kw["models_port"], api_port=kw["api_port"], model_replicas=kw["model_replicas"],
         inline_model_bytes=kw["inline_model_bytes"], join=join,
         lease_ttl=kw["lease_ttl"], priority=kw["priority"], nofailover=kw["nofailover"],
         rank_step=kw["rank_step"], probe_interval=kw["probe_interval"],

@@ -66,7 +66,7 @@ def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> str:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _certs(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+def _certs(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """Load the bundle once; every etcd and fleet connection of this process then uses it."""
     from raftfl import tls
 
@@ -75,6 +75,7 @@ def _certs(ctx: click.Context, param: click.Parameter, value: Path | None) -> No
             tls.configure(tls.load(value))
         except RaftflError as exc:
             raise click.BadParameter(str(exc)) from exc
+    return value
 
 
 peers_option = click.option("-n", "--nodes", "nodes", multiple=True, metavar="HOST:PORT",
@@ -82,11 +83,18 @@ peers_option = click.option("-n", "--nodes", "nodes", multiple=True, metavar="HO
 more_nodes_argument = click.argument("more_nodes", nargs=-1, metavar="[HOST:PORT]...")
 cluster_option = click.option("--cluster", default="default", show_default=True, callback=_cluster,
                               help="Cluster name: keys live under /raftfl/<cluster>/.")
-certs_option = click.option(
-    "--certs", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
-    expose_value=False, is_eager=True, callback=_certs, metavar="DIR",
-    help="Certificate bundle (ca.crt, tls.crt, tls.key from `raftfl certs issue`): mutual "
-         "TLS to etcd and the fleet.")
+
+
+def certs_option(expose_value: bool = False) -> Decorator:
+    """--certs DIR, loaded before the other options (eager); `expose_value` also passes the
+    directory on (a node prints it with --print-config)."""
+    return click.option(
+        "--certs", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+        expose_value=expose_value, is_eager=True, callback=_certs, metavar="DIR",
+        help="Certificate bundle (ca.crt, tls.crt, tls.key from `raftfl certs issue`): mutual "
+             "TLS to etcd and the fleet.")
+
+
 endpoints_option = click.option("--endpoints", default=None,
                                 help="etcd client endpoints (ip:port,...) instead of -n.")
 
@@ -137,7 +145,7 @@ def target_options(fn: Any) -> Any:
                 endpoints: str | None, cluster: str, **kw: Any) -> Any:
         return fn(*args, target=Target(nodes + more_nodes, endpoints, cluster), **kw)
 
-    for option in (cluster_option, certs_option, endpoints_option, more_nodes_argument,
+    for option in (cluster_option, certs_option(), endpoints_option, more_nodes_argument,
                    peers_option):
         command = option(command)
     return command

@@ -8,7 +8,7 @@ laptop need nothing but the seed's three commands:
     Flower port      = raft port + 200   (5000 -> 5200)
     model service    = raft port + 300   (5000 -> 5300; node/models.py)
 
-Each can be overridden per node (`--client-port`, `--flower-port`, `--models-port`).
+Each can be overridden per node (`--client-port`, `--flower-port`, `--models-port`, `--api-port`).
 
 Names are restricted to a safe character set, because they end up in etcd keys, in etcd's
 YAML configuration and in paths under the data root: a cluster named `../../x` or one
@@ -28,6 +28,7 @@ from raftfl.core.errors import RaftflError
 CLIENT_PORT_OFFSET = 100
 FLOWER_PORT_OFFSET = 200
 MODELS_PORT_OFFSET = 300
+API_PORT_OFFSET = 400  # the node's HTTP API: health, metrics, the dashboard
 
 
 _CLUSTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -75,12 +76,16 @@ class NodeAddress:
     def models_port(self) -> int:
         return self.port + MODELS_PORT_OFFSET
 
+    @property
+    def api_port(self) -> int:
+        return self.port + API_PORT_OFFSET
+
 
 def parse_address(text: str) -> NodeAddress:
     """Parse `host:port`; raise a one-line error for anything else."""
     host, sep, port = text.strip().rpartition(":")
     if (not sep or not _HOST.fullmatch(host) or not port.isdigit()
-            or not 0 < int(port) < 65536 - MODELS_PORT_OFFSET):
+            or not 0 < int(port) < 65536 - API_PORT_OFFSET):
         raise RaftflError(f"invalid node address {text!r}: expected host:port, e.g. localhost:5000 "
                           "(host: letters, digits, '.', '_', '-')")
     return NodeAddress(host, int(port))

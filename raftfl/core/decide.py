@@ -54,13 +54,18 @@ class Action(Enum):
 
 
 class Chore(Enum):
-    """Housekeeping a cycle does before its action, in this order."""
+    """Housekeeping a cycle does, in this order: the first three before its action, the
+    last two after it (the action, a takeover say, never waits for them)."""
 
     ACTIVATE_RUN = "activate_run"  # the active run changed: load its app, watch its log
     RETIRE_SERVER = "retire_server"  # our ServerApp serves a run that is no longer active
     SAVE_FINISHED = "save_finished"  # a run finished: write its final model to the data dir
     MOVE_LEADER = "move_leader"  # serving, and due to check that our member does not lead Raft
     TEND_VOTERS = "tend_voters"  # voter upkeep (the aggregator), an upgrade request (a client)
+
+    @property
+    def after_action(self) -> bool:
+        return self in (Chore.MOVE_LEADER, Chore.TEND_VOTERS)
 
 
 @dataclass(frozen=True)

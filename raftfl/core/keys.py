@@ -18,6 +18,9 @@ and each run's (`RunKeys`, from `keys.run(id)`), under `runs/<id>/`:
                                creation allocates the id
     app/<sha256>/meta, /<i>    the app package (pyproject.toml and python files), verified
     events/<seq:012d>          the run's FL event log; zero-padded so key order is log order
+    snapshot                   the run's state folded up to an event (core/snapshot.py), so a
+                               node reads only the events after it; rewritten by the
+                               aggregator, fenced, every 1,000 events
     checkpoints/<sha256>/meta  checkpoint manifest (round, size; the model services holding
                                it, or the chunk count of a model kept in etcd)
     checkpoints/<sha256>/<i>   chunks (<= 1 MiB each) of a model of at most
@@ -151,6 +154,10 @@ class RunKeys(Keys):
 
     def event(self, seq: int) -> str:
         return f"{self.events}{seq:0{SEQ_WIDTH}d}"
+
+    @property
+    def snapshot(self) -> str:
+        return self.run_root + "snapshot"
 
     @property
     def checkpoints(self) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from raftfl.core.errors import RaftflError
-from raftfl.core.members import MemberInfo
+from raftfl.core.member_record import MemberInfo
 from raftfl.core.ranking import Ranked
 from raftfl.core.records import Record, require
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from raftfl.core.latency import Sample, summarize
-from raftfl.core.members import MemberInfo
+from raftfl.core.member_record import MemberInfo
 
 RTT_WINDOW = 10  # samples per peer in a candidate's mean RTT
 

@@ -21,6 +21,7 @@ import threading
 import types
 import typing
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, fields, is_dataclass
 from functools import cache
 from typing import Any, ClassVar, TypeVar, Union
@@ -42,33 +43,24 @@ class MalformedRecord(ValueError):
     """A stored value that is not a valid record of the expected type; the message says why."""
 
 
-_TOKENS = re.compile(r'[\[\]{}"\\]')
+_ESCAPE = re.compile(r"\\.", re.S)
+_STRING = re.compile(r'"[^"]*"')  # once escapes are gone, a string ends at the next quote
+_BRACKET = re.compile(r"[\[\]{}]")
 
 
 def nesting_depth(text: str, limit: int) -> int:
     """How deeply lists and objects nest in JSON `text` (strings respected); stops counting
-    once past `limit`. Linear in the length, whatever the input."""
+    once past `limit`. Linear in the length, whatever the input: escapes, then strings, are
+    cut out by a regular expression each, and only the brackets left are walked."""
     depth = peak = 0
-    in_string = False
-    skip = -1
-    for match in _TOKENS.finditer(text):
-        pos, ch = match.start(), match.group()
-        if pos == skip:
-            continue
-        if in_string:
-            if ch == "\\":
-                skip = pos + 1  # the escaped character, which may be a quote
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
+    for match in _BRACKET.finditer(_STRING.sub("", _ESCAPE.sub("", text))):
+        if match.group() in "[{":
             depth += 1
             if depth > peak:
                 peak = depth
                 if peak > limit:
                     break
-        elif ch in "]}":
+        else:
             depth -= 1
     return peak
 
@@ -84,8 +76,9 @@ def loads_bounded(raw: bytes | str, max_bytes: int = MAX_RECORD_BYTES,
         text = raw if isinstance(raw, str) else raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedRecord(f"not JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    depth = nesting_depth(text, max_depth)
-    if depth > max_depth:
+    # Nesting needs an opening bracket per level: with no more of them than the bound (the
+    # common case: an event has about ten), the scan cannot find too deep a value.
+    if text.count("[") + text.count("{") > max_depth and nesting_depth(text, max_depth) > max_depth:
         raise MalformedRecord(f"nested more than {max_depth} deep")
     try:
         return json.loads(text)
@@ -99,54 +92,102 @@ def loads_bounded(raw: bytes | str, max_bytes: int = MAX_RECORD_BYTES,
 
 
 @cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _shape(cls: type) -> tuple[tuple[str, bool, Checker], ...]:
+    """(name, required, check) of each field `cls.__init__` takes."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, f.default is MISSING and f.default_factory is MISSING,
+                  _checker(hints[f.name]))
+                 for f in fields(cls) if f.init)  # type: ignore[arg-type]
 
 
-def _check(value: Any, tp: Any, where: str) -> Any:
-    """`value` if it is of type `tp` (within the bounds), converted where JSON is loose
-    (an int where a float is expected); else MalformedRecord."""
+Checker = Callable[[Any, str], Any]
+
+
+@cache
+def _checker(tp: Any) -> Checker:
+    """The check for annotation `tp`: it returns the value if it is of type `tp` (within the
+    bounds), converted where JSON is loose (an int where a float is expected), else raises
+    MalformedRecord. Built once per type: decoding runs it for every field of every value."""
     if tp is Any:
-        return value
+        return lambda value, where: value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
+        return _union(tp)
+    if origin is list:
+        return _list(tp)
+    if origin is dict:
+        return _dict(tp)
+    if tp is str:
+        return _str
+    accepts = _LEAVES.get(tp)
+    if accepts is None:
+        raise TypeError(f"no check for type {tp!r}")  # a record declared a new shape
+
+    def leaf(value: Any, where: str) -> Any:
+        if accepts(value):
+            return float(value) if tp is float else value
+        raise MalformedRecord(f"{where}: {_short(value)} is not {_name(tp)}")
+    return leaf
+
+
+_LEAVES: dict[Any, Callable[[Any], bool]] = {
+    type(None): lambda v: v is None,
+    bool: lambda v: type(v) is bool,
+    int: lambda v: type(v) is int and abs(v) <= MAX_INT,
+    float: lambda v: type(v) in (int, float),  # NaN and infinities too: a diverged loss is a fact
+}
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise MalformedRecord(f"{where}: {_short(value)} is not str")
+    if len(value) > MAX_TEXT:
+        raise MalformedRecord(f"{where}: text of {len(value)} characters, more than {MAX_TEXT}")
+    return value
+
+
+def _union(tp: Any) -> Checker:
+    options = [_checker(option) for option in typing.get_args(tp)]
+    nullable = type(None) in typing.get_args(tp)
+
+    def union(value: Any, where: str) -> Any:
+        if value is None and nullable:
+            return None
+        for option in options:
             try:
-                return _check(value, option, where)
+                return option(value, where)
             except MalformedRecord:
                 continue
         raise MalformedRecord(f"{where}: {_short(value)} is none of {_name(tp)}")
-    if tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if type(value) is bool:
-            return value
-    elif tp is int:
-        if type(value) is int and abs(value) <= MAX_INT:
-            return value
-    elif tp is float:
-        if type(value) in (int, float):  # NaN and infinities too: a diverged loss is a fact
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            if len(value) > MAX_TEXT:
-                raise MalformedRecord(f"{where}: text of {len(value)} characters, more than {MAX_TEXT}")
-            return value
-    elif origin is list:
-        if isinstance(value, list):
-            _count(value, where)
-            (item,) = typing.get_args(tp)
-            return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    elif origin is dict:
-        if isinstance(value, dict):
-            _count(value, where)
-            key_tp, item = typing.get_args(tp)
-            return {_check(k, key_tp, f"{where} key"): _check(v, item, f"{where}[{k!r}]")
-                    for k, v in value.items()}
-    else:
-        raise TypeError(f"{where}: no check for type {tp!r}")  # a record declared a new shape
-    raise MalformedRecord(f"{where}: {_short(value)} is not {_name(tp)}")
+    return union
+
+
+def _list(tp: Any) -> Checker:
+    (item_tp,) = typing.get_args(tp)
+    item = _checker(item_tp)
+
+    def checked(value: Any, where: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise MalformedRecord(f"{where}: {_short(value)} is not {_name(tp)}")
+        _count(value, where)
+        if item_tp is Any:
+            return list(value)
+        return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return checked
+
+
+def _dict(tp: Any) -> Checker:
+    key_tp, item_tp = typing.get_args(tp)
+    key, item = _checker(key_tp), _checker(item_tp)
+
+    def checked(value: Any, where: str) -> dict[Any, Any]:
+        if not isinstance(value, dict):
+            raise MalformedRecord(f"{where}: {_short(value)} is not {_name(tp)}")
+        _count(value, where)
+        if item_tp is Any:
+            return {key(k, f"{where} key"): v for k, v in value.items()}
+        return {key(k, f"{where} key"): item(v, f"{where}[{k!r}]") for k, v in value.items()}
+    return checked
 
 
 def _count(value: list[Any] | dict[str, Any], where: str) -> None:
@@ -169,16 +210,13 @@ def from_fields(cls: type[T], obj: Any, what: str) -> T:
     newer writer), a missing required field is refused."""
     if not isinstance(obj, dict):
         raise MalformedRecord(f"{what}: not a JSON object")
-    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        if not f.init:
+    for name, required, check in _shape(cls):
+        if name not in obj:
+            if required:
+                raise MalformedRecord(f"{what}: field {name} missing")
             continue
-        if f.name not in obj:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise MalformedRecord(f"{what}: field {f.name} missing")
-            continue
-        kwargs[f.name] = _check(obj[f.name], hints[f.name], f"{what} field {f.name}")
+        kwargs[name] = check(obj[name], f"{what} field {name}")
     try:
         return cls(**kwargs)  # a Record checks its ranges on construction
     except MalformedRecord:

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from raftfl.core.membership import leave_refusal, may_promote, quorum, tolerates
+from raftfl.core.quorum import leave_refusal, may_promote, quorum, tolerates
 
 DEFAULT_GRACE_S = 10.0  # a voter unhealthy this long is replaced: about 3 lease TTLs
 UPGRADE_TIMEOUT_S = 60.0  # as `node join --join-timeout`: a learner's time to come up

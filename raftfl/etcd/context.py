@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from raftfl.core.keys import Keys, seq_of
 from raftfl.core.latency import Sample
-from raftfl.core.members import MemberInfo
+from raftfl.core.member_record import MemberInfo
 from raftfl.core.records import SKIPS, MalformedRecord
 from raftfl.etcd.store import Store
 

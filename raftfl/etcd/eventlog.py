@@ -5,13 +5,20 @@ term, so history is never rewritten and a deposed aggregator cannot add to it. R
 decode in key order, skip (and count) anything malformed, and fold with `replay`. Each event
 is paired with its key's create revision, which replay checks the event's term against.
 
+A reader starts from the run's snapshot (raftfl/core/snapshot.py: the state folded up to an
+event, written by the aggregator every 1,000 events) and reads only the keys after its seq,
+so a (re)start costs the snapshot and the events since, not the history; without a usable
+snapshot (none yet, or one that fails its hash) it folds the whole log, read in pages.
+
 The HA loop asks for the state every cycle, and a federation's log only grows, so
 `current()` keeps the folded state (`Folded`) and folds only what was appended since, and
 reads only the keys after the newest one it has read (etcd scans the whole range it is asked
 for, even to return nothing): a cycle costs the new events, not the history. Appends land
 after the newest key their writer has read; a key written below it (by hand, or by a writer
-that had not read the newest) is picked up by a sweep of the whole log every `SWEEP_S`.
-Readers get a snapshot that later folds leave alone.
+that had not read the newest) is picked up by a sweep of the whole log every `SWEEP_S`, which
+reads every key changed since the previous sweep (or since the snapshot was taken). One below
+the snapshot's seq makes it fold the whole log again. Readers get a copy of the state that
+later folds leave alone.
 """
 
 from __future__ import annotations
@@ -22,17 +29,21 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import grpc
+
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import Event, MalformedEvent, decode
 from raftfl.core.keys import RunKeys, seq_of
 from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
-from raftfl.core.replay import FLState, Logged, fold, replay
+from raftfl.core.replay import FLState, Logged, fold
+from raftfl.etcd import snapshots
 from raftfl.etcd.store import KV, CreateResult, Fence, Resync, Store
 
 log = logging.getLogger(__name__)
 
 MAX_APPEND_ATTEMPTS = 50
 SWEEP_S = 60.0  # how often current() also reads below the newest key (hand-written keys)
+PAGE_KEYS = 5000  # keys per range read: gRPC refuses answers over 64 MiB (170,000 events)
 
 
 @dataclass
@@ -42,18 +53,28 @@ class ReadResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
 
 
-class Folded:
-    """The log folded so far. `add(new)` folds only the new events onto it (events once
-    written never change: appends are create-only), and returns a snapshot that equals
-    `replay` of everything added, in log order. An event that does not come after the ones
-    already folded (a hand-written key below the last sequence number, or an overwritten
-    one) makes it fold everything again, so the answer never depends on arrival order."""
+class BelowSnapshot(RaftflError):
+    """An event at or below the seq of the snapshot a fold started from, which the snapshot
+    does not hold (a key written there by hand after it was taken)."""
 
-    def __init__(self) -> None:
+
+class Folded:
+    """The log folded so far, from `base` (a snapshot's state: the events up to its
+    `last_seq`) or from nothing. `add(new)` folds only the new events onto it (events once
+    written never change: appends are create-only), and returns a copy that equals `replay`
+    of everything added (and of the events `base` was folded from), in log order. An event
+    that does not come after the ones already folded (a hand-written key below the last
+    sequence number, or an overwritten one) makes it fold everything again from `base`, so
+    the answer never depends on arrival order; one at or below `base`'s cannot be folded
+    without the events before it: BelowSnapshot."""
+
+    def __init__(self, base: FLState | None = None) -> None:
+        self._base = base if base is not None else FLState()  # never folded into
+        self._floor = base.last_seq if base is not None else -1  # keys up to it are in base
         self._seen: dict[int, Logged] = {}
-        self._last = 0  # the highest sequence number folded
-        self._state = FLState()  # folded into; never handed out
-        self._snapshot = FLState()  # handed out; never folded into
+        self._last = self._base.last_seq  # the highest sequence number folded
+        self._state = self._base.snapshot()  # folded into; never handed out
+        self._snapshot = self._state.snapshot()  # handed out; never folded into
         self.refolds = 0
 
     def add(self, items: Iterable[Logged]) -> FLState:
@@ -62,6 +83,8 @@ class Folded:
                      key=lambda i: i.seq)
         if not new:
             return self._snapshot
+        if new[0].seq <= self._floor:
+            raise BelowSnapshot(f"event {new[0].seq} is at or below the snapshot's seq {self._floor}")
         in_order = new[0].seq > self._last
         for item in new:
             self._seen[item.seq] = item
@@ -70,7 +93,7 @@ class Folded:
             fold(self._state, new)
         else:
             self.refolds += 1
-            self._state = replay(self._seen[seq] for seq in sorted(self._seen))
+            self._state = fold(self._base.snapshot(), (self._seen[seq] for seq in sorted(self._seen)))
         self._snapshot = self._state.snapshot()
         return self._snapshot
 
@@ -80,8 +103,9 @@ class EventLog:
         self.store = store
         self.keys = keys
         self._next_hint = 0
-        self._folded = Folded()  # behind current()
+        self._folded: Folded | None = None  # behind current(), from its first call on
         self._seen_rev = 0
+        self._swept_rev = 0  # every key of the log at this revision is folded, below the newest too
         self._next_seq = 0  # after the newest key current() has read (0: nothing read yet)
         self._swept = 0.0  # when current() last read the whole log
         self._lock = threading.Lock()
@@ -118,44 +142,89 @@ class EventLog:
              from_seq: int | None = None) -> ReadResult:
         """Every event in log order (as of `revision`; only keys written from `since` on;
         only keys from sequence number `from_seq` on)."""
-        start = self.keys.event(from_seq) if from_seq else None
-        kvs, rev = self.store.range(self.keys.events, revision=revision, min_mod_revision=since,
-                                    start=start)
-        result = ReadResult([], rev)
-        for kv in kvs:
-            item = self._decode(kv)
-            if isinstance(item, Logged):
-                result.events.append(item)
-            else:
-                result.skipped.append((kv.key, item))
+        result = ReadResult([], 0)
+        for kvs, rev in self._pages(revision, since, self.keys.event(from_seq) if from_seq else None):
+            result.revision = result.revision or rev
+            for kv in kvs:
+                item = self._decode(kv)
+                if isinstance(item, Logged):
+                    result.events.append(item)
+                else:
+                    result.skipped.append((kv.key, item))
         return result
 
-    def state(self, revision: int | None = None) -> tuple[FLState, int]:
-        """Replay the whole log (as of `revision`); returns the state and the revision read."""
-        result = self.read(revision)
-        return replay(result.events), result.revision
+    def _pages(self, revision: int | None, since: int | None,
+               start: str | None) -> Iterator[tuple[list[KV], int]]:
+        """The range in pages of at most PAGE_KEYS keys, each page read at the first one's
+        revision: (keys, revision read)."""
+        limit = PAGE_KEYS
+        while True:
+            try:
+                kvs, rev = self.store.range(self.keys.events, revision=revision, limit=limit,
+                                            min_mod_revision=since, start=start)
+            except grpc.RpcError as exc:  # a page of values written by hand (up to 1.5 MiB each)
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or limit == 1:  # type: ignore[attr-defined]
+                    raise
+                limit = max(1, limit // 8)
+                continue
+            yield kvs, rev
+            if len(kvs) < limit:
+                return
+            revision, start = revision or rev, kvs[-1].key + "\0"
 
-    def current(self, revision: int | None = None) -> tuple[FLState, int]:
+    def state(self, revision: int | None = None) -> tuple[FLState, int]:
+        """The state (as of `revision`) folded afresh: from the run's snapshot and the events
+        after it, or the whole log; returns the state and the revision read."""
+        return EventLog(self.store, self.keys).current(revision)
+
+    def current(self, revision: int | None = None, sweep: bool = False) -> tuple[FLState, int]:
         """The state now (or as of `revision`, not older than the previous call's), fetching
-        and folding only what was appended since the previous call.
+        and folding only what was appended since the previous call; the first call starts
+        from the run's snapshot. `sweep` also reads below the newest key now (else every
+        SWEEP_S): the state then holds every key the log had at the revision returned.
 
         The state is shared by the callers until new events arrive: read it, never change it.
         """
         with self._lock:
             if revision is not None and revision <= self._seen_rev:
                 revision = None  # never older than what we already folded
-            now = time.monotonic()
-            sweep = now - self._swept >= SWEEP_S
-            result = self.read(revision, since=self._seen_rev + 1,
-                               from_seq=None if sweep else self._next_seq)
-            if sweep:
-                self._swept = now
-            seqs = [item.seq for item in result.events]
-            seqs += [s for key, _ in result.skipped if (s := seq_of(key)) is not None]
-            self._next_seq = max([self._next_seq, *(s + 1 for s in seqs)])
-            state = self._folded.add(result.events)
-            self._seen_rev = revision or result.revision  # a pinned read: the header says "now"
-            return state, self._seen_rev
+            if self._folded is None:
+                return self._rebuild(revision, from_snapshot=True)
+            try:
+                return self._advance(revision, sweep)
+            except BelowSnapshot as exc:
+                log.info("%s: %s; folding the whole log", self.keys.events, exc)
+                return self._rebuild(revision, from_snapshot=False)
+
+    def _rebuild(self, revision: int | None, from_snapshot: bool) -> tuple[FLState, int]:
+        """Fold afresh: from the snapshot and the keys after its seq, else the whole log."""
+        loaded = snapshots.load(self.store, self.keys, revision) if from_snapshot else None
+        snap, base = loaded if loaded is not None else (None, None)
+        self._folded = Folded(base)
+        self._next_seq = snap.seq + 1 if snap is not None else 0
+        self._swept = time.monotonic()
+        state = self._absorb(self.read(revision, from_seq=self._next_seq or None), revision)
+        self._swept_rev = snap.revision if snap is not None else self._seen_rev
+        return state, self._seen_rev
+
+    def _advance(self, revision: int | None, sweep: bool) -> tuple[FLState, int]:
+        now = time.monotonic()
+        sweep = sweep or now - self._swept >= SWEEP_S
+        result = self.read(revision, since=(self._swept_rev if sweep else self._seen_rev) + 1,
+                           from_seq=None if sweep else self._next_seq)
+        state = self._absorb(result, revision)
+        if sweep:
+            self._swept, self._swept_rev = now, self._seen_rev
+        return state, self._seen_rev
+
+    def _absorb(self, result: ReadResult, revision: int | None) -> FLState:
+        assert self._folded is not None
+        seqs = [item.seq for item in result.events]
+        seqs += [s for key, _ in result.skipped if (s := seq_of(key)) is not None]
+        state = self._folded.add(result.events)
+        self._next_seq = max([self._next_seq, *(s + 1 for s in seqs)])
+        self._seen_rev = revision or result.revision  # a pinned read: the header says "now"
+        return state
 
     def tail(self, start_revision: int, stop: threading.Event) -> Iterator[Logged]:
         """New events from `start_revision` on, resuming across member failures, each once.

@@ -20,7 +20,7 @@ from raftfl.core.maintenance import HandoverRequest, handover_target
 from raftfl.core.ranking import Weights, candidates, rank
 from raftfl.core.records import MalformedRecord
 from raftfl.core.role import RoleHolder, parse_role
-from raftfl.core.runconfig import RunConfig
+from raftfl.core.specs import ClusterConfig
 from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.store import Store
 
@@ -55,14 +55,14 @@ def holder(store: Store, keys: Keys) -> RoleHolder:
 
 def _weights(store: Store, keys: Keys) -> Weights:
     kv = store.get(keys.config)
-    return RunConfig.from_json(kv.value).ranking_weights if kv else Weights()
+    return ClusterConfig.from_json(kv.value).ranking_weights if kv else Weights()
 
 
 def _known(store: Store, keys: Keys) -> set[str]:
     names = {m.name for m in store.members() if m.name}
     kv = store.get(keys.config)
     if kv is not None:
-        names |= set(RunConfig.from_json(kv.value).nodes)
+        names |= set(ClusterConfig.from_json(kv.value).nodes)
     return names
 
 

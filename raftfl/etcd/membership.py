@@ -26,7 +26,7 @@ from raftfl import tls
 from raftfl.core.address import NodeAddress, parse_address
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys
-from raftfl.core.membership import leave_refusal, may_promote, tolerates
+from raftfl.core.quorum import leave_refusal, may_promote, tolerates
 from raftfl.core.role import RoleHolder, parse_role
 from raftfl.etcd import cluster_api
 from raftfl.etcd.cluster_api import Member, NotInSync, list_members

@@ -62,7 +62,7 @@ class Stamp:
     run_id: int
     term: int
     round: int = 0  # global round (0: outside raftfl.start)
-    base: str = ""  # sha256 of the arrays the round starts from ("" outside raftfl.start)
+    base: str = ""  # sha256 of the arrays the instruction carries ("" outside raftfl.start)
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "term": self.term, "round": self.round, "base": self.base}

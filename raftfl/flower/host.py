@@ -126,7 +126,8 @@ class ClientAppHost:
             if key is not None and not reply.has_error():
                 self._last_train = (key, reply.content)
             return reply
-        except Exception as exc:  # noqa: BLE001 - reported to the ServerApp, as Flower does
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported, as Flower does;
+            # a ClientApp's sys.exit() must not end the worker thread that called it
             log.exception("node %d: ClientApp raised on %s", self.context.node_id,
                           message.metadata.message_type)
             return Message(Error(CLIENT_APP_RAISED_EXCEPTION, f"{type(exc)}:<'{exc}'>"),

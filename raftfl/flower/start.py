@@ -129,6 +129,7 @@ class _RoundLoop:
         new_arrays, train = self._train(server_round, arrays)
         arrays = arrays if new_arrays is None else new_arrays
 
+        self.grid.set_round(server_round, arrays_sha256(arrays))  # evaluate carries the new model
         messages = list(self.strategy.configure_evaluate(server_round, arrays,
                                                          self.evaluate_config, self.grid))
         replies = self._send(messages)

@@ -26,7 +26,7 @@ from raftfl.core.events import (
 )
 from raftfl.core.keys import Keys
 from raftfl.core.latency import Sample
-from raftfl.core.members import MemberInfo
+from raftfl.core.member_record import MemberInfo
 from raftfl.etcd import checkpoint
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.member import find_etcd, loopback_specs, running_members

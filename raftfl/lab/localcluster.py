@@ -22,11 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raftfl.core.address import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, MODELS_PORT_OFFSET
+from raftfl.core.address import (
+    API_PORT_OFFSET,
+    CLIENT_PORT_OFFSET,
+    FLOWER_PORT_OFFSET,
+    MODELS_PORT_OFFSET,
+)
 from raftfl.core.certs import is_loopback
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys, RunKeys
-from raftfl.core.membership import DEFAULT_MAX_VOTERS, initial_voters
+from raftfl.core.quorum import DEFAULT_MAX_VOTERS, initial_voters
 from raftfl.core.replay import FLState, Logged, replay
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Change, Store
@@ -46,6 +51,7 @@ class NodeProc:
     proc: subprocess.Popen[bytes] | None = None
     stopped: bool = False
     frozen_member: int | None = None  # PID of its etcd member while frozen with it
+    api_scheme: str = "http"  # https when the cluster has certificates
 
     @property
     def pid(self) -> int:
@@ -59,6 +65,10 @@ class NodeProc:
     @property
     def client_endpoint(self) -> str:
         return f"{self.ip}:{self.port + CLIENT_PORT_OFFSET}"
+
+    def api_url(self, path: str = "/") -> str:
+        """The URL of `path` on this node's HTTP API (raftfl/ops; raft port + 400)."""
+        return f"{self.api_scheme}://{self.ip}:{self.port + API_PORT_OFFSET}{path}"
 
     def etcd_pid(self) -> int | None:
         """PID of this node's etcd member, if it is still our member (not a reused PID)."""
@@ -77,13 +87,14 @@ class NodeProc:
 
 
 def free_base_port(n: int, start: int = 21000, stop: int = 32000) -> int:
-    """A base port such that base..base+n-1 and their +100/+200/+300 ports are all free."""
+    """A base port such that base..base+n-1 and their +100/+200/+300/+400 ports are all free."""
     rng = range(start, stop, 10)
     offset = (os.getpid() * 7) % len(rng)
     for base in list(rng[offset:]) + list(rng[:offset]):
         try:
             for i in range(n):
-                for extra in (0, CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, MODELS_PORT_OFFSET):
+                for extra in (0, CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, MODELS_PORT_OFFSET,
+                              API_PORT_OFFSET):
                     check_port_free("127.0.0.1", base + i + extra, "probe")
             return base
         except RaftflError:
@@ -141,7 +152,8 @@ class LocalCluster:
             self.nodes.append(NodeProc(name, ips[i], self.base + i, data_dir,
                                        self.workdir / f"node{i}.log", args,
                                        self.node_env.get(i, {}),
-                                       self.wrappers[i] if self.wrappers else []))
+                                       self.wrappers[i] if self.wrappers else [],
+                                       api_scheme="https" if self.secure else "http"))
         self._store: Store | None = None
 
     def _make_certs(self, names: list[str], ips: list[str]) -> list[Path]:

@@ -16,7 +16,7 @@ from raftfl.core.decide import Decision, View
 from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
 from raftfl.core.events import AggregatorElected, Event, Handover, RunStopped, StepDown, describe
 from raftfl.core.maintenance import HandoverRequest
-from raftfl.core.members import MemberInfo
+from raftfl.core.member_record import MemberInfo
 from raftfl.core.records import MalformedRecord
 from raftfl.etcd import checkpoint
 from raftfl.etcd.eventlog import EventLog
@@ -334,4 +334,4 @@ class AggregatorRole:
         return member.node if member is not None else None
 
     def _on_event(self, event: Event) -> None:
-        self.shell.say(describe(event))
+        self.shell.say(describe(event), event=event.type)

@@ -18,13 +18,14 @@ when it changes.
                        fetch and verify the final model, then leave)
 
 The rooms: start-up and shutdown (raftfl/node/lifecycle.py), the observer, the aggregator
-role, the worker role, voter upkeep (raftfl/node/voters.py). Each gets a `Shell`, never the
-node.
+role, the worker role, the chores (raftfl/node/housekeeping.py), voter upkeep
+(raftfl/node/voters.py). Each gets a `Shell`, never the node.
 
 One thread owns the node's state: this loop. Watch threads only queue changes and wake it;
 the probe thread publishes immutable evidence; the keepalive thread swaps in an immutable
 lease state (and stops a server whose lease ran out, before etcd says so); the worker thread
-writes only the worker role's own state. Missing a wake-up costs at most one `LOOP_WAIT_S`.
+writes only the worker role's own state; the HTTP API (raftfl/ops) only reads the immutable
+`status` each cycle ends by publishing. Missing a wake-up costs at most one `LOOP_WAIT_S`.
 """
 
 from __future__ import annotations
@@ -40,15 +41,17 @@ from raftfl.core.decide import Action, Chore, Decision, Local, View, decide
 from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
 from raftfl.core.events import NodeJoined, NodeLeft
 from raftfl.core.keys import Keys
-from raftfl.core.members import MemberInfo
-from raftfl.core.runconfig import RunConfig
-from raftfl.etcd import checkpoint
+from raftfl.core.member_record import MemberInfo
+from raftfl.core.role import RoleHolder
+from raftfl.core.specs import ClusterConfig
+from raftfl.core.status import NodeStatus
 from raftfl.etcd.member import EtcdMember, wait_healthy
 from raftfl.etcd.store import EtcdNoSpace, EtcdUnavailable, LeaseGone, Store
 from raftfl.node import lifecycle, runapp
 from raftfl.node.aggregator import AggregatorRole
 from raftfl.node.election import Election
 from raftfl.node.faults import NO_FAULTS, FaultHooks
+from raftfl.node.housekeeping import Housekeeping
 from raftfl.node.models import Models, ModelServer
 from raftfl.node.observer import Observer
 from raftfl.node.options import NodeOptions
@@ -62,7 +65,6 @@ log = logging.getLogger(__name__)
 
 LOOP_WAIT_S = 1.0
 MAX_BACKOFF_S = 10.0  # a failing cycle is retried after 1, 2, 4, 8, then every 10 s
-LEADER_CHECK_S = 5.0  # how often a serving aggregator makes sure it does not lead etcd
 WORKER_STOP_S = 30.0  # how long a fit in flight gets to end when the node stops
 
 
@@ -76,17 +78,19 @@ class Node:
         self.shell: Shell | None = None  # once etcd answers
         self.member: EtcdMember | None = None
         self.model_server: ModelServer | None = None
-        self.run_id: int | None = None  # the active run this node has taken up
         self.next_wait = LOOP_WAIT_S
         self.signalled = False
         self._last_topic: object = None
-        self._leader_checked = 0.0
+        self._cycles = 0
+        # The HTTP API's view of this node (raftfl/ops): a fresh immutable snapshot at the end
+        # of each cycle, assigned by this loop only; None until the first cycle.
+        self.status: NodeStatus | None = None
         self.wake, self.stop = threading.Event(), threading.Event()
         # the parts and rooms, from wire() once etcd answers
         self.store: Store
         self.models: Models
         self.runs: Runs
-        self.config: RunConfig
+        self.config: ClusterConfig
         self.session: Session
         self.election: Election
         self.worker_role: WorkerRole
@@ -94,9 +98,10 @@ class Node:
         self.observer: Observer
         self.aggregator: AggregatorRole
         self.voters: Voters
+        self.housekeeping: Housekeeping
 
     # -- wiring -----------------------------------------------------------------------------
-    def wire(self, store: Store, models: Models, runs: Runs, config: RunConfig,
+    def wire(self, store: Store, models: Models, runs: Runs, config: ClusterConfig,
              session: Session) -> None:
         """Build the rooms around the parts start-up made (a test builds its own parts)."""
         self.shell = shell = Shell(self.opts, self.keys, store, self.say, self.wake, self.stop,
@@ -111,6 +116,12 @@ class Node:
         self.observer = Observer(shell, runs, config)
         self.aggregator = AggregatorRole(shell, self.election, session, runs, models, self.worker)
         self.voters = Voters(shell, self.election, session, lambda: self.run_id)
+        self.housekeeping = Housekeeping(shell, runs, self.observer, self.aggregator, self.voters)
+
+    @property
+    def run_id(self) -> int | None:
+        """The active run this node has taken up."""
+        return self.housekeeping.active_run if self.shell is not None else None
 
     def request_stop(self) -> None:
         """From any thread: end the loop; shutdown runs in the loop's thread."""
@@ -244,7 +255,26 @@ class Node:
         if decision.topic != self._last_topic:
             self._last_topic = decision.topic
             self.say(decision.sentence)
-        return self.act(decision, view)
+        leaving = self.act(decision, view)
+        self._cycles += 1
+        self.status = self._snapshot(view, decision)  # the API's one view of this node
+        return leaving
+
+    def _snapshot(self, view: View, decision: Decision) -> NodeStatus:
+        role = view.role if isinstance(view.role, RoleHolder) else None
+        lease = self.session.state  # a lease and its deadline that belong together
+        return NodeStatus(
+            name=self.opts.name, cluster=self.opts.cluster,
+            endpoints=tuple(self.store.endpoints), lease_ttl=float(self.opts.lease_ttl),
+            cycled_at=time.monotonic(), cycles=self._cycles, revision=view.revision,
+            lease=lease.lease, lease_deadline=lease.valid_until if lease.lease is not None else 0.0,
+            holder=role.node if role else None, term=role.term if role else None,
+            vacant_since=self.observer.vacancy_seen,
+            serving_term=self.aggregator.serving_term, run=view.run,
+            last_round=view.state.last_committed_round, rounds=view.state.rounds,
+            paused=view.paused_since is not None, action=decision.action.value,
+            sentence=decision.sentence,
+            member=None if self.member is None else self.member.alive())
 
     def local(self) -> Local:
         opts, now = self.opts, time.monotonic()
@@ -257,14 +287,27 @@ class Node:
                      malformed_seen=self.observer.malformed_seen,
                      exit_on_complete=opts.exit_on_complete, active_run=self.run_id,
                      serving_run=self.aggregator.serving_run,
-                     leader_check_due=self.member is not None
-                     and now - self._leader_checked > LEADER_CHECK_S)
+                     leader_check_due=self.housekeeping.leader_check_due(self.member, now))
 
     # -- act: the chores, then the action ---------------------------------------------------
     def act(self, d: Decision, view: View) -> bool:
-        """Carry a decision out. Returns True when the node is to leave."""
+        """Carry a decision out: the chores before the action, the action, the chores after
+        it. Returns True when the node is to leave."""
         for chore in d.chores:
-            self._chore(chore, view)
+            if not chore.after_action:
+                self._chore(chore, view)
+        leave = self._action(d, view)
+        for chore in d.chores:
+            if chore.after_action:
+                self._chore(chore, view)
+        return leave
+
+    def _chore(self, chore: Chore, view: View) -> None:
+        member = self.housekeeping.do(chore, view, self.member)
+        if member is not None:  # an upgrade's member serves: ours from now on
+            self.member = member
+
+    def _action(self, d: Decision, view: View) -> bool:
         agg, worker = self.aggregator, self.worker
         match d.action:
             case Action.FINISH:
@@ -277,7 +320,7 @@ class Node:
                 assert d.term is not None and self.session.lease is not None
                 self.election.adopt(d.term, self.session.lease)
                 if agg.record_election(d.term, view, self.observer.vacancy_seen):
-                    self._move_leader_away()
+                    self.housekeeping.move_leader_away(self.member)
             case Action.SERVE:
                 assert d.term is not None and self.session.lease is not None
                 assert self.run_id is not None
@@ -300,7 +343,7 @@ class Node:
             case Action.CAMPAIGN:
                 worker.follow(None, None)
                 if agg.campaign(d, view, self.observer.vacancy_seen):
-                    self._move_leader_away()
+                    self.housekeeping.move_leader_away(self.member)
             case Action.WAIT_RANK | Action.WAIT_HANDOVER:
                 worker.follow(None, None)
                 self.next_wait = min(self.next_wait, d.wait_s or LOOP_WAIT_S)
@@ -316,21 +359,6 @@ class Node:
                 worker.follow(None, None)
         return False
 
-    def _chore(self, chore: Chore, view: View) -> None:
-        match chore:
-            case Chore.ACTIVATE_RUN:
-                self._activate(view.run, view.revision)
-            case Chore.RETIRE_SERVER:
-                self.aggregator.retire()
-            case Chore.SAVE_FINISHED:
-                self._save_finished_runs()
-            case Chore.MOVE_LEADER:
-                self._move_leader_away()
-            case Chore.TEND_VOTERS:
-                member = self.voters.tick(self.member)
-                if member is not None:  # an upgrade's member serves: ours from now on
-                    self.member = member
-
     def _suspect(self, d: Decision) -> None:
         """Publish our evidence that the holder of `d.term` is gone (on our lease)."""
         assert d.holder is not None and d.term is not None
@@ -339,38 +367,3 @@ class Node:
             {"node": self.opts.name, "holder": d.holder.node, "ts": time.time(),
              "refused": ev.refused if ev else 0, "failed": ev.failed if ev else 0}),
             lease=self.session.lease)
-
-    def _activate(self, run_id: int | None, revision: int) -> None:
-        """The active run changed: unpack and import its app, watch its log."""
-        self.run_id = run_id
-        if run_id is None:
-            return
-        run_app = self.runs.app(run_id)
-        if run_app.flower_app is None:
-            self.say(f"run {run_id}: its app cannot be used ({run_app.apps.exception()})")
-        else:
-            spec = run_app.spec
-            assert spec is not None
-            self.say(f"run {run_id}: app {spec.app}"
-                     + (f", {spec.rounds} rounds" if spec.rounds else ""))
-        self.observer.watch_events(run_id, revision)
-
-    def _save_finished_runs(self) -> None:
-        """Write each newly completed run's final model to <data-dir>/runs/<id>/ (not with
-        --exit-on-complete, which writes the last one's to the data dir as it leaves)."""
-        for run_id, state in list(self.runs.finished.items()):
-            out = self.opts.dir / "runs" / str(run_id)
-            if state.completed is not None and not self.opts.exit_on_complete \
-                    and not (out / "result.json").exists():
-                try:
-                    path = self.runs.save_final_model(run_id, state, out, self.opts.name)
-                    self.say(f"run {run_id} completed: final model "
-                             f"{state.completed.model_sha256[:12]} verified, saved to {path}")
-                except checkpoint.CorruptCheckpoint as exc:
-                    self.say(f"run {run_id} completed, but its final model is unusable: {exc}")
-            del self.runs.finished[run_id]
-
-    def _move_leader_away(self) -> None:
-        self._leader_checked = time.monotonic()
-        if self.member is not None:
-            lifecycle.move_leader_away(self.store, self.member, self.say)

@@ -15,10 +15,10 @@ from typing import Any
 
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys
-from raftfl.core.membership import initial_voters
+from raftfl.core.quorum import initial_voters
 from raftfl.core.ranking import Ranked
-from raftfl.core.runconfig import RunConfig, RunSpec, spec_rounds
-from raftfl.etcd import runs as stored_runs
+from raftfl.core.specs import ClusterConfig, RunSpec, spec_rounds
+from raftfl.etcd import run_store as stored_runs
 from raftfl.etcd.clusterconfig import ensure
 from raftfl.etcd.context import read_members
 from raftfl.etcd.member import (
@@ -110,7 +110,7 @@ def healthy(store: Store, keys: Keys) -> bool:
 
 
 def await_config(store: Store, keys: Keys, opts: NodeOptions, say: Voice,
-                 stop: threading.Event) -> RunConfig:
+                 stop: threading.Event) -> ClusterConfig:
     deadline = time.monotonic() + opts.start_timeout
     while not stop.is_set():
         cfg = ensure(store, keys, opts.first_run)
@@ -134,7 +134,7 @@ def submit_first_run(store: Store, keys: Keys, opts: NodeOptions, say: Voice) ->
         say(f"submitted run 1: app {spec.app}")
 
 
-def first_run(opts: NodeOptions, proposed: RunConfig) -> tuple[RunSpec, bytes]:
+def first_run(opts: NodeOptions, proposed: ClusterConfig) -> tuple[RunSpec, bytes]:
     """Run 1, which the node with -r submits (unless it exists: a restart, or a peer's):
     this node's app, packaged. raftfl's task flags configure the bundled app; other apps
     take --run-config (and -r, as num-server-rounds)."""

@@ -22,7 +22,7 @@ from raftfl.core.ranking import Ranked, candidates, rank
 from raftfl.core.records import SKIPS, MalformedRecord
 from raftfl.core.replay import FLState
 from raftfl.core.role import MalformedRole, RoleHolder, parse_role
-from raftfl.core.runconfig import RunConfig
+from raftfl.core.specs import ClusterConfig
 from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.store import Change, Compacted, Resync
 from raftfl.node.holder_probe import HolderProbe
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 class Observer:
-    def __init__(self, shell: Shell, runs: Runs, config: RunConfig):
+    def __init__(self, shell: Shell, runs: Runs, config: ClusterConfig):
         self.shell, self.runs, self.config = shell, runs, config
         self.role_changes: queue.Queue[Change | Resync] = queue.Queue()  # from the role watch
         self.vacancy_rev: int | None = None  # delete revision of the role key (from the watch)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raftfl.core.address import NodeAddress
-from raftfl.core.membership import DEFAULT_MAX_VOTERS
+from raftfl.core.quorum import DEFAULT_MAX_VOTERS
 from raftfl.core.replacement import DEFAULT_GRACE_S
-from raftfl.core.runconfig import RunConfig
+from raftfl.core.specs import ClusterConfig
 from raftfl.net.address import resolve
 from raftfl.node.models import DEFAULT_REPLICAS
 
@@ -48,6 +48,7 @@ class NodeOptions:
     client_port: int | None = None
     flower_port: int | None = None
     models_port: int | None = None  # our model service (node/models.py) [raft port + 300]
+    api_port: int | None = None  # our HTTP API (raftfl/ops) [raft port + 400]; 0: none
     join: bool = False
     lease_ttl: int = 3
     priority: float = 0.0
@@ -57,7 +58,7 @@ class NodeOptions:
     client_wait: float = 10.0
     round_timeout: float = 120.0
     start_timeout: float = 300.0
-    first_run: RunConfig | None = None  # proposed cluster config; with it, this node submits run 1
+    first_run: ClusterConfig | None = None  # proposed cluster config; with it, this node submits run 1
     app: Path | None = None  # run 1's Flower app directory; None: the bundled quick-start app
     run_config: str | None = None  # --run-config "k=v ..." (for run 1)
     node_config: str | None = None  # --node-config "k=v ...": this node's context.node_config
@@ -95,6 +96,12 @@ class NodeOptions:
     @property
     def models_address(self) -> str:
         return f"{self.ip}:{self.models_port or self.address.models_port}"
+
+    @property
+    def api_address(self) -> str | None:
+        if self.api_port == 0:
+            return None
+        return f"{self.ip}:{self.api_port or self.address.api_port}"
 
     @property
     def dir(self) -> Path:

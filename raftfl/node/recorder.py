@@ -8,6 +8,13 @@ one never starts. What the hooks record
 is what `replay` folds: `run_started` with the initial model (round 0), `round_started`,
 `fit_results` (with the updates the grid rejected, by node, and why), `checkpoint_saved`,
 `round_committed` (model hash, base model hash, metrics).
+
+Every `snapshot_every` events (at the first of its appends at or past each multiple of it,
+counted from its first append) and after `run_completed`, it also stores the run's state as
+the run's snapshot (raftfl/core/snapshot.py), fenced like its events, so that nodes
+(re)starting fold only the events after it: at most `snapshot_every` - 1 of them, up to twice
+that after a failover. A state too big for one snapshot is said once, and this term writes
+no more of them.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from raftfl.core.events import (
 )
 from raftfl.core.keys import RunKeys
 from raftfl.core.replay import FLState
-from raftfl.etcd import checkpoint
+from raftfl.core.snapshot import TooBig
+from raftfl.etcd import checkpoint, snapshots
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.retention import Retention
 from raftfl.etcd.store import Fence, Store
@@ -43,6 +51,7 @@ from raftfl.node.models import Models
 log = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 3
+SNAPSHOT_EVERY = 1000  # events between two snapshots of the run's state
 MAX_CLIENT_METRICS = 32  # per-client metrics are kept in the log for small federations only
 
 
@@ -100,6 +109,9 @@ class AppRecorder:
         self.base: str | None = None  # hash of the model the next round starts from
         self.last_round = 0
         self.rounds = 0
+        self.snapshot_every = SNAPSHOT_EVERY
+        self._next_snapshot: float | None = None  # the seq from which the next one is due (set
+        # by the first append; infinite once the state was too big for one)
 
     @property
     def term(self) -> int:
@@ -109,7 +121,7 @@ class AppRecorder:
         if self.deposed:
             return False
         try:
-            self.events.append(event, fence=self.fence)
+            seq = self.events.append(event, fence=self.fence)
         except FencedOut:
             self.deposed = True
             return False
@@ -118,7 +130,35 @@ class AppRecorder:
             self.failure, self.deposed = exc, True
             return False
         self.on_event(event)
+        if self._snapshot_due(seq, event):
+            self._snapshot()
         return True
+
+    def _snapshot_due(self, seq: int, event: Event) -> bool:
+        """At or past the next multiple of `snapshot_every` (or at the run's end), unless the
+        state was too big for one earlier this term."""
+        every = self.snapshot_every
+        if self._next_snapshot is None:
+            self._next_snapshot = (seq // every + 1) * every
+        if self._next_snapshot == math.inf or (seq < self._next_snapshot
+                                               and not isinstance(event, RunCompleted)):
+            return False
+        self._next_snapshot = (seq // every + 1) * every
+        return True
+
+    def _snapshot(self) -> None:
+        """Store the run's state as its snapshot (housekeeping: a failure only costs readers
+        time, never the round)."""
+        try:
+            state, revision = self.events.current(sweep=True)
+            snapshots.save(self.store, self.keys, state, revision, self.fence, self.node)
+        except TooBig as exc:
+            log.info("run %d: no more snapshots of its state this term: %s", self.keys.run_id, exc)
+            self._next_snapshot = math.inf
+        except FencedOut:
+            self.deposed = True
+        except Exception:  # noqa: BLE001 - housekeeping, never fatal
+            log.exception("run %d: snapshot not written", self.keys.run_id)
 
     def hand_over(self) -> None:
         """Start no further round (the one in flight still commits); the ServerApp stops at

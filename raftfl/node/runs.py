@@ -2,7 +2,11 @@
 
 The HA loop asks `refresh()` each cycle. Runs finish for good (completed or stopped), so the
 node keeps a floor below which every run is finished and reads only the logs from there on:
-a cycle costs the active run's new events plus one probe for a newly submitted run.
+a cycle costs the active run's new events plus one probe for a newly submitted run. A node
+that (re)starts folds each run's log once, from the run's snapshot and the events after it
+(raftfl/etcd/eventlog.py): a completed run's is written with its `run_completed`, so a
+finished run costs its snapshot, and the active run its snapshot and at most about 1,000
+events, however long their logs.
 
 Each run's app comes from etcd, not from this node's command line: its package is unpacked
 into `<data-dir>/apps/<id>/` and imported in the background as soon as the run is active (so
@@ -25,8 +29,8 @@ from typing import Any
 
 from raftfl.core.keys import Keys
 from raftfl.core.replay import FLState
-from raftfl.core.runconfig import RunSpec
-from raftfl.etcd import runs as stored
+from raftfl.core.specs import RunSpec
+from raftfl.etcd import run_store as stored
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Store
 from raftfl.files import make_private_dir, write_atomic

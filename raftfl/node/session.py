@@ -20,7 +20,7 @@ import psutil
 
 from raftfl.core.keys import Keys, seq_of
 from raftfl.core.latency import worth_writing
-from raftfl.core.members import MemberInfo
+from raftfl.core.member_record import MemberInfo
 from raftfl.etcd.context import read_members
 from raftfl.etcd.store import EtcdUnavailable, LeaseGone, Store
 from raftfl.net.probe import Prober
@@ -71,6 +71,11 @@ class Session:
     @property
     def lease(self) -> int | None:
         return self._state.lease
+
+    @property
+    def state(self) -> LeaseState:
+        """The lease and its local deadline, read together (one immutable value)."""
+        return self._state
 
     @property
     def valid(self) -> bool:

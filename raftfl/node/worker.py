@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from raftfl.core.errors import RaftflError
-from raftfl.core.runconfig import RunConfig
+from raftfl.core.specs import ClusterConfig
 from raftfl.node import runapp
 from raftfl.node.runs import Runs
 from raftfl.node.shell import Shell, Voice
@@ -92,7 +92,7 @@ class WorkerRole:
     node's active run but never writes the node's state.
     """
 
-    def __init__(self, shell: Shell, runs: Runs, config: RunConfig,
+    def __init__(self, shell: Shell, runs: Runs, config: ClusterConfig,
                  active_run: Callable[[], int | None]):
         self.shell, self.runs, self.config, self.active_run = shell, runs, config, active_run
         self.say = Voice(shell.name, shell.say.out)  # this thread's own once-lines

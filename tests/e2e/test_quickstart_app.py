@@ -34,7 +34,8 @@ def test_quickstart_app_survives_an_aggregator_kill(strategy: str, tmp_path: Pat
     assert summary["terms"][0] < summary["terms"][1] == summary["terms"][3]
     finals = summary["final_model_sha256"]
     assert len(finals) == 2 and len(set(finals.values())) == 1  # both survivors, same arrays
-    for metrics in summary["metrics"]:  # the app's evaluate_fn, every round
+    for metrics in summary["metrics"]:  # the app's evaluate_fn and federated evaluation
         assert set(metrics["evaluate_serverapp"]) == {"accuracy", "loss"}
+        assert {"eval_loss", "eval_acc"} <= set(metrics["evaluate_clientapp"])  # fraction 0.5
         assert metrics["train"]["train_loss"] > 0
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"])

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from raftfl.lab.cli import soak
+from raftfl.lab.commands import soak
 from raftfl.lab.soak import schedule
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ondemand]  # soaks run on demand, not in CI
 
 
 def test_short_soak_has_a_failover_and_no_crash_or_violation(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raftfl.core.keys import Keys
-from raftfl.core.runconfig import RunConfig
+from raftfl.core.specs import ClusterConfig
 from raftfl.etcd.cluster_api import Member, list_members
 from raftfl.etcd.clusterconfig import ensure
 from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd, running_members
@@ -130,7 +130,7 @@ def lab(tmp_path: Path, n: int = 3) -> Iterator[Lab]:
             try:
                 store = the_lab.store()
                 try:
-                    ensure(store, Keys(cluster), RunConfig(rounds=1, nodes=sorted(initial)))
+                    ensure(store, Keys(cluster), ClusterConfig(rounds=1, nodes=sorted(initial)))
                 finally:
                     store.close()
                 yield the_lab

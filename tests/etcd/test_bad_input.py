@@ -23,8 +23,8 @@ from conftest import free_port_base
 
 from raftfl.core.events import NodeJoined, RunStarted, StepDown
 from raftfl.core.keys import Keys
-from raftfl.core.runconfig import RunSpec
-from raftfl.etcd import runs
+from raftfl.core.specs import RunSpec
+from raftfl.etcd import run_store
 from raftfl.etcd.eventlog import EventLog
 from raftfl.lab.localcluster import free_base_port
 
@@ -289,7 +289,7 @@ def test_history_and_status_survive_junk_events(etcd_cluster, tmp_path: Path) ->
     keys = Keys(cluster).run(1)
     log = EventLog(etcd_cluster.store(), keys)
     spec = RunSpec(app="junk", app_sha256=hashlib.sha256(b"pkg").hexdigest(), run_config={})
-    assert runs.submit(etcd_cluster.store(), keys, spec, b"pkg") == 1  # history reads run 1
+    assert run_store.submit(etcd_cluster.store(), keys, spec, b"pkg") == 1  # history reads run 1
     wrong_version = json.dumps({"v": 99, "type": "run_started", "node": "x", "term": 0,
                                 "ts": 1.0, "id": "f" * 32, "rounds": 3, "initial_model": "0" * 64})
     junk: dict[str, str] = {}

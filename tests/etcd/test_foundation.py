@@ -25,7 +25,7 @@ from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, RunStarted
 from raftfl.core.keys import Keys, RunKeys
 from raftfl.core.latency import Sample
-from raftfl.core.members import MemberInfo
+from raftfl.core.member_record import MemberInfo
 from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.member import MemberSpec, check_version, find_etcd, prepare_data_dir

@@ -27,8 +27,8 @@ from raftfl.core.address import NodeAddress
 from raftfl.core.decide import Action, decide
 from raftfl.core.events import AggregatorElected, RunStarted
 from raftfl.core.keys import Keys, RunKeys
-from raftfl.core.runconfig import RunConfig, RunSpec
-from raftfl.etcd import runs as stored_runs
+from raftfl.core.specs import ClusterConfig, RunSpec
+from raftfl.etcd import run_store as stored_runs
 from raftfl.etcd.clusterconfig import ensure
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Change, Fence, LeaseGone, wait_until
@@ -62,7 +62,7 @@ def make_node(cluster: EtcdCluster, keys: RunKeys, port: int, priority: float = 
     spec = stored_runs.spec(store, keys, 1)
     runs.app = lambda run_id: RunApp(run_id, spec, runapp.load(None),  # type: ignore[method-assign]
                                      _done((None, None)))
-    config = ensure(store, keys, RunConfig(rounds=3, nodes=[o.name]))
+    config = ensure(store, keys, ClusterConfig(rounds=3, nodes=[o.name]))
     info = MemberInfo(node=o.name, ip="127.0.0.1", client_port=port + 100,
                       flower_address=o.flower_address, priority=priority)
     node.wire(store, models, runs, config, Session(store, keys, info, o.lease_ttl,

@@ -19,9 +19,9 @@ from raftfl.core.errors import RaftflError
 from raftfl.core.events import FailoverPaused, FailoverResumed
 from raftfl.core.keys import Keys
 from raftfl.core.maintenance import HandoverRequest
-from raftfl.core.members import MemberInfo
-from raftfl.core.runconfig import RunConfig, RunSpec
-from raftfl.etcd import handover, runs
+from raftfl.core.member_record import MemberInfo
+from raftfl.core.specs import ClusterConfig, RunSpec
+from raftfl.etcd import handover, run_store
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Store, wait_until
 from raftfl.inspection import cluster_status, format_status
@@ -58,7 +58,7 @@ def federation(store: Store, keys: Keys) -> Election:
                                                 flower_address="127.0.0.1:21200",
                                                 priority=prio).to_json())
     blob = b"app"
-    runs.submit(store, keys, RunSpec(app="a", app_sha256=hashlib.sha256(blob).hexdigest(),
+    run_store.submit(store, keys, RunSpec(app="a", app_sha256=hashlib.sha256(blob).hexdigest(),
                                      run_config={}), blob)
     election = Election(store, keys.aggregator, A, "127.0.0.1:21200")
     assert election.campaign(store.grant(60)) is not None
@@ -77,7 +77,7 @@ def test_handover_request_refusals_and_the_new_term(etcd_cluster) -> None:
     # known (in the etcd member list? no: by its member record), unknown, not alive, self
     one_line_error(cli(eps, keys.cluster, "aggregator", "handover", "--to", "10.1.1.1:1"),
                    "unknown node 10.1.1.1:1")
-    store.put(keys.config, RunConfig(rounds=3, nodes=[A, B, C, GONE]).to_json())
+    store.put(keys.config, ClusterConfig(rounds=3, nodes=[A, B, C, GONE]).to_json())
     one_line_error(cli(eps, keys.cluster, "aggregator", "handover", "--to", GONE),
                    f"{GONE} is not alive")
     one_line_error(cli(eps, keys.cluster, "aggregator", "handover", "--to", A),

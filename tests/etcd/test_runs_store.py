@@ -16,8 +16,8 @@ from test_bad_input import assert_one_line_error, run_cli
 from raftfl.core.errors import RaftflError
 from raftfl.core.events import AggregatorElected, RunCompleted
 from raftfl.core.keys import Keys
-from raftfl.core.runconfig import RunSpec
-from raftfl.etcd import checkpoint, runs
+from raftfl.core.specs import RunSpec
+from raftfl.etcd import checkpoint, run_store
 from raftfl.etcd.eventlog import EventLog
 from raftfl.node import runapp
 from raftfl.node.package import pack
@@ -41,7 +41,7 @@ def test_ids_are_allocated_create_only_first_free_and_never_shared(
 
     def submit() -> None:
         try:
-            got.append(runs.submit(etcd_cluster_module.store(), keys, spec_for(blob), blob))
+            got.append(run_store.submit(etcd_cluster_module.store(), keys, spec_for(blob), blob))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -52,13 +52,13 @@ def test_ids_are_allocated_create_only_first_free_and_never_shared(
         t.join(60)
     assert not errors and sorted(got) == [1, 2, 3, 4, 5, 6]
     store = etcd_cluster_module.store()
-    assert runs.ids(store, keys) == [1, 2, 3, 4, 5, 6] and runs.ids(store, keys, after=4) == [5, 6]
+    assert run_store.ids(store, keys) == [1, 2, 3, 4, 5, 6] and run_store.ids(store, keys, after=4) == [5, 6]
     # Run 1 exists: the first node's -r (a restart of it) submits nothing more.
-    assert runs.submit(store, keys, spec_for(blob, "other"), blob, run_id=1) is None
-    assert runs.spec(store, keys, 1).app == "quickstart"
-    assert runs.package(store, keys, 3, hashlib.sha256(blob).hexdigest()) == blob
-    with pytest.raises(runs.NoSuchRun, match="run 7 does not exist"):
-        runs.spec(store, keys, 7)
+    assert run_store.submit(store, keys, spec_for(blob, "other"), blob, run_id=1) is None
+    assert run_store.spec(store, keys, 1).app == "quickstart"
+    assert run_store.package(store, keys, 3, hashlib.sha256(blob).hexdigest()) == blob
+    with pytest.raises(run_store.NoSuchRun, match="run 7 does not exist"):
+        run_store.spec(store, keys, 7)
 
 
 def test_a_tampered_package_or_spec_is_refused(etcd_cluster_module: EtcdCluster) -> None:
@@ -67,14 +67,14 @@ def test_a_tampered_package_or_spec_is_refused(etcd_cluster_module: EtcdCluster)
     blob = b"not really a package, but bytes with a hash"
     sha = hashlib.sha256(blob).hexdigest()
     with pytest.raises(ValueError, match="another package"):
-        runs.submit(store, keys, spec_for(b"other bytes"), blob)
-    assert runs.submit(store, keys, spec_for(blob), blob) == 1
+        run_store.submit(store, keys, spec_for(b"other bytes"), blob)
+    assert run_store.submit(store, keys, spec_for(blob), blob) == 1
     store.put(keys.run(1).app.checkpoint_chunk(sha, 0), b"bit rot")
     with pytest.raises(checkpoint.CorruptCheckpoint):
-        runs.package(store, keys, 1, sha)
+        run_store.package(store, keys, 1, sha)
     store.put(keys.run(1).spec, "[" * 100)
     with pytest.raises(RaftflError, match="run 1's spec is unreadable"):
-        runs.spec(store, keys, 1)
+        run_store.spec(store, keys, 1)
 
 
 def test_stop_records_once_and_the_node_moves_on(etcd_cluster_module: EtcdCluster,
@@ -83,7 +83,7 @@ def test_stop_records_once_and_the_node_moves_on(etcd_cluster_module: EtcdCluste
     store = etcd_cluster_module.store()
     blob = pack(runapp.bundled_app())
     for _ in range(3):
-        runs.submit(store, keys, spec_for(blob), blob)
+        run_store.submit(store, keys, spec_for(blob), blob)
     node = Runs(store, keys, tmp_path, None)  # type: ignore[arg-type] # loads no model
     first = node.refresh()
     assert (first.active, first.latest, first.elected_before) == (1, 3, False)
@@ -96,13 +96,13 @@ def test_stop_records_once_and_the_node_moves_on(etcd_cluster_module: EtcdCluste
     after = node.refresh()
     assert (after.active, after.elected_before) == (2, True) and list(node.finished) == [1]
 
-    assert runs.stop(store, keys, 3, "alice@host") == "run 3 stopped"  # queued: skipped
-    assert runs.stop(store, keys, 3, "bob@host").startswith("run 3 was stopped already")
-    assert runs.stop(store, keys, 1, "alice@host") == "run 1 has completed already"
-    with pytest.raises(runs.NoSuchRun):
-        runs.stop(store, keys, 4, "alice@host")
+    assert run_store.stop(store, keys, 3, "alice@host") == "run 3 stopped"  # queued: skipped
+    assert run_store.stop(store, keys, 3, "bob@host").startswith("run 3 was stopped already")
+    assert run_store.stop(store, keys, 1, "alice@host") == "run 1 has completed already"
+    with pytest.raises(run_store.NoSuchRun):
+        run_store.stop(store, keys, 4, "alice@host")
     assert node.refresh().active == 2
-    assert runs.stop(store, keys, 2, "alice@host") == "run 2 stopped"
+    assert run_store.stop(store, keys, 2, "alice@host") == "run 2 stopped"
     done = node.refresh()
     assert done.active is None and done.latest == 3 and done.state.stopped is not None
 
@@ -130,7 +130,7 @@ def test_the_run_commands_answer_bad_input_in_one_line(etcd_cluster_module: Etcd
     for command in (["run", "stop", *args, "4"], ["history", *args, "--run", "4"],
                     ["status", *args, "--run", "4"]):
         assert_one_line_error(run_cli(command, tmp_path), 1, "run 4 does not exist")
-    assert runs.ids(etcd_cluster_module.store(), keys) == []  # nothing was submitted
+    assert run_store.ids(etcd_cluster_module.store(), keys) == []  # nothing was submitted
 
     proc = run_cli(["run", "submit", *args, "--app", str(runapp.bundled_app()), "--json"],
                    tmp_path)

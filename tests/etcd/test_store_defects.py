@@ -28,10 +28,10 @@ from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import AggregatorElected, NodeJoined, RunStarted
 from raftfl.core.keys import Keys, RunKeys
 from raftfl.core.latency import Sample
-from raftfl.core.members import MemberInfo
+from raftfl.core.member_record import MemberInfo
 from raftfl.core.records import SKIPS
-from raftfl.core.runconfig import RunConfig, RunSpec
-from raftfl.etcd import checkpoint, runs
+from raftfl.core.specs import ClusterConfig, RunSpec
+from raftfl.etcd import checkpoint, run_store
 from raftfl.etcd.clusterconfig import ensure
 from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
@@ -217,7 +217,7 @@ def test_hostile_values_are_skipped_and_counted(etcd_cluster_module: EtcdCluster
 
     # The CLI readers too (of run 1, given a spec): one line per skipped event, exit 0.
     spec = RunSpec(app="x", app_sha256=hashlib.sha256(b"pkg").hexdigest(), run_config={})
-    assert runs.submit(store, keys, spec, b"pkg", run_id=1) == 1
+    assert run_store.submit(store, keys, spec, b"pkg", run_id=1) == 1
     args = ["--endpoints", ",".join(cluster.endpoints), "--cluster", keys.cluster]
     proc = run_cli(["history", *args], tmp_path)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
@@ -239,7 +239,7 @@ def test_a_hostile_run_config_is_refused_in_one_line(etcd_cluster_module: EtcdCl
     keys = fresh_keys(etcd_cluster_module)
     store.put(keys.config, value)
     with pytest.raises(RaftflError, match=reason) as info:
-        ensure(store, keys, RunConfig(rounds=3, nodes=["a:1"]))
+        ensure(store, keys, ClusterConfig(rounds=3, nodes=["a:1"]))
     assert str(info.value).startswith("cluster config is unreadable") and "\n" not in str(info.value)
 
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from raftfl.cli import cli
-from raftfl.cli.node import FAULT_HOOKS
-from raftfl.lab import cli as lab_cli
+from raftfl.cli.node_cmd import FAULT_HOOKS
+from raftfl.lab import commands as lab_cli
 from raftfl.lab.testhooks import EXTRA_RTT_ENV, HOLD_ENV, EnvFaultHooks, Hold, hooks_from_env
 from raftfl.node.faults import NO_FAULTS
 

@@ -63,3 +63,21 @@ def test_anything_else_runs_the_clientapp_again() -> None:
     _reply(host, _instruction(term=9, round_=3, base="", lr=0.1)[1])  # outside raftfl.start
     _reply(host, _instruction(term=9, round_=3, base="", lr=0.1)[1])
     assert len(calls) == 6
+
+
+def test_a_clientapp_that_exits_gets_an_error_reply_and_the_host_lives_on() -> None:
+    app = ClientApp()
+    calls: list[int] = []
+
+    @app.train()
+    def train(msg: Message, context: object) -> Message:
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemExit(3)  # as a ClientApp calling sys.exit(3) does
+        return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
+
+    host = ClientAppHost(app, run_id=1, node_id=7, node_config={}, run_config={})
+    failed = _reply(host, _instruction(term=5, round_=1, base="")[1])
+    assert failed.has_error() and "SystemExit" in failed.error.reason
+    assert not _reply(host, _instruction(term=5, round_=2, base="")[1]).has_error()
+    assert len(calls) == 2

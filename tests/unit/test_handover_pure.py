@@ -9,7 +9,7 @@ from raftfl.core.errors import RaftflError
 from raftfl.core.events import Event, RoundStarted
 from raftfl.core.keys import Keys
 from raftfl.core.maintenance import HandoverRequest, Pause, handover_target
-from raftfl.core.members import MemberInfo
+from raftfl.core.member_record import MemberInfo
 from raftfl.core.ranking import Ranked
 from raftfl.core.records import MalformedRecord
 from raftfl.etcd.store import Fence

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raftfl.core.membership import initial_voters, leave_refusal, may_promote, quorum, tolerates
+from raftfl.core.quorum import initial_voters, leave_refusal, may_promote, quorum, tolerates
 
 
 @pytest.mark.parametrize(("voters", "healthy", "is_voter", "is_healthy", "refused"), [

@@ -304,6 +304,7 @@ def _fedavg(results: list[tuple[list[np.ndarray], dict]]) -> list[np.ndarray]:
     ]
 
 
+@pytest.mark.ondemand  # 5 minutes of training: an experiment, run with scripts/test.sh --all
 def test_synthetic_is_about_as_hard_as_cifar10(weights: list[np.ndarray]) -> None:
     """The accuracy band of issue 12 on a reduced size: 3 FedAvg rounds land in 0.3..0.6,
     still rising, far above chance (0.1) and far below the 0.9 of the old, too easy set.

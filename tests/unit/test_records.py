@@ -36,9 +36,9 @@ from raftfl.core.events import (
     describe,
 )
 from raftfl.core.latency import Sample
-from raftfl.core.members import MemberInfo
+from raftfl.core.member_record import MemberInfo
 from raftfl.core.records import MAX_DEPTH, MalformedRecord, Skips, loads_bounded, nesting_depth
-from raftfl.core.runconfig import RunConfig
+from raftfl.core.specs import ClusterConfig
 from raftfl.etcd.checkpoint import Manifest
 
 DEEP = b"[" * 1500 + b"]" * 1500  # the value from the issue
@@ -169,7 +169,7 @@ def test_unknown_fields_are_ignored_for_newer_writers() -> None:
 MEMBER = MemberInfo(node="127.0.0.1:5000", ip="127.0.0.1", client_port=5100,
                     flower_address="127.0.0.1:5200", priority=1.0, cpu_free=0.5, mem_free_mb=900.0)
 SAMPLE = Sample("127.0.0.1:5000", 7, 1000.0, {"127.0.0.1:5001": 0.3, "127.0.0.1:5002": None}, "tcp")
-CONFIG = RunConfig(rounds=3, nodes=["127.0.0.1:5000", "127.0.0.1:5001"], weights={"rtt": 2.0})
+CONFIG = ClusterConfig(rounds=3, nodes=["127.0.0.1:5000", "127.0.0.1:5001"], weights={"rtt": 2.0})
 MANIFEST = Manifest("a" * 64, 3, 248_024, 1)
 
 
@@ -177,7 +177,7 @@ def test_records_round_trip() -> None:
     assert MemberInfo.from_json(MEMBER.to_json()) == MEMBER
     assert Sample.from_json(SAMPLE.to_json(), seq=7) == SAMPLE
     assert "seq" not in json.loads(SAMPLE.to_json())  # the key holds it
-    assert RunConfig.from_json(CONFIG.to_json()) == CONFIG
+    assert ClusterConfig.from_json(CONFIG.to_json()) == CONFIG
     assert Manifest.from_json(MANIFEST.to_json()) == MANIFEST
 
 
@@ -232,16 +232,16 @@ def test_hostile_records_are_refused(decode_fn, raw: bytes, reason: str) -> None
 def test_run_config_is_range_checked(change: dict, reason: str) -> None:
     raw = _with(CONFIG, **change)
     with pytest.raises(RaftflError, match=reason) as info:
-        RunConfig.from_json(raw)
+        ClusterConfig.from_json(raw)
     assert str(info.value).startswith("cluster config is unreadable: ")
     assert "\n" not in str(info.value)
 
 
 def test_run_config_is_checked_when_built_too() -> None:
     with pytest.raises(RaftflError, match="invalid run configuration: 0 nodes"):
-        RunConfig(rounds=3, nodes=[])
+        ClusterConfig(rounds=3, nodes=[])
     with pytest.raises(RaftflError, match="n_train"):
-        RunConfig(rounds=3, nodes=["a:1"], n_train=10**8)
+        ClusterConfig(rounds=3, nodes=["a:1"], n_train=10**8)
 
 
 def test_a_writer_cannot_store_what_readers_refuse() -> None:

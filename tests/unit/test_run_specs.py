@@ -18,8 +18,8 @@ from raftfl.core.events import AggregatorElected, RunCompleted, RunStopped
 from raftfl.core.keys import Keys
 from raftfl.core.records import MalformedRecord
 from raftfl.core.replay import FLState, Logged, replay
-from raftfl.core.runconfig import RunSpec, spec_rounds
-from raftfl.core.runs import active, run_state
+from raftfl.core.run_order import active, run_state
+from raftfl.core.specs import RunSpec, spec_rounds
 from raftfl.flower.app import load_app
 from raftfl.node import runapp
 from raftfl.node.package import MAX_PACKAGE_BYTES, PackageError, pack, unpack

@@ -5,7 +5,10 @@ under raftfl it resumes at the global round after a failover; under `flwr run` i
 `strategy.start`.
 """
 
+from logging import INFO
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
@@ -45,4 +48,5 @@ def main(grid: Grid, context: Context) -> None:
         train_config=ConfigRecord({"lr": float(run_config["learning-rate"])}),
         evaluate_fn=global_evaluate)
     final = result.evaluate_metrics_serverapp.get(int(run_config["num-server-rounds"]))
-    print(f"final central evaluation: {dict(final) if final else None}")
+    # Flower's logger, not print(): a node's stdout is its own lines (JSON with --log-format json).
+    log(INFO, "final central evaluation: %s", dict(final) if final else None)

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,10 @@ from raftfl.cli.node_options import build_options, max_voters_option, node_optio
 from raftfl.cli.options import Target, addresses, submitter, target_options
 from raftfl.core.errors import RaftflError
 from raftfl.node.faults import NO_FAULTS, FaultHooks
+
+if TYPE_CHECKING:
+    from raftfl.node.ha import Node
+    from raftfl.node.options import NodeOptions
 
 FAULT_HOOKS = "fault_hooks"  # the key of the click context's obj that holds them
 
@@ -38,6 +42,22 @@ def _share_cores() -> None:
     threads = os.environ.get("RAFTFL_TORCH_THREADS", "1")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, threads)
+
+
+def _run(node: Node, opts: NodeOptions) -> int:
+    """Run `node` (started with `opts`) with its HTTP API beside it (raftfl/ops): health,
+    metrics, the dashboard. The API reads the snapshot each HA cycle publishes."""
+    from raftfl.cli.logs import follow
+    from raftfl.ops.server import ApiServer
+
+    follow(opts.name, lambda: node.status)  # JSON lines' term, run and round
+    api = None if opts.api_address is None else ApiServer(
+        lambda: node.status, opts.api_address, opts.name, opts.cluster).start()
+    try:
+        return node.run()
+    finally:
+        if api is not None:
+            api.stop()
 
 
 def _exit_node(code: int) -> None:
@@ -67,7 +87,8 @@ def node_start(**kw: Any) -> None:
     _share_cores()
     from raftfl.node.ha import Node
 
-    _exit_node(Node(build_options(False, **kw), hooks=_fault_hooks()).run())
+    opts = build_options(False, **kw)
+    _exit_node(_run(Node(opts, hooks=_fault_hooks()), opts))
 
 
 @node_group.command("join")
@@ -90,15 +111,16 @@ def node_join(join_timeout: float, fresh: bool, **kw: Any) -> None:
 
     opts = build_options(True, **kw)
     if opts.etcd_endpoints is not None:  # an external cluster: nothing to add
-        _exit_node(Node(opts, hooks=_fault_hooks()).run())
+        _exit_node(_run(Node(opts, hooks=_fault_hooks()), opts))
     member, peers = add_learner(opts, local_checks(opts), fresh, Voice(opts.name))
-    node = Node(replace(opts, peers=peers), hooks=_fault_hooks())
+    opts = replace(opts, peers=peers)
+    node = Node(opts, hooks=_fault_hooks())
     watch = JoinWatch(node.say, member, f"{opts.ip}:{opts.etcd_client_port}",
                       [client_endpoint(p) for p in peers], join_timeout, opts.max_voters,
                       on_rollback=node.request_stop)
     watch.start()
     try:
-        code = node.run()
+        code = _run(node, opts)
     except BaseException:
         watch.finish(failed=True)
         raise

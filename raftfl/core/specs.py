@@ -3,11 +3,11 @@ run's spec (`runs/<id>/spec`, written once when the run is submitted), read by a
 
 Every node shards the data the same way and ranks with the same weights because they all
 read `config`, and trains a run with the same app and settings because they all read its
-spec, not their own command lines. `RunConfig` also carries the task flags of the node that
+spec, not their own command lines. `ClusterConfig` also carries the task flags of the node that
 creates the cluster: with `-r` they make its first run. Both records are range-checked on
 both sides: a node refuses to create a record it could not run, and refuses (one line,
 non-zero exit) a stored one that is malformed, instead of failing later inside training.
-Pure: the etcd edge stores and reads them (raftfl/etcd/clusterconfig.py, raftfl/etcd/runs.py).
+Pure: the etcd edge stores and reads them (raftfl/etcd/clusterconfig.py, raftfl/etcd/run_store.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
-class RunConfig(Record):
+class ClusterConfig(Record):
     KIND: ClassVar[str] = "cluster config"
 
     rounds: int
@@ -101,7 +101,7 @@ class RunConfig(Record):
         return sum(node.encode()) % len(ordered)
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> RunConfig:
+    def from_json(cls, raw: bytes | str) -> ClusterConfig:
         """Decode and check the stored configuration; RaftflError (one line) if it is bad."""
         try:
             return super().from_json(raw)

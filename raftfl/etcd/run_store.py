@@ -16,7 +16,7 @@ from raftfl.core.errors import RaftflError
 from raftfl.core.events import RunStopped
 from raftfl.core.keys import Keys
 from raftfl.core.records import MalformedRecord
-from raftfl.core.runconfig import RunSpec
+from raftfl.core.specs import RunSpec
 from raftfl.etcd import checkpoint
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Store

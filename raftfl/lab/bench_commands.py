@@ -1,4 +1,4 @@
-"""`raftfl bench ...`: the benchmarks' commands (part of the lab's, see raftfl/lab/cli.py)."""
+"""`raftfl bench ...`: the benchmarks' commands (part of the lab's, see raftfl/lab/commands.py)."""
 
 from __future__ import annotations
 

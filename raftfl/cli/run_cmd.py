@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from raftfl.cli.options import Target, json_option, submitter, target_options
+from raftfl.etcd import run_store
 
 
 @click.group("run")
@@ -28,8 +29,7 @@ def run_submit(target: Target, app: Path, run_config: str | None, as_json: bool)
     import hashlib
 
     from raftfl.core.keys import Keys
-    from raftfl.core.runconfig import RunSpec, spec_rounds
-    from raftfl.etcd import runs
+    from raftfl.core.specs import RunSpec, spec_rounds
     from raftfl.node import runapp
     from raftfl.node.package import pack
 
@@ -39,7 +39,7 @@ def run_submit(target: Target, app: Path, run_config: str | None, as_json: bool)
     spec = RunSpec(app=flower_app.name, app_sha256=hashlib.sha256(blob).hexdigest(),
                    run_config=config, rounds=spec_rounds(config), by=submitter())
     with target.store() as store:
-        run_id = runs.submit(store, Keys(target.cluster), spec, blob)
+        run_id = run_store.submit(store, Keys(target.cluster), spec, blob)
     if as_json:
         click.echo(json.dumps({"run": run_id, "app": spec.app, "rounds": spec.rounds,
                                "app_sha256": spec.app_sha256, "package_bytes": len(blob)}))
@@ -66,7 +66,6 @@ def run_stop(target: Target, run_id: int) -> None:
     """Stop a run: the aggregator ends its ServerApp at once and moves on (a queued run is
     skipped). Recorded as `run_stopped` in the run's log."""
     from raftfl.core.keys import Keys
-    from raftfl.etcd import runs
 
     with target.store() as store:
-        click.echo(runs.stop(store, Keys(target.cluster), run_id, submitter(), "raftfl run stop"))
+        click.echo(run_store.stop(store, Keys(target.cluster), run_id, submitter(), "raftfl run stop"))

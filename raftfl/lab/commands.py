@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from raftfl.cli.options import lease_ttl_option, out_option
-from raftfl.lab.cli_bench import bench
+from raftfl.lab.bench_commands import bench
 
 
 def register(group: click.Group) -> None:
