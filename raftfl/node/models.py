@@ -26,12 +26,9 @@ import http.client
 import logging
 import os
 import re
-import sys
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from socketserver import TCPServer
 from typing import Any
 
 from raftfl import tls
@@ -41,6 +38,7 @@ from raftfl.etcd import checkpoint
 from raftfl.etcd.checkpoint import CorruptCheckpoint, Manifest
 from raftfl.etcd.store import Fence, Store
 from raftfl.files import make_private_dir, write_atomic
+from raftfl.net.http import NodeHttpServer
 
 log = logging.getLogger(__name__)
 
@@ -89,41 +87,12 @@ class ModelFiles:
             old.unlink(missing_ok=True)
 
 
-class ModelServer(ThreadingHTTPServer):
+class ModelServer(NodeHttpServer):
     """`GET /models/<sha>` serves a file; `PUT /models/<sha>` stores a body that hashes to it."""
-
-    daemon_threads = True
-    request_queue_size = 64
 
     def __init__(self, host: str, port: int, files: ModelFiles):
         self.files = files
-        try:
-            super().__init__((host, port), _Handler)
-        except OSError as exc:
-            raise RaftflError(f"model service port {host}:{port} is not usable "
-                              f"({exc.strerror or exc}); set --models-port") from exc
-        self.address = f"{host}:{port}"
-        self._thread = threading.Thread(target=self.serve_forever, name="models", daemon=True)
-
-    def server_bind(self) -> None:
-        TCPServer.server_bind(self)  # no reverse lookup of our own name (it stalls offline)
-        self.server_name, self.server_port = self.server_address[:2]
-        identity = tls.current()
-        if identity is not None:  # only holders of a cluster certificate get an exchange
-            self.socket = identity.server_context().wrap_socket(
-                self.socket, server_side=True, do_handshake_on_connect=False)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("model service: request from %s failed: %s", client_address[0],
-                    sys.exc_info()[1])
-
-    def start(self) -> ModelServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        super().__init__(host, port, _Handler, "model service", "--models-port")
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import logging
 import ssl
-import sys
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from raftfl import tls
-from raftfl.core.errors import RaftflError
 from raftfl.core.status import NodeStatus
+from raftfl.net.http import NodeHttpServer
 from raftfl.ops import auth, routes
 from raftfl.ops.context import OpsContext
 
@@ -35,43 +31,17 @@ MAX_BODY = 64 * 1024
 REQUEST_TIMEOUT_S = 10.0  # per socket operation: a client that stalls is dropped
 
 
-class ApiServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
-
+class ApiServer(NodeHttpServer):
     def __init__(self, status: Callable[[], NodeStatus | None], address: str, name: str,
                  cluster: str):
-        self.identity = tls.current()
-        self.ctx = OpsContext(status, name, cluster, secured=self.identity is not None)
         host, _, port = address.rpartition(":")
-        try:
-            super().__init__((host, int(port)), _Handler)
-        except OSError as exc:
-            raise RaftflError(f"API port {address} is not usable ({exc.strerror or exc}); set "
-                              "--api-port (0: no API)") from exc
-        self.address = address
+        super().__init__(host, int(port), _Handler, "API", "--api-port (0: no API)",
+                         client_cert=True)
+        self.ctx = OpsContext(status, name, cluster, secured=self.identity is not None)
         self.url = f"{'https' if self.identity else 'http'}://{address}"
-        self._thread = threading.Thread(target=self.serve_forever, name="api", daemon=True)
-
-    def server_bind(self) -> None:
-        TCPServer.server_bind(self)  # no reverse lookup of our own name (it stalls offline)
-        self.server_name, self.server_port = self.server_address[:2]
-        if self.identity is not None:
-            context = self.identity.server_context()
-            context.verify_mode = ssl.CERT_OPTIONAL  # checked per request: 401, not a reset
-            self.socket = context.wrap_socket(self.socket, server_side=True,
-                                              do_handshake_on_connect=False)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("api: request from %s failed: %s", client_address[0], sys.exc_info()[1])
-
-    def start(self) -> ApiServer:
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        super().stop()
         self.ctx.close()
 
 
