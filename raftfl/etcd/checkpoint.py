@@ -147,6 +147,12 @@ def load(store: Store, keys: RunKeys, digest: str,
     return blob
 
 
+def named(store: Store, keys: RunKeys) -> set[str]:
+    """The sha256 of every model this run's manifests name (committed, not pruned yet)."""
+    kvs, _ = store.range(keys.checkpoints, keys_only=True)
+    return {kv.key[len(keys.checkpoints):-len("/meta")] for kv in kvs if kv.key.endswith("/meta")}
+
+
 def prune(store: Store, keys: RunKeys, keep: set[str], fence: Fence | None) -> list[str]:
     """Delete every checkpoint not in `keep` (fenced: only the aggregator prunes)."""
     kvs, _ = store.range(keys.checkpoints, keys_only=True)

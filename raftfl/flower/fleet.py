@@ -12,7 +12,9 @@ Protocol (HTTP/1.0, one request per connection; `token` names a worker's session
                                                           messages are reported lost)
     GET  /poll?token=T&hold=S      -> 200 payload (header X-Raftfl-Message: id), or 204 after
                                       holding the request up to S seconds with nothing to send
-    POST /reply?token=T&msg=ID     -> 200; 409 when the message is not pending for this session
+    POST /reply?token=T&msg=ID     -> 200; 409 when the message is not pending for this session;
+                                      the token and Content-Length (at most `max_body`: 413)
+                                      are checked before the body is read
     POST /heartbeat?token=T        -> 200
     410 = the session is gone (timed out or replaced); 503 = the server is stopping.
 
@@ -359,6 +361,9 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self._route()
             except _HttpError as exc:
+                log.info("fleet %s: %s %s from %s refused: HTTP %d %s", self.server.fleet.address,
+                         self.command, urlsplit(self.path).path[:40], self.client_address[0],
+                         exc.status, exc)
                 self._send(exc.status, str(exc).encode())
         except OSError:
             pass  # the peer went away, or stop() cut the connection
@@ -373,7 +378,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif route == ("GET", "/poll"):
             self._poll(fleet, query)
         elif route == ("POST", "/reply"):
-            fleet.reply(query.get("token", ""), query.get("msg", ""), self._body())
+            token = query.get("token", "")
+            fleet.touch(token)  # a stranger is refused before a byte of its body is read
+            fleet.reply(token, query.get("msg", ""), self._body())
             self._send(200)
         elif route == ("POST", "/heartbeat"):
             fleet.touch(query.get("token", ""))

@@ -12,11 +12,11 @@ Flower's SuperLink. What it adds is invisible to them:
 
 Replies that cannot come (the worker disconnected, went silent, or was never connected) are
 returned as error replies with Flower's `NODE_UNAVAILABLE` code, as Flower's SuperLink does;
-replies still missing at the timeout are simply absent, as in Flower's own grids. A train
-reply that fails `screen_reply` (non-finite values, arrays other than the model sent, an
-inflated `num-examples`, an update norm over the bound) is returned as an error reply from
-its worker with code `UPDATE_REJECTED`: the strategy counts it as a failure and never
-aggregates its arrays.
+replies still missing at the timeout are simply absent, as in Flower's own grids. A reply of
+any message kind that fails `screen_reply` (non-finite values, a dtype wider than the one
+sent, a `num-examples` that is not a count in bounds; for a train reply, arrays other than the
+model sent or an update norm over the bound) is returned as an error reply from its worker
+with code `UPDATE_REJECTED`: the strategy counts it as a failure and never aggregates it.
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ UNKNOWN = 0
 CLIENT_APP_RAISED_EXCEPTION = 2
 NODE_UNAVAILABLE = 5
 MOD_FAILED_PRECONDITION = 6  # raftfl: a worker refused a stale instruction
-UPDATE_REJECTED = 1001  # raftfl's own code: the aggregator refused a hostile train reply
-TRAIN = "train"  # Flower's MessageType.TRAIN
+UPDATE_REJECTED = 1001  # raftfl's own code: the aggregator refused a hostile reply
 
 
 class AggregatorStopped(BaseException):  # noqa: N818 - a control-flow signal like SystemExit
@@ -98,7 +97,7 @@ class _Sent:
     message_type: str
     group_id: str
     deadline: float  # wall-clock end of the message's TTL
-    arrays: dict[str, ArrayRecord] | None = None  # a train instruction's model, to screen against
+    arrays: dict[str, ArrayRecord]  # the instruction's ArrayRecords, to screen the reply against
 
 
 class RaftGrid(Grid):
@@ -148,10 +147,9 @@ class RaftGrid(Grid):
             msg_id = uuid.uuid4().hex
             payload = encode_message(message, stamp, {"message_id": msg_id, "run_id": self.run_id,
                                                       "src_node_id": SERVER_NODE_ID})
-            arrays = (dict(message.content.array_records.items())
-                      if md.message_type == TRAIN else None)
             self._sent[msg_id] = _Sent(md.dst_node_id, md.message_type, md.group_id,
-                                       md.created_at + md.ttl, arrays)
+                                       md.created_at + md.ttl,
+                                       dict(message.content.array_records.items()))
             with _fleet_call():
                 self.fleet.push(md.dst_node_id, msg_id, payload)
             ids.append(msg_id)
@@ -199,14 +197,13 @@ class RaftGrid(Grid):
             return self._error_reply(msg_id, sent, UNKNOWN,
                                      f"node {sent.dst_node_id}: reply metadata does not match "
                                      f"the instruction ({md})")
-        if sent.arrays is not None:
-            reason = screen_reply(sent.arrays, reply, self.screen.declared(sent.dst_node_id),
-                                  self.screen.max_norm)
-            if reason:
-                log.warning("grid: round %d: update from node %d rejected: %s", self.stamp.round,
-                            sent.dst_node_id, reason)
-                return Message(metadata=md, error=Error(code=UPDATE_REJECTED,
-                                                        reason=f"update rejected: {reason}"))
+        reason = screen_reply(sent.arrays, reply, self.screen.declared(sent.dst_node_id),
+                              self.screen.max_norm, sent.message_type)
+        if reason:
+            log.warning("grid: round %d: %s reply from node %d rejected: %s", self.stamp.round,
+                        sent.message_type, sent.dst_node_id, reason)
+            return Message(metadata=md, error=Error(code=UPDATE_REJECTED,
+                                                    reason=f"update rejected: {reason}"))
         return reply
 
     def _error_reply(self, msg_id: str, sent: _Sent, code: int, reason: str) -> Message:

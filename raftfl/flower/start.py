@@ -35,6 +35,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import Result, Strategy
 
 from raftfl.flower.codec import arrays_sha256
@@ -155,8 +156,8 @@ class _RoundLoop:
                                                           self.train_config, self.grid))
             replies = self._send(messages)
             valid = [msg for msg in replies if not msg.has_error()]
-            new_arrays, metrics = (self.strategy.aggregate_train(server_round, replies) if valid
-                                   else (None, None))
+            new_arrays, metrics = self._aggregate_train(server_round, replies) if valid \
+                else (None, None)
             report = TrainReport(attempt, len(messages), len(valid), len(messages) - len(valid),
                                  _client_metrics(valid), _plain(metrics), _errors(replies))
             self.hooks.train_done(server_round, report)
@@ -170,6 +171,16 @@ class _RoundLoop:
                 time.sleep(RETRY_WAIT_S)
         raise NoTrainResults(f"round {server_round}: no train results in {TRAIN_ATTEMPTS} "
                              "attempts")
+
+    def _aggregate_train(self, server_round: int, replies: list[Message]
+                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The strategy's aggregate; replies it cannot combine (e.g. a worker's ConfigRecord-only
+        reply to a plain FedAvg) count as a training attempt without results, not a crash."""
+        try:
+            return self.strategy.aggregate_train(server_round, replies)
+        except InconsistentMessageReplies as exc:
+            log.warning("round %d: the strategy refused the replies: %s", server_round, exc)
+            return None, None
 
     def _send(self, messages: list[Message]) -> list[Message]:
         if not messages:

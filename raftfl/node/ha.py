@@ -52,7 +52,7 @@ from raftfl.node.aggregator import AggregatorRole
 from raftfl.node.election import Election
 from raftfl.node.faults import NO_FAULTS, FaultHooks
 from raftfl.node.housekeeping import Housekeeping
-from raftfl.node.models import Models, ModelServer
+from raftfl.node.models import Models, ModelServer, committed_models
 from raftfl.node.observer import Observer
 from raftfl.node.options import NodeOptions
 from raftfl.node.runs import Runs
@@ -151,7 +151,8 @@ class Node:
     # -- start-up and shutdown (the steps: raftfl/node/lifecycle.py) ------------------------
     def _start(self) -> None:
         opts, keys, say = self.opts, self.keys, self.say
-        self.model_server, models = lifecycle.serve_models(opts, say, self._model_peers)
+        self.model_server, models = lifecycle.serve_models(opts, say, self._model_peers,
+                                                           self._committed_models)
         self.member, endpoints = lifecycle.start_member(opts, say)
         store = Store(endpoints)
         if self.member is not None:
@@ -173,6 +174,13 @@ class Node:
         session.start()
         runs.join_log().append(NodeJoined(node=opts.name))
         self.observer.watch()
+
+    def _committed_models(self) -> set[str]:
+        """The models that model-file retention keeps (raftfl/node/models.py); before etcd
+        answers nobody knows them, and retention then deletes nothing."""
+        if self.shell is None:
+            raise RaftflError("etcd not reached yet")
+        return committed_models(self.store, self.keys)
 
     def _model_peers(self) -> list[str]:
         ranked = self.observer.ranked

@@ -82,13 +82,15 @@ def start_member(o: NodeOptions, say: Voice) -> tuple[EtcdMember | None, list[st
     return member, [spec.client_endpoint, *peers]
 
 
-def serve_models(opts: NodeOptions, say: Voice, peers: Callable[[], list[str]]
-                 ) -> tuple[ModelServer, Models]:
+def serve_models(opts: NodeOptions, say: Voice, peers: Callable[[], list[str]],
+                 committed: Callable[[], set[str]] | None = None) -> tuple[ModelServer, Models]:
+    """The model service and this node's `Models`; `committed` names the models retention
+    must keep (node/models.py `committed_models`, read through the node's store)."""
     port = int(opts.models_address.rsplit(":", 1)[1])
     if port in (opts.address.port, opts.etcd_client_port,
                 int(opts.flower_address.rsplit(":", 1)[1])):
         raise RaftflError(f"--models-port {port} is one of the node's other ports")
-    files = ModelFiles(opts.dir / "models")
+    files = ModelFiles(opts.dir / "models", committed=committed)
     server = ModelServer(opts.ip, port, files).start()
     return server, Models(files, opts.models_address, peers, opts.model_replicas,
                           opts.inline_model_bytes, say)

@@ -18,14 +18,23 @@ holder has a verified copy the load fails like a corrupt checkpoint, and the new
 existing fallback rule takes the older round and redoes the lost ones.
 
 Models of at most `inline_max` bytes stay in etcd (the chunked path in etcd/checkpoint.py).
+
+Anyone who reaches the service can PUT bytes that hash to their name, so what a node keeps
+is decided by etcd, not by uploads: a model a manifest names is never deleted to make room
+(`ModelFiles`), an upload is bounded (`MAX_MODEL_BYTES`, refused before it is read) and
+hashed as it streams to a temporary file that is discarded unless it matches its name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import logging
 import os
 import re
+import tempfile
+import threading
+from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -33,8 +42,8 @@ from typing import Any
 
 from raftfl import tls
 from raftfl.core.errors import RaftflError
-from raftfl.core.keys import RunKeys
-from raftfl.etcd import checkpoint
+from raftfl.core.keys import Keys, RunKeys
+from raftfl.etcd import checkpoint, run_store
 from raftfl.etcd.checkpoint import CorruptCheckpoint, Manifest
 from raftfl.etcd.store import Fence, Store
 from raftfl.files import make_private_dir, write_atomic
@@ -43,30 +52,83 @@ from raftfl.net.http import NodeHttpServer
 log = logging.getLogger(__name__)
 
 DEFAULT_REPLICAS = 2
-KEEP_FILES = 4  # per node: the checkpoints the aggregator keeps (3) and the newest
-MAX_MODEL_BYTES = 1 << 30
+KEEP_FILES = 4  # per node: models no manifest names (a push before its commit, or junk) kept
+MAX_MODEL_BYTES = 1 << 30  # a bigger PUT is refused (413) before its body is read
+READ_BYTES = 1 << 20  # an upload streams to disk in pieces of this size
 CONNECT_TIMEOUT_S = 2.0  # a holder cut off by a partition drops SYNs: don't wait long
 STALL_TIMEOUT_S = 10.0  # per socket operation once connected (a frozen holder), not per transfer
 _SHA = re.compile(r"/models/([0-9a-f]{64})")
 
 
-class ModelFiles:
-    """Content-addressed model files in one directory; a file that fails its hash is removed."""
+def committed_models(store: Store, keys: Keys) -> set[str]:
+    """Every model a manifest of any of the cluster's runs names (what `ModelFiles` keeps)."""
+    return set().union(*(checkpoint.named(store, keys.run(i)) for i in run_store.ids(store, keys)))
 
-    def __init__(self, root: Path, keep: int = KEEP_FILES):
+
+class ModelFiles:
+    """Content-addressed model files in one directory; a file that fails its hash is removed.
+
+    Retention never deletes a committed model: a file is kept while a manifest in etcd names
+    it (`committed()`, e.g. `committed_models(store, keys)` above) or while it is one of the
+    last `keep` models this node saved or loaded itself. Of the other files (a push whose
+    manifest is not written yet, or junk) the `keep` newest stay. While `committed()` fails
+    (etcd out of reach), nothing is deleted. Without `committed`, no model counts as committed."""
+
+    def __init__(self, root: Path, keep: int = KEEP_FILES,
+                 committed: Callable[[], set[str]] | None = None):
         self.root = root  # created by the first put: a node that fails to start claims nothing
         self.keep = keep
+        self.committed = committed or set  # `set`: no model is committed
+        self._pinned: deque[str] = deque(maxlen=keep)  # saved or loaded here, newest last
+        self._lock = threading.Lock()
 
     def put(self, blob: bytes, sha: str | None = None) -> str:
+        """Keep a model this node saved or loaded itself (pinned: see the class doc)."""
         sha = sha or checkpoint.sha256(blob)
+        self.pin(sha)
         make_private_dir(self.root)
         path = self.root / sha
         if path.is_file() and path.stat().st_size == len(blob):
             os.utime(path)  # newest again: pruning goes by age
         else:
             write_atomic(path, blob, mode=0o600)
-        self._prune()
+        self.prune()
         return sha
+
+    def pin(self, sha: str) -> None:
+        if sha not in self._pinned:
+            self._pinned.append(sha)
+
+    def receive(self, sha: str, size: int, read: Callable[[int], bytes]) -> bool:
+        """Store `size` bytes from `read` as `sha`, hashed as they stream to a temporary
+        file; False, and nothing kept, when they end early or do not hash to `sha`."""
+        make_private_dir(self.root)
+        fd, name = tempfile.mkstemp(dir=self.root, prefix=f".{sha}.", suffix=".tmp")
+        tmp = Path(name)
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                while size:
+                    piece = read(min(size, READ_BYTES))
+                    if not piece:
+                        return False
+                    digest.update(piece)
+                    fh.write(piece)
+                    size -= len(piece)
+                if digest.hexdigest() != sha:
+                    return False
+                os.fchmod(fh.fileno(), 0o600)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, self.root / sha)
+            directory = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)  # the name too survives a crash once the pusher has its 201
+            finally:
+                os.close(directory)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def get(self, sha: str) -> bytes | None:
         path = self.root / sha
@@ -80,18 +142,35 @@ class ModelFiles:
             return None
         return blob
 
-    def _prune(self) -> None:
-        files = sorted((p for p in self.root.iterdir() if len(p.name) == 64),
-                       key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in files[self.keep:]:
-            old.unlink(missing_ok=True)
+    def prune(self) -> None:
+        """Delete the files retention does not keep (see the class doc)."""
+        with self._lock:
+            files = []
+            for path in self.root.glob("[0-9a-f]" * 64):
+                try:
+                    files.append((path.stat().st_mtime, path))
+                except FileNotFoundError:
+                    continue  # removed meanwhile (a rotten file)
+            if len(files) <= self.keep:
+                return
+            try:
+                protected = set(self.committed()) | set(self._pinned)
+            except Exception as exc:  # noqa: BLE001 - etcd unreachable: delete nothing
+                log.warning("model files: no file deleted, the committed models are unknown: %s",
+                            exc)
+                return
+            others = sorted(((t, p) for t, p in files if p.name not in protected), reverse=True)
+            for _, old in others[self.keep:]:
+                old.unlink(missing_ok=True)
 
 
 class ModelServer(NodeHttpServer):
-    """`GET /models/<sha>` serves a file; `PUT /models/<sha>` stores a body that hashes to it."""
+    """`GET /models/<sha>` serves a file; `PUT /models/<sha>` stores a body of at most
+    `max_bytes` that hashes to it."""
 
-    def __init__(self, host: str, port: int, files: ModelFiles):
+    def __init__(self, host: str, port: int, files: ModelFiles, max_bytes: int = MAX_MODEL_BYTES):
         self.files = files
+        self.max_bytes = max_bytes
         super().__init__(host, port, _Handler, "model service", "--models-port")
 
 
@@ -112,20 +191,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, blob)
 
     def do_PUT(self) -> None:  # noqa: N802
+        """The length and name are checked before any byte of the body is read."""
         match = _SHA.fullmatch(self.path)
         try:
             size = int(self.headers.get("Content-Length", ""))
         except ValueError:
             size = -1
-        if match is None or not 0 <= size <= MAX_MODEL_BYTES:
-            self._send(400, b"PUT /models/<sha256> with a Content-Length up to 1 GiB")
-            return
-        blob = self.rfile.read(size)
-        if len(blob) != size or checkpoint.sha256(blob) != match.group(1):
-            self._send(400, b"the body does not hash to its name")
-            return
-        self.server.files.put(blob, match.group(1))
-        self._send(201)
+        if match is None or size < 0:
+            self._refuse(400, "PUT /models/<sha256> with a Content-Length")
+        elif size > self.server.max_bytes:
+            self._refuse(413, f"{size} bytes exceed the limit of {self.server.max_bytes}")
+        elif not self.server.files.receive(match.group(1), size, self.rfile.read):
+            self._refuse(400, "the body does not hash to its name")
+        else:
+            self._send(201)
+            self.server.files.prune()  # after the answer: the pusher never waits for etcd
+
+    def _refuse(self, status: int, reason: str) -> None:
+        log.warning("model service: %s %s from %s refused: HTTP %d %s", self.command,
+                    self.path[:90], self.client_address[0], status, reason)
+        self._send(status, reason.encode())
 
     def _send(self, status: int, body: bytes = b"") -> None:
         self.send_response(status)
@@ -210,6 +295,7 @@ class Models:
     def _fetch(self, manifest: Manifest) -> bytes:
         blob = self.files.get(manifest.sha256)
         if blob is not None:
+            self.files.pin(manifest.sha256)
             return blob
         failures = []
         # The first holder wrote it: the aggregator, which after a failover is the one most

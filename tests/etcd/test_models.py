@@ -2,14 +2,17 @@
 
 A commit's model is held by `replicas` nodes and etcd holds only its manifest; a node without
 the file fetches it from any holder and verifies it; a holder with a rotten file, a dead
-holder or a forged upload never yields other bytes than the manifest names.
+holder or a forged upload never yields other bytes than the manifest names; uploads anyone
+can make (junk that hashes to its name, oversized, forged) never evict a committed model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +20,20 @@ import pytest
 from conftest import EtcdCluster, free_port_base
 from test_foundation import fresh_keys
 
-from raftfl.core.errors import FencedOut
-from raftfl.etcd import checkpoint
+from raftfl.core.errors import FencedOut, RaftflError
+from raftfl.core.specs import RunSpec
+from raftfl.etcd import checkpoint, run_store
 from raftfl.etcd.checkpoint import CorruptCheckpoint, Manifest
 from raftfl.etcd.store import Fence
-from raftfl.node.models import ModelFiles, Models, ModelServer
+from raftfl.node.models import (
+    KEEP_FILES,
+    MAX_MODEL_BYTES,
+    ModelFiles,
+    Models,
+    ModelServer,
+    committed_models,
+    fetch,
+)
 
 
 @pytest.fixture
@@ -96,6 +108,96 @@ def test_the_writer_is_asked_last(etcd_cluster_module: EtcdCluster,
         frozen.setblocking(False)
         with pytest.raises(BlockingIOError):
             frozen.accept()  # nobody connected to it
+
+
+def put(address: str, name: str, body: bytes) -> int:
+    host, port = address.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("PUT", f"/models/{name}", body=body)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def raw_put(address: str, head: str, body: bytes = b"") -> bytes:
+    """Send a PUT's head (and `body`, then end the upload), return the first response line."""
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        if body:
+            sock.shutdown(socket.SHUT_WR)
+        return sock.makefile("rb").readline()
+
+
+def test_junk_uploads_never_evict_committed_models(
+        etcd_cluster_module: EtcdCluster, tmp_path: Path) -> None:
+    """Anyone can PUT bytes that hash to their name. Before, four such uploads per node
+    pruned every committed model; now the manifests in etcd decide what stays."""
+    store = etcd_cluster_module.store()
+    keys = fresh_keys(etcd_cluster_module)
+    run_store.submit(store, keys, RunSpec(app="a", app_sha256=hashlib.sha256(b"p").hexdigest(),
+                                          run_config={}), b"p", run_id=1)
+    base = free_port_base(3)
+    servers = [ModelServer("127.0.0.1", base + i, ModelFiles(
+        tmp_path / f"n{i}", committed=lambda: committed_models(store, keys))).start()
+        for i in range(3)]
+    try:
+        blobs = {}
+        for rnd in (1, 2, 3):  # each node aggregates a round: every node holds some
+            blob = os.urandom(20_000)
+            manifest = models(servers, rnd - 1).save(store, keys, blob, rnd, None)
+            blobs[manifest.sha256] = (blob, manifest.holders)
+        junk = [os.urandom(1000) for _ in range(3 * KEEP_FILES)]
+        for server in servers:
+            for body in junk:
+                assert put(server.address, checkpoint.sha256(body), body) == 201
+        for sha, (blob, holders) in blobs.items():
+            for holder in holders:
+                assert fetch(holder, sha) == blob
+        for server in servers:  # ...and the junk is pruned down to KEEP_FILES per node
+            deadline = time.monotonic() + 10
+            while len(kept := set(os.listdir(server.files.root)) - blobs.keys()) > KEEP_FILES:
+                assert time.monotonic() < deadline, f"{len(kept)} junk files kept"
+                time.sleep(0.05)
+        # The final-model path: a node that holds nothing fetches every committed model.
+        reader = Models(ModelFiles(tmp_path / "reader"), "127.0.0.1:1",
+                        lambda: [s.address for s in servers])
+        for sha, (blob, _) in blobs.items():
+            assert reader.load(store, keys, sha) == blob
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_while_the_committed_models_are_unknown_no_file_is_deleted(tmp_path: Path) -> None:
+    def unreachable() -> set[str]:
+        raise RaftflError("etcd unreachable")
+
+    files = ModelFiles(tmp_path, committed=unreachable)
+    shas = {files.put(os.urandom(100)) for _ in range(2 * KEEP_FILES)}
+    assert set(os.listdir(tmp_path)) == shas
+
+
+def test_an_oversized_upload_is_refused_before_it_is_read(services: list[ModelServer]) -> None:
+    sha = "0" * 64
+    line = raw_put(services[0].address, f"PUT /models/{sha} HTTP/1.0\r\n"
+                                        f"Content-Length: {MAX_MODEL_BYTES + 1}")
+    assert line.startswith(b"HTTP/1.0 413"), line  # answered with no byte of the body sent
+    assert not services[0].files.root.exists()  # nothing was written, not even a temp file
+
+
+def test_a_forged_or_truncated_upload_leaves_no_file(services: list[ModelServer]) -> None:
+    good = os.urandom(5000)
+    sha = checkpoint.sha256(good)
+    address = services[0].address
+    assert put(address, sha, b"x" * len(good)) == 400  # forged: the same length, other bytes
+    line = raw_put(address, f"PUT /models/{sha} HTTP/1.0\r\nContent-Length: {len(good)}",
+                   good[:100])  # ends early
+    assert line.startswith(b"HTTP/1.0 400"), line
+    assert os.listdir(services[0].files.root) == []  # no model, no temp file
+    assert put(address, sha, good) == 201
+    assert os.listdir(services[0].files.root) == [sha]
 
 
 def test_uploads_must_hash_to_their_name(services: list[ModelServer]) -> None:

@@ -1,5 +1,7 @@
-"""screen_reply: a worker's train reply against the model the round sent (table-driven), and
-RaftGrid turning a refused reply into an error reply from that worker."""
+"""screen_reply: a worker's reply against the instruction it answers (table-driven: train
+replies against the model the round sent, evaluate and query replies, SecAgg+ stages, legacy
+fitins/fitres messages, XGBoost bagging), and RaftGrid turning a refused reply into an error
+reply from that worker."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 
 from raftfl.core.events import FitResults, decode
 from raftfl.flower.codec import decode_message, encode_message
 from raftfl.flower.fleet import Lost
 from raftfl.flower.grid import UPDATE_REJECTED, RaftGrid
-from raftfl.flower.screen import ScreenPolicy, screen_reply
+from raftfl.flower.screen import MAX_NUM_EXAMPLES, ScreenPolicy, screen_reply
+from raftfl.ops.runstats import reject_reason
 
 pytestmark = pytest.mark.unit
 
@@ -34,20 +37,81 @@ def model(**change: Any) -> dict[str, Any]:
     return arrays
 
 
-def reply(arrays: dict[str, Any] | None = None, examples: Any = 100, name: str = "arrays",
-          metrics: dict[str, Any] | None = None) -> Message:
-    content = RecordDict({name: ArrayRecord({k: Array(np.asarray(v))
-                                             for k, v in (arrays or model()).items()}),
-                          "metrics": MetricRecord(metrics or {"train_loss": 0.5,
-                                                              "num-examples": examples})})
+def records(**named: Any) -> RecordDict:
+    """A RecordDict: {name: dict of arrays (an ArrayRecord) or a finished record}."""
+    return RecordDict({name: ArrayRecord({k: Array(np.asarray(v)) for k, v in value.items()})
+                       if isinstance(value, dict) else value for name, value in named.items()})
+
+
+def answer(content: RecordDict, kind: str = "train") -> Message:
     md = Metadata(run_id=1, message_id="r", src_node_id=7, dst_node_id=1,
                   reply_to_message_id="m", group_id="1", created_at=0.0, ttl=60.0,
-                  message_type="train")
+                  message_type=kind)
     return Message(metadata=md, content=content)
+
+
+def reply(arrays: dict[str, Any] | None = None, examples: Any = 100, name: str = "arrays",
+          metrics: dict[str, Any] | None = None) -> Message:
+    return answer(records(**{name: arrays or model(),
+                             "metrics": MetricRecord(metrics or {"train_loss": 0.5,
+                                                                 "num-examples": examples})}))
+
+
+def evaluation(examples: Any = 100, loss: float = 0.5, **arrays: Any) -> Message:
+    """An evaluate reply as Flower's quickstart sends it (metrics only), or with `arrays`."""
+    named: dict[str, Any] = {"metrics": MetricRecord({"eval_loss": loss, "num-examples": examples})}
+    if arrays:
+        named["arrays"] = arrays
+    return answer(records(**named), "evaluate")
 
 
 def sent() -> dict[str, ArrayRecord]:
     return {"arrays": ArrayRecord({k: Array(v) for k, v in SENT.items()})}
+
+
+# Flower's compat layer (legacy strategies, SecAggPlusWorkflow): the model travels in a
+# "fitins.parameters" ArrayRecord keyed "0", "1", ... and comes back in "fitres.parameters".
+LEGACY = {"0": SENT["w"], "1": SENT["b"]}
+
+
+def legacy_sent() -> dict[str, ArrayRecord]:
+    return dict(records(**{"fitins.parameters": LEGACY}).array_records.items())
+
+
+def fitres(examples: int = 100, **change: Any) -> Message:
+    return answer(records(**{"fitres.parameters": {**LEGACY, **change},
+                             "fitres.num_examples": MetricRecord({"num_examples": examples}),
+                             "fitres.metrics": ConfigRecord({"loss": 0.5})}))
+
+
+def secaggplus_masked_vectors() -> Message:
+    """SecAgg+ stage 2 answers the fitins with its masked model in a ConfigRecord only."""
+    return answer(records(secaggplus_configs=ConfigRecord({"stage": "collect_masked_vectors",
+                                                          "masked_parameters": [b"\x01" * 32]})))
+
+
+def non_model_arrays(value: float = 1.0) -> Message:
+    """Arrays that are not the model (a masked vector, a sketch) to an instruction of none."""
+    return answer(records(masked={"vector": np.array([3, 1, 4], np.int64),
+                                  "scale": np.array([value])},
+                          secaggplus_configs=ConfigRecord({"stage": "unmask"})))
+
+
+def booster(size: int) -> np.ndarray:
+    """XGBoost bagging's model: the booster's bytes, a 1-D uint8 array that grows each round."""
+    return np.frombuffer(bytes(range(256)) * (size // 256) + bytes(size % 256), np.uint8)
+
+
+def bagging_sent(size: int = 0) -> dict[str, ArrayRecord]:
+    return dict(records(arrays={"0": booster(size)}).array_records.items())
+
+
+def bagging(value: np.ndarray) -> Message:
+    return answer(records(arrays={"0": value}, metrics=MetricRecord({"num-examples": 80})))
+
+
+def query(value: float) -> Message:
+    return answer(records(stats={"mean": np.array([value], np.float32)}), "query")
 
 
 def nan_w() -> np.ndarray:
@@ -122,18 +186,83 @@ CASES: list[tuple[str, Callable[[], Message], dict[str, Any], str | None]] = [
      "metric metrics.train_loss is not finite"),
     ("norm over the bound", lambda: reply(model(b=np.full(3, 3.0, np.float32))),
      {"max_norm": 3.0}, "update norm 3.464 above the bound 3"),
-    ("undeclared: any count passes", lambda: reply(examples=10**9), {}, None),
+    ("undeclared: any count up to the cap passes", lambda: reply(examples=MAX_NUM_EXAMPLES), {},
+     None),
+    # -- dtype: a reply array casts safely to the instruction's array of the same name
+    ("float64 reply to a float32 model", lambda: reply(model(b=np.ones(3))), {},
+     "array arrays.b has dtype float64, not float32"),
+    ("1e300 in float64 (inf once averaged into float32)",
+     lambda: reply(model(b=np.array([1e300, 1.0, 1.0]))), {}, "has dtype float64, not float32"),
+    ("float32 reply to a float64 array (no overflow)",
+     lambda: reply(model(steps=np.array(8.0, np.float32))), {}, None),
+    # -- num-examples: a whole number in [1, MAX_NUM_EXAMPLES] everywhere
+    ("zero num-examples", lambda: reply(examples=0), {}, "num-examples 0 is not a count"),
+    ("fractional num-examples", lambda: reply(examples=2.5), {}, "num-examples 2.5 is not a count"),
+    ("num-examples 10**18", lambda: reply(examples=10**18), {},
+     f"num-examples {10**18} above the bound {MAX_NUM_EXAMPLES}"),
+    ("num-examples 10**18 where declared", lambda: reply(examples=10**18), {"declared": 100},
+     f"num-examples {10**18} above the 100 the node declared"),
+    # -- evaluate replies: finiteness and num-examples, never the model's structure
+    ("evaluate: honest", lambda: evaluation(), {"kind": "evaluate"}, None),
+    ("evaluate: more examples than declared for training",
+     lambda: evaluation(examples=500), {"kind": "evaluate", "declared": 100}, None),
+    ("evaluate: zero num-examples", lambda: evaluation(examples=0), {"kind": "evaluate"},
+     "num-examples 0 is not a count"),
+    ("evaluate: negative num-examples", lambda: evaluation(examples=-1), {"kind": "evaluate"},
+     "num-examples -1 is not a count"),
+    ("evaluate: num-examples 10**18", lambda: evaluation(examples=10**18), {"kind": "evaluate"},
+     "above the bound"),
+    ("evaluate: fractional num-examples", lambda: evaluation(examples=0.5),
+     {"kind": "evaluate"}, "num-examples 0.5 is not a count"),
+    ("evaluate: NaN loss", lambda: evaluation(loss=float("nan")), {"kind": "evaluate"},
+     "metric metrics.eval_loss is not finite"),
+    ("evaluate: other arrays than the model", lambda: evaluation(extra=np.zeros(2)),
+     {"kind": "evaluate"}, None),
+    ("evaluate: NaN array", lambda: evaluation(w=nan_w()), {"kind": "evaluate"},
+     "array arrays.w has non-finite values (nan)"),
+    ("evaluate: float64 array named as a float32 one sent", lambda: evaluation(b=np.ones(3)),
+     {"kind": "evaluate"}, "array arrays.b has dtype float64, not float32"),
+    # -- any other message kind
+    ("query: honest", lambda: query(1.0), {"kind": "query"}, None),
+    ("query: inf", lambda: query(np.inf), {"kind": "query"},
+     "array stats.mean has non-finite values (inf)"),
+    # -- SecAgg+ (SecAggPlusWorkflow with secaggplus_mod): no stage answers with the model
+    ("SecAgg+: masked vectors in a ConfigRecord, to the fitins",
+     secaggplus_masked_vectors, {"sent": legacy_sent}, None),
+    ("SecAgg+: a setup stage, no arrays either way", secaggplus_masked_vectors,
+     {"sent": dict}, None),
+    ("SecAgg+-style non-model arrays", lambda: non_model_arrays(), {"sent": dict}, None),
+    ("non-model arrays: NaN", lambda: non_model_arrays(np.nan), {"sent": dict},
+     "array masked.scale has non-finite values (nan)"),
+    # -- legacy fitins/fitres messages (Flower's compat layer)
+    ("legacy fitres", lambda: fitres(), {"sent": legacy_sent}, None),
+    ("legacy fitres: wrong shape", lambda: fitres(**{"1": np.ones(4, np.float32)}),
+     {"sent": legacy_sent}, "array fitres.parameters.1 has shape [4], not [3]"),
+    ("legacy fitres: missing array", lambda: answer(records(**{"fitres.parameters": {"0": SENT["w"]}})),
+     {"sent": legacy_sent}, "array ['1'] missing from 'fitres.parameters'"),
+    ("legacy fitres: zero num_examples", lambda: fitres(examples=0), {"sent": legacy_sent},
+     "num-examples 0 is not a count"),
+    # -- XGBoost bagging: the model is a 1-D uint8 booster that grows each round
+    ("bagging: the first booster", lambda: bagging(booster(300)), {"sent": bagging_sent}, None),
+    ("bagging: a grown booster", lambda: bagging(booster(900)),
+     {"sent": lambda: bagging_sent(300)}, None),
+    ("bagging: a booster as 2-D", lambda: bagging(booster(300).reshape(3, 100)),
+     {"sent": bagging_sent}, "array arrays.0 has shape [3, 100], not [0]"),
+    ("bagging: a booster as float", lambda: bagging(np.ones(300, np.float32)),
+     {"sent": bagging_sent}, "array arrays.0 has shape [300], not [0]"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_screen_reply(case: tuple[str, Callable[[], Message], dict[str, Any], str | None]) -> None:
     _, make, kw, expected = case
-    reason = screen_reply(sent(), make(), kw.get("declared"), kw.get("max_norm"))
+    reason = screen_reply(kw.get("sent", sent)(), make(), kw.get("declared"), kw.get("max_norm"),
+                          kw.get("kind", "train"))
     if expected is None:
         assert reason is None
     else:
         assert reason is not None and expected in reason, reason
+        assert reject_reason(reason) != "other", reason  # each refusal is counted by its class
 
 
 def test_an_error_reply_is_not_screened() -> None:
@@ -195,7 +324,10 @@ def test_grid_turns_a_hostile_train_reply_into_an_error_from_its_worker() -> Non
     rejected = by[("train", 8)]
     assert rejected.has_error() and rejected.error.code == UPDATE_REJECTED
     assert rejected.error.reason.startswith("update rejected: array arrays.w has non-finite")
-    assert not by[("evaluate", 8)].has_error()  # only train replies are updates
+    assert not by[("evaluate", 7)].has_error()
+    refused = by[("evaluate", 8)]  # every reply is screened, an evaluate reply too
+    assert refused.has_error() and refused.error.code == UPDATE_REJECTED
+    assert "array arrays.w has non-finite" in refused.error.reason
 
 
 def test_fit_results_carry_rejections_and_old_events_still_decode() -> None:
