@@ -31,6 +31,7 @@ from raftfl.flower.grid import (
     Stamp,
 )
 from raftfl.flower.identity import SERVER_NODE_ID
+from raftfl.flower.start import route_strategy_start
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class ServerAppHost:
                                         daemon=True)
 
     def start(self) -> ServerAppHost:
+        route_strategy_start()  # an unmodified `strategy.start(grid=...)` resumes too
         self._thread.start()
         return self
 

@@ -21,6 +21,11 @@ grid's `RoundHooks` (hooks.py), which record it (fenced) in etcd:
   `TRAIN_ATTEMPTS` times (raftfl's rule; Flower would move on with unchanged arrays);
 * `commit(r, arrays, RoundReport)` once the round's evaluation is done; False means deposed.
 
+An unmodified ServerApp needs no raftfl line: a node that hosts apps calls
+`route_strategy_start()`, after which `strategy.start(grid=...)` (Flower's own, inherited by
+every flwr 1.42 strategy from `Strategy`) runs this same loop when its grid is a `RaftGrid`,
+and Flower's loop on any other grid.
+
 What is resumed: the round number and the arrays. What is not: the strategy object's own
 state (for example FedAdam's moment estimates `m_t`/`v_t` restart from zero after a failover)
 and the `Result` metrics of rounds run by earlier aggregators (they are in the event log).
@@ -66,6 +71,28 @@ def start(strategy: Strategy, grid: Grid, initial_arrays: ArrayRecord, num_round
     loop = _RoundLoop(strategy, grid, timeout, train_config or ConfigRecord(),
                       evaluate_config or ConfigRecord(), evaluate_fn)
     return loop.run(initial_arrays, num_rounds)
+
+
+_FLOWER_START = Strategy.start
+
+
+def _start_on_any_grid(self: Strategy, grid: Grid, initial_arrays: ArrayRecord,
+                       num_rounds: int = 3, timeout: float = 3600,
+                       train_config: ConfigRecord | None = None,
+                       evaluate_config: ConfigRecord | None = None,
+                       evaluate_fn: EvaluateFn | None = None) -> Result:
+    """`Strategy.start` with Flower's signature: raftfl's resumable loop on a `RaftGrid`."""
+    if not isinstance(grid, RaftGrid):
+        return _FLOWER_START(self, grid, initial_arrays, num_rounds, timeout, train_config,
+                             evaluate_config, evaluate_fn)
+    return start(self, grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
+                 evaluate_fn)
+
+
+def route_strategy_start() -> None:
+    """Make `strategy.start(...)`, as Flower's examples and `flwr new` write it, resumable in
+    this process (idempotent). It replaces the one method every strategy inherits."""
+    Strategy.start = _start_on_any_grid  # type: ignore[method-assign]
 
 
 def _plain(record: MetricRecord | None) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ FedProx and FedAdam. Asserts the outcome from the demo's summary and from `raftf
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,27 @@ SIZES = "train-size=900 test-size=200 local-epochs=1"
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam"])
 def test_quickstart_app_survives_an_aggregator_kill(strategy: str, tmp_path: Path) -> None:
+    _survives_a_kill(APP, strategy, tmp_path)
+
+
+def test_an_unmodified_serverapp_survives_an_aggregator_kill(tmp_path: Path) -> None:
+    """The same app with Flower's own `strategy.start(grid=...)`: no raftfl line at all."""
+    app = tmp_path / "app"
+    shutil.copytree(APP, app)
+    server = app / "quickstart" / "server_app.py"
+    code = server.read_text()
+    unmodified = code.replace("import raftfl\n", "").replace(
+        "result = raftfl.start(\n        make_strategy(run_config), grid=grid,",
+        "result = make_strategy(run_config).start(\n        grid=grid,")
+    assert "raftfl" not in unmodified.split('"""', 2)[2], "the app still names raftfl"
+    server.write_text(unmodified)
+    _survives_a_kill(app, "fedadam", tmp_path)
+
+
+def _survives_a_kill(app: Path, strategy: str, tmp_path: Path) -> None:
     summary_path = tmp_path / "summary.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "raftfl", "demo", "--app", str(APP), "--nodes", "3",
+        [sys.executable, "-m", "raftfl", "demo", "--app", str(app), "--nodes", "3",
          "--rounds", "4", "--kill-aggregator-at", "2", "--dataset", "synthetic",
          "--run-config", f'strategy="{strategy}" {SIZES}', "--summary-json", str(summary_path),
          "--out", str(tmp_path / "out")],

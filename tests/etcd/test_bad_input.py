@@ -67,6 +67,14 @@ def _free_port_pair() -> int:
     return free_base_port(1)
 
 
+def _blocker() -> socket.socket:
+    """A socket to hold a port: SO_REUSEADDR, so a port an earlier test left in TIME_WAIT
+    can still be taken (a listener still blocks the node's own bind)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
+
+
 def _tree_digest(root: Path) -> dict[str, tuple[str, float]]:
     """Relative path -> (sha256, mtime) of every file under `root`."""
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime)
@@ -139,7 +147,7 @@ def test_unresolvable_host(tmp_path: Path) -> None:
 def test_port_in_use(offset: int, what: str, tmp_path: Path) -> None:
     port = _free_port_pair()
     data = tmp_path / "d"
-    with socket.socket() as blocker:
+    with _blocker() as blocker:
         blocker.bind(("127.0.0.1", port + offset))
         blocker.listen()
         proc = run_cli(["node", "start", "-a", "self", "-r", "1", "-s", f"127.0.0.1:{port}",
@@ -410,7 +418,7 @@ def test_data_dir_that_is_a_file(sub: str, tmp_path: Path) -> None:
 def test_port_in_use_claims_no_data_dir(tmp_path: Path) -> None:
     port = _free_port_pair()
     data = tmp_path / "d"
-    with socket.socket() as blocker:
+    with _blocker() as blocker:
         blocker.bind(("127.0.0.1", port + 100))
         blocker.listen()
         proc = run_cli(["node", "start", "-a", "self", "-r", "1", "-s", f"127.0.0.1:{port}",
@@ -435,7 +443,7 @@ def test_colliding_own_ports_refused_up_front(option: str, offset: int, tmp_path
 def test_busy_flower_port_with_external_etcd(etcd_cluster, tmp_path: Path) -> None:
     """With --etcd-endpoints no port is checked up front; Flower finds its port taken later."""
     port = _free_port_pair()
-    with socket.socket() as blocker:
+    with _blocker() as blocker:
         blocker.bind(("127.0.0.1", port + 200))
         blocker.listen()
         proc = run_cli(["node", "start", "-a", "self", "-r", "1", "-s", f"127.0.0.1:{port}",
