@@ -138,7 +138,10 @@ def test_probes_liveness_and_metrics_through_an_aggregator_kill() -> None:
             assert total(fams, "raftfl_rounds_committed", "_total") == commits == 4
             assert total(fams, "raftfl_updates_rejected", "_total", reason="non_finite") == 1
             assert total(fams, "raftfl_fit_failures", "_total") >= 1
-            assert total(fams, "raftfl_is_aggregator") == (name == new.node)
+            # Once the run completed, the holder may already have retired its ServerApp (it
+            # serves no run): 1 on the new holder at most, never elsewhere. /aggregator above
+            # checked the same rule while it served.
+            assert total(fams, "raftfl_is_aggregator") <= (name == new.node)
             assert total(fams, "raftfl_etcd_has_leader") == 1
             assert total(fams, "raftfl_voters_healthy") == 2
             assert total(fams, "raftfl_run_round") == 4
