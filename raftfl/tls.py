@@ -25,6 +25,11 @@ from raftfl.core.errors import RaftflError
 from raftfl.files import make_private_dir
 
 CA_CERT, CA_KEY, CERT, KEY, CLUSTER = "ca.crt", "ca.key", "tls.crt", "tls.key", "cluster"
+# etcd's peer port trusts a CA of its own, which signs only the peer certificates in node
+# bundles: an operator's or the admin's certificate cannot speak Raft to the members (etcd
+# 3.4 reads --peer-cert-allowed-cn from its command line only, never from a config file).
+PEER_CA_CERT, PEER_CA_KEY = "peer-ca.crt", "peer-ca.key"
+PEER_CERT, PEER_KEY, PEER_CN = "peer.crt", "peer.key", "raftfl-etcd-peer"
 
 
 def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
@@ -62,6 +67,16 @@ def load_ca(directory: Path) -> tuple[certs.Issued, str]:
     return ca, cluster
 
 
+def _peer_ca(directory: Path, cluster: str) -> certs.Issued:
+    """The CA of etcd's peer port, made beside the cluster CA on first use."""
+    cert, key = directory / PEER_CA_CERT, directory / PEER_CA_KEY
+    if not cert.is_file():
+        ca = certs.make_ca(f"{cluster} etcd peers")
+        _write_new(key, ca.key_pem, 0o600, force=True)
+        _write_new(cert, ca.cert_pem, 0o644, force=True)
+    return certs.Issued(cert.read_bytes(), key.read_bytes())
+
+
 def issue_bundle(directory: Path, bundle: str, common_name: str, hosts: list[str],
                  force: bool = False) -> Path:
     """Issue `common_name`'s certificate under the CA in `directory`, into `directory/bundle`."""
@@ -73,6 +88,12 @@ def issue_bundle(directory: Path, bundle: str, common_name: str, hosts: list[str
     make_private_dir(target)
     _write_new(target / KEY, issued.key_pem, 0o600, force)
     _write_new(target / CERT, issued.cert_pem, 0o644, force)
+    if common_name != certs.ROOT_CN and not common_name.startswith(certs.OPERATOR_PREFIX):
+        peer_ca = _peer_ca(directory, cluster)  # a node: it runs an etcd member
+        peer = certs.issue(peer_ca, PEER_CN, hosts)
+        _write_new(target / PEER_KEY, peer.key_pem, 0o600, force)
+        _write_new(target / PEER_CERT, peer.cert_pem, 0o644, force)
+        _write_new(target / PEER_CA_CERT, peer_ca.cert_pem, 0o644, force)
     _write_new(target / CA_CERT, ca.cert_pem, 0o644, force)
     _write_new(target / CLUSTER, cluster.encode() + b"\n", 0o644, force)
     return target
@@ -93,6 +114,13 @@ class Identity:
 
         return grpc.ssl_channel_credentials(self.ca.read_bytes(), self.key.read_bytes(),
                                             self.cert.read_bytes())
+
+    @property
+    def peer(self) -> tuple[Path, Path, Path] | None:
+        """The bundle's etcd peer certificate, key and CA (a node's bundle of this version)."""
+        files = (self.cert.with_name(PEER_CERT), self.key.with_name(PEER_KEY),
+                 self.ca.with_name(PEER_CA_CERT))
+        return files if all(f.is_file() for f in files) else None
 
     def server_context(self) -> ssl.SSLContext:
         """Serve TLS and require a client certificate from this cluster's CA."""
@@ -130,6 +158,15 @@ def load(bundle: Path) -> Identity:
     if paths[2].stat().st_mode & 0o077:
         raise RaftflError(f"--certs {bundle}: tls.key is readable by others; chmod 600 it")
     return Identity(*paths, name=name, cluster=cluster)
+
+
+def peer_common_name(peer_cert: dict[str, Any] | None) -> str:
+    """The subject CN of a certificate as `SSLSocket.getpeercert()` returns it ("" if none)."""
+    for rdn in (peer_cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
 
 
 _current: Identity | None = None

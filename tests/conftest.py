@@ -23,6 +23,7 @@ from raftfl.core.errors import RaftflError
 from raftfl.etcd.member import EtcdMember, MemberSpec, find_etcd, prepare_data_dir, wait_healthy
 from raftfl.etcd.store import Store
 from raftfl.lab.bench import serves
+from raftfl.lab.localcluster import port_slice
 from raftfl.net.ports import check_port_free
 
 HOST = "127.0.0.1"
@@ -34,8 +35,9 @@ HEALTHY_DEADLINE_S = 20.0
 def free_port_base(n: int, attempts: int = 100) -> int:
     """A random base port such that base .. base+n-1 are all free on 127.0.0.1 right now."""
     rng = random.Random()
+    low, high = port_slice(*PORT_RANGE)
     for _ in range(attempts):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - n)
+        base = rng.randrange(low, high - n)
         try:
             for port in range(base, base + n):
                 check_port_free(HOST, port, "test")

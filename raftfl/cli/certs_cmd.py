@@ -1,4 +1,5 @@
-"""`raftfl certs init | issue | rbac`: the cluster CA, its bundles and etcd auth."""
+"""`raftfl certs init | issue | rbac | signing-key`: the cluster CA, its bundles, etcd auth,
+and the operators' keys that sign runs."""
 
 from __future__ import annotations
 
@@ -91,3 +92,24 @@ def certs_rbac(target: Target, users: tuple[str, ...], operators: tuple[str, ...
         rbac.enable(store, target.cluster, names, operators)
     click.echo(f"etcd auth on: {len(names)} node(s) read/write /raftfl/{target.cluster}/, "
                f"{len(operators)} operator(s) read it")
+
+
+@certs_group.command("signing-key")
+@click.argument("name")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Where NAME.key (0600: keep it with the operator) and NAME.pub go.")
+@click.option("--force", is_flag=True, help="Replace an existing key pair.")
+def certs_signing_key(name: str, out: Path, force: bool) -> None:
+    """An Ed25519 key pair that signs runs (`run submit --sign-key OUT/NAME.key`), in
+    Flower's formats: OpenSSH keys, and the line to add to the nodes' --trusted-entities
+    file (Flower's YAML, as `flower-supernode --trusted-entities` reads it)."""
+    from raftfl import signing
+    from raftfl.core.address import check_node_name
+
+    try:
+        check_node_name(name)
+    except RaftflError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from exc
+    private, public, line = signing.new_key_pair(name, out, force)
+    click.echo(f"signing key {private} (mode 0600), public key {public}")
+    click.echo(f"trusted-entities line for the nodes: {line}")

@@ -50,6 +50,16 @@ _OPTIONS = [
     click.option("--etcd-endpoints", default=None,
                  help="Use an external etcd cluster (ip:port,...); no embedded member."),
     certs_option(expose_value=True),
+    click.option("--trusted-entities", type=click.Path(path_type=Path, exists=True,
+                                                        dir_okay=False),
+                 default=None, callback=lambda _c, _p, v: _trusted_entities(v), metavar="FILE",
+                 help="Run only apps signed by one of these keys (Flower's YAML: KEY_ID: "
+                      "'ssh-ed25519 ...'; see `raftfl certs signing-key`) [default: any app, "
+                      "unsigned: anyone who can write to etcd can run code on this node]."),
+    click.option("--sign-key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                 default=None, callback=lambda _c, _p, v: _sign_key(v), metavar="PATH",
+                 help="With -r: sign run 1 with this operator's Ed25519 key (as `raftfl run "
+                      "submit --sign-key`)."),
     click.option("--insecure", is_flag=True,
                  help="Serve without TLS on a non-loopback address (anyone who reaches "
                       "the ports can read, write and train)."),
@@ -112,6 +122,15 @@ _OPTIONS = [
     click.option("--max-update-norm", type=click.FloatRange(0, min_open=True), default=None,
                  help="As aggregator, refuse an update whose L2 norm (reply minus global "
                       "model) is above this [default: no bound]."),
+    click.option("--isolation", type=click.Choice(["thread", "process"]), default="thread",
+                 show_default=True,
+                 help="Where this node runs the ClientApp: in its worker thread, or in a child "
+                      "process (one per run) that may exit, crash, run out of memory or hang "
+                      "without taking the node down (as flower-supernode's --isolation)."),
+    click.option("--isolation-memory-mb", type=click.IntRange(100), default=None,
+                 help="With --isolation process: cap the child's address space (RLIMIT_AS, "
+                      "virtual memory: importing torch alone maps about 3.5 GB) at this many "
+                      "MB, so a runaway ClientApp fails alone [default: no cap]."),
     click.option("--round-timeout", type=click.FloatRange(1), default=120.0,
                  show_default=True, help="Seconds Flower waits for fit results."),
     click.option("--start-timeout", type=click.FloatRange(1), default=300.0,
@@ -155,6 +174,30 @@ def node_options(fn: Any) -> Any:
     return command
 
 
+def _trusted_entities(path: Path | None) -> Path | None:
+    """Load the file once: this process's runs then accept only apps its keys signed."""
+    from raftfl import signing
+
+    if path is not None:
+        try:
+            signing.configure(signing.load_trusted_entities(path))
+        except signing.SigningError as exc:
+            raise click.BadParameter(str(exc), param_hint="--trusted-entities") from exc
+    return path
+
+
+def _sign_key(path: Path | None) -> Path | None:
+    """Fail at start-up, not when run 1 is submitted, if the key cannot sign."""
+    from raftfl import signing
+
+    if path is not None:
+        try:
+            signing.load_private_key(path)
+        except signing.SigningError as exc:
+            raise click.BadParameter(str(exc), param_hint="--sign-key") from exc
+    return path
+
+
 def _weights(text: str) -> dict[str, float]:
     from dataclasses import fields
 
@@ -195,6 +238,12 @@ def build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: 
                         n_train=kw["train_size"], n_test=kw["test_size"], epochs=kw["epochs"],
                         seed=kw["seed"], weights=_weights(kw["weights"]))
     check_bind(resolve(me.host), tls.current() is not None, kw["insecure"])
+    if kw["sign_key"] is not None and run is None:
+        raise click.BadParameter("signs run 1, which only the node with -r submits",
+                                 param_hint="--sign-key")
+    if kw["isolation_memory_mb"] is not None and kw["isolation"] != "process":
+        raise click.BadParameter("caps the ClientApp's process: give --isolation process too",
+                                 param_hint="--isolation-memory-mb")
     return NodeOptions(
         address=me, peers=tuple(peers), bootstrap=aggregator, cluster=kw["cluster"],
         data_dir=kw["data_dir"], etcd_bin=kw["etcd_bin"], allow_unsafe_etcd=kw["allow_unsafe_etcd"],
@@ -208,5 +257,7 @@ def build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: 
         round_timeout=kw["round_timeout"], start_timeout=kw["start_timeout"], first_run=run,
         app=kw["app"], run_config=kw["run_config"], node_config=kw["node_config"],
         max_examples=kw["max_examples"], max_update_norm=kw["max_update_norm"],
+        isolation=kw["isolation"], isolation_memory_mb=kw["isolation_memory_mb"],
         exit_on_complete=kw["exit_on_complete"], max_voters=kw["max_voters"],
-        voter_grace=kw["voter_grace"])
+        voter_grace=kw["voter_grace"],
+        trusted_entities=kw["trusted_entities"], sign_key=kw["sign_key"])

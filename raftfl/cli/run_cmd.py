@@ -23,11 +23,18 @@ def run_group() -> None:
                                   "python files are stored in etcd, at most 1 MiB).")
 @click.option("--run-config", default=None, metavar='"KEY=VALUE ..."',
               help="Override the app's [tool.flwr.app.config] (Flower's syntax).")
+@click.option("--sign-key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, metavar="PATH",
+              help="Sign the run with this Ed25519 key (`raftfl certs signing-key`, or "
+                   "ssh-keygen -t ed25519): nodes started with --trusted-entities run only "
+                   "runs signed by a key they trust.")
 @json_option("Print {\"run\": ID, ...} as JSON.")
-def run_submit(target: Target, app: Path, run_config: str | None, as_json: bool) -> None:
+def run_submit(target: Target, app: Path, run_config: str | None, sign_key: Path | None,
+               as_json: bool) -> None:
     """Package a Flower app and queue it as a new run; prints the run id."""
     import hashlib
 
+    from raftfl import signing
     from raftfl.core.keys import Keys
     from raftfl.core.specs import RunSpec, spec_rounds
     from raftfl.node import runapp
@@ -38,11 +45,14 @@ def run_submit(target: Target, app: Path, run_config: str | None, as_json: bool)
     blob = pack(flower_app.root)
     spec = RunSpec(app=flower_app.name, app_sha256=hashlib.sha256(blob).hexdigest(),
                    run_config=config, rounds=spec_rounds(config), by=submitter())
+    if sign_key is not None:
+        spec = signing.sign_run(spec, blob, signing.load_private_key(sign_key), target.cluster)
     with target.store() as store:
         run_id = run_store.submit(store, Keys(target.cluster), spec, blob)
     if as_json:
         click.echo(json.dumps({"run": run_id, "app": spec.app, "rounds": spec.rounds,
-                               "app_sha256": spec.app_sha256, "package_bytes": len(blob)}))
+                               "app_sha256": spec.app_sha256, "package_bytes": len(blob),
+                               "signed_by": spec.signed_by or None}))
     else:
         click.echo(run_id)
 

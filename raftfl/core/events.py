@@ -83,6 +83,7 @@ class RunStarted(Event):
     type: ClassVar[str] = "run_started"
     rounds: int
     initial_model: str
+    state_sha256: str = ""  # the ServerApp's durable state at round 0, stored as a model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +155,7 @@ class RoundCommitted(Event):
     accuracy: float | None
     results: int
     metrics: dict[str, Any] = field(default_factory=dict)  # train/evaluate/evaluate_fn/clients
+    state_sha256: str = ""  # the ServerApp's durable state at this commit, stored as a model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +168,30 @@ class CheckpointFallback(Event):
     fallback_round: int
     fallback_sha256: str
     reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridExchange(Event):
+    """One grid call of a ServerApp with its own loop, recorded so that a successor can
+    replay it (raftfl/flower/journal.py). `answer` names the stored replies (or push ids)."""
+
+    type: ClassVar[str] = "grid_exchange"
+    call: int
+    kind: str
+    request: str
+    answer: str
+    replies: int
+
+    def check(self) -> None:
+        super().check()
+        require(self.call >= 1, f"call {self.call} is not positive")
+        require(self.kind in ("send_and_receive", "push", "pull"), f"kind {self.kind[:40]!r}")
+        require(_is_sha256(self.request) and _is_sha256(self.answer), "not sha256 hashes")
+        require(self.replies >= 0, f"replies {self.replies} is negative")
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,7 +254,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         RunStarted, AggregatorElected, StepDown, RoundStarted, FitResults,
         CheckpointSaved, RoundCommitted, CheckpointFallback, RunCompleted, RunStopped,
-        NodeJoined, NodeLeft, Handover, FailoverPaused, FailoverResumed,
+        GridExchange, NodeJoined, NodeLeft, Handover, FailoverPaused, FailoverResumed,
     )
 }
 
@@ -260,7 +286,10 @@ def describe(ev: Event) -> str:
             return (f"checkpoint {ev.bad_sha256[:12]} of round {ev.round} is unreadable "
                     f"({ev.reason}); falling back to round {ev.fallback_round}")
         case RunCompleted():
-            return f"run completed, model {ev.model_sha256[:12]}"
+            return f"run completed, model {ev.model_sha256[:12]}" if ev.model_sha256 \
+                else "run completed (the ServerApp committed no model)"
+        case GridExchange():
+            return f"grid call {ev.call} recorded ({ev.kind}, {ev.replies} replies)"
         case RunStopped():
             return f"run stopped by {ev.node}" + (f": {ev.reason}" if ev.reason else "")
         case NodeJoined():

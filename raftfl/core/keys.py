@@ -12,11 +12,16 @@ The cluster's own keys (`Keys`):
     membership/upgrade/<node>  the aggregator asks a node without an etcd member to become a
                                voter (core/replacement.py); on the aggregator's lease
 
-and each run's (`RunKeys`, from `keys.run(id)`), under `runs/<id>/`:
+and each run's (`RunKeys`, from `keys.run(id)`). What its submitter writes is under
+`submissions/<id>/`, apart from what the nodes write, so etcd RBAC (raftfl/etcd/rbac.py) can
+give that prefix to operators only: a node's certificate cannot submit code to its peers.
 
-    spec                       the run spec (app, run config, rounds), created once: its
-                               creation allocates the id
+    spec                       the run spec (app, run config, rounds, the operator's
+                               signature), created once: its creation allocates the id
     app/<sha256>/meta, /<i>    the app package (pyproject.toml and python files), verified
+
+The rest of a run's keys are under `runs/<id>/`:
+
     events/<seq:012d>          the run's FL event log; zero-padded so key order is log order
     snapshot                   the run's state folded up to an event (core/snapshot.py), so a
                                node reads only the events after it; rewritten by the
@@ -63,6 +68,11 @@ class Keys:
     @property
     def runs(self) -> str:
         return self.root + "runs/"
+
+    @property
+    def submissions(self) -> str:
+        """Run specs and app packages: written by operators, only read by nodes (RBAC)."""
+        return self.root + "submissions/"
 
     def run(self, run_id: int) -> RunKeys:
         """The keys of run `run_id` (and, through them, the cluster's)."""
@@ -140,8 +150,12 @@ class RunKeys(Keys):
         return f"{self.runs}{self.run_id}/"
 
     @property
+    def submission_root(self) -> str:
+        return f"{self.submissions}{self.run_id}/"
+
+    @property
     def spec(self) -> str:
-        return self.run_root + "spec"
+        return self.submission_root + "spec"
 
     @property
     def app(self) -> RunKeys:
@@ -161,7 +175,7 @@ class RunKeys(Keys):
 
     @property
     def checkpoints(self) -> str:
-        return f"{self.run_root}{self.blobs}/"
+        return f"{self.submission_root if self.blobs == 'app' else self.run_root}{self.blobs}/"
 
     def checkpoint_meta(self, sha: str) -> str:
         return f"{self.checkpoints}{sha}/meta"

@@ -27,6 +27,7 @@ from raftfl.core.events import (
     CheckpointFallback,
     CheckpointSaved,
     Event,
+    GridExchange,
     RoundCommitted,
     RoundStarted,
     RunCompleted,
@@ -49,6 +50,7 @@ class Logged:
 class FLState:
     rounds: int | None = None
     initial_model: str | None = None
+    initial_state: str = ""  # the ServerApp's durable state recorded with round 0
     committed: dict[int, RoundCommitted] = field(default_factory=dict)
     commit_order: list[int] = field(default_factory=list)
     started: dict[int, int] = field(default_factory=dict)  # round -> times started
@@ -58,6 +60,7 @@ class FLState:
     step_downs: list[StepDown] = field(default_factory=list)
     fallbacks: list[CheckpointFallback] = field(default_factory=list)
     completed: RunCompleted | None = None
+    exchanges: dict[int, GridExchange] = field(default_factory=dict)  # call -> its record
     stopped: RunStopped | None = None  # an operator's `raftfl run stop`
     max_term: int = 0
     duplicate_commits: list[int] = field(default_factory=list)  # seqs
@@ -147,6 +150,7 @@ def _apply(state: FLState, item: Logged) -> None:
         case RunStarted():
             if state.rounds is None:
                 state.rounds, state.initial_model = ev.rounds, ev.initial_model
+                state.initial_state = ev.state_sha256
         case AggregatorElected():
             state.elections.append(ev)
             state.elected_terms.add(ev.term)
@@ -174,6 +178,12 @@ def _apply(state: FLState, item: Logged) -> None:
             state.committed[ev.round] = ev
             state.top_round = max(state.top_round, ev.round)
             state.commit_order.append(ev.round)
+        case GridExchange():
+            # A later term's call replaces an earlier one's: the app diverged from the record
+            # there, and the new term's path is the one to replay (flower/journal.py).
+            known = state.exchanges.get(ev.call)
+            if known is None or known.term < ev.term:
+                state.exchanges[ev.call] = ev
         case RunCompleted():
             if state.completed is None:
                 state.completed = ev

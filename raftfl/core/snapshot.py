@@ -42,6 +42,7 @@ from raftfl.core.events import (
     CheckpointFallback,
     CheckpointSaved,
     Event,
+    GridExchange,
     RoundCommitted,
     RunCompleted,
     RunStopped,
@@ -115,6 +116,8 @@ def restore(snap: Snapshot) -> FLState:
     kwargs: dict[str, Any] = {}
     for name, codec in _FIELDS.items():
         if name not in snap.state:
+            if name in _ADDED_LATER:
+                continue
             raise MalformedRecord(f"state field {name} missing")
         kwargs[name] = codec.decode(snap.state[name], f"state field {name}")
     state = FLState(**kwargs, top_round=max(kwargs["committed"], default=0))
@@ -225,9 +228,11 @@ _INTS = _Codec(lambda v: v, _ints)
 _PAIRS = _pairs(_int)
 _REJECTIONS = _pairs(_str)
 
+_ADDED_LATER = {"initial_state", "exchanges"}  # absent from older snapshots: the field's default
 _FIELDS: dict[str, _Codec] = {  # every FLState field but top_round (max(committed))
     "rounds": _optional(_int),
     "initial_model": _optional(_str),
+    "initial_state": _Codec(lambda v: v, _str),
     "committed": _keyed(RoundCommitted, "round"),
     "commit_order": _INTS,
     "started": _Codec(lambda d: [[r, n] for r, n in d.items()],
@@ -238,6 +243,7 @@ _FIELDS: dict[str, _Codec] = {  # every FLState field but top_round (max(committ
     "step_downs": _events(StepDown),
     "fallbacks": _events(CheckpointFallback),
     "completed": _one(RunCompleted),
+    "exchanges": _keyed(GridExchange, "call"),
     "stopped": _one(RunStopped),
     "max_term": _COUNT,
     "duplicate_commits": _INTS,

@@ -1,5 +1,5 @@
 """The cluster configuration (`config`, written once when the cluster is created) and each
-run's spec (`runs/<id>/spec`, written once when the run is submitted), read by all.
+run's spec (`submissions/<id>/spec`, written once when the run is submitted), read by all.
 
 Every node shards the data the same way and ranks with the same weights because they all
 read `config`, and trains a run with the same app and settings because they all read its
@@ -12,6 +12,7 @@ Pure: the etcd edge stores and reads them (raftfl/etcd/clusterconfig.py, raftfl/
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -111,16 +112,25 @@ class ClusterConfig(Record):
 
 @dataclass(frozen=True)
 class RunSpec(Record):
-    """What a run is: its Flower app (by name and package hash) and its run config."""
+    """What a run is: its Flower app (by name and package hash) and its run config, and the
+    operator's signature over both (raftfl/signing.py signs and verifies it).
+
+    The signature covers `signed_message`: every field but the signature itself (so app,
+    run config, rounds, submitter and time), the cluster's name and the package's sha256. A
+    node therefore cannot be made to run a validly signed package under a changed spec, or a
+    run signed for another cluster."""
 
     KIND: ClassVar[str] = "run spec"
+    SIGNED: ClassVar[bytes] = b"raftfl run spec v1"  # domain: no other signed bytes match
 
     app: str  # the app's name (its pyproject's project.name)
-    app_sha256: str  # its package under runs/<id>/app/ (raftfl/node/package.py)
+    app_sha256: str  # its package under submissions/<id>/app/ (raftfl/node/package.py)
     run_config: dict[str, bool | int | float | str]  # the app's, with the overrides applied
     rounds: int | None = None  # num-server-rounds, when the app has it
     by: str = ""  # who submitted it (a node name, or the CLI's user@host)
     submitted: float = field(default_factory=time.time)
+    signed_by: str = ""  # the signing key's id (its SHA256 fingerprint); "" = unsigned
+    signature: str = ""  # Ed25519 over signed_message, base64url without padding
 
     def check(self) -> None:
         require(0 < len(self.app) <= 255, f"app name of {len(self.app)} characters")
@@ -129,6 +139,17 @@ class RunSpec(Record):
         require(self.rounds is None or 1 <= self.rounds <= MAX_ROUNDS,
                 f"rounds {self.rounds} not in 1..{MAX_ROUNDS}")
         require(len(self.by) <= 255, f"submitter of {len(self.by)} characters")
+        # A malformed signature is the verifier's to refuse, with its own reason: only bounded.
+        require(len(self.signed_by) <= 255, f"key id of {len(self.signed_by)} characters")
+        require(len(self.signature) <= 255, f"signature of {len(self.signature)} characters")
+
+    def signed_message(self, cluster: str, package_sha256: str) -> bytes:
+        """The bytes a run's signature covers: the canonical spec (sorted keys, no spaces,
+        without the signature), the cluster and the sha256 of the package bytes."""
+        body = {k: v for k, v in self.to_dict().items() if k != "signature"}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return b"\0".join((self.SIGNED, cluster.encode(), package_sha256.encode(),
+                           canonical.encode()))
 
 
 def spec_rounds(run_config: dict[str, bool | int | float | str]) -> int | None:

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import functools
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ from raftfl.core.address import check_cluster_name, check_node_name
 from raftfl.core.errors import RaftflError
 from raftfl.core.records import MalformedRecord, loads_bounded
 from raftfl.files import make_private_dir, write_atomic
+
+log = logging.getLogger(__name__)
 
 UNSAFE_VERSIONS = ((3, 5, 0), (3, 5, 5))  # known data-inconsistency bugs
 MARKER = "raftfl-member.json"
@@ -135,14 +138,22 @@ class MemberSpec:
             tls=self._tls_block(quoted))
 
     def _tls_block(self, quoted: Callable[[object], str]) -> str:
-        """Client and peer TLS, each requiring a certificate signed by the cluster CA."""
+        """Client TLS requiring a certificate of the cluster CA; peer TLS with the bundle's
+        peer certificate, requiring one of the peer CA (tls.py: nodes' bundles only)."""
         if not self.identity:
             return ""
-        files = (f"  cert-file: {quoted(self.identity.cert)}\n"
-                 f"  key-file: {quoted(self.identity.key)}\n"
-                 f"  trusted-ca-file: {quoted(self.identity.ca)}\n"
-                 "  client-cert-auth: true\n")
-        return f"client-transport-security:\n{files}peer-transport-security:\n{files}"
+
+        def files(cert: Path, key: Path, ca: Path) -> str:
+            return (f"  cert-file: {quoted(cert)}\n  key-file: {quoted(key)}\n"
+                    f"  trusted-ca-file: {quoted(ca)}\n  client-cert-auth: true\n")
+
+        client = files(self.identity.cert, self.identity.key, self.identity.ca)
+        peer = self.identity.peer
+        if peer is None:  # a bundle issued before peer certificates: any of the CA's
+            log.warning("%s has no %s: etcd's peer port admits any certificate of the "
+                        "cluster CA; reissue the bundle", self.identity.cert.parent, tls.PEER_CERT)
+        peers = client if peer is None else files(*peer)
+        return f"client-transport-security:\n{client}peer-transport-security:\n{peers}"
 
 
 def prepare_data_dir(spec: MemberSpec) -> bool:

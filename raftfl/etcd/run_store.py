@@ -3,14 +3,18 @@
 A run's id is allocated by creating its spec key (create-only, the first free id), in the same
 transaction that stores its app package, so a run either exists with its app or not at all,
 and two submitters never share an id. The package is stored as a content-addressed blob
-(raftfl/etcd/checkpoint.py's layout) under `runs/<id>/app/`, so reading it back verifies its
-sha256. Specs are never deleted, so ids are dense: run `n` exists for every n up to the
-newest.
+(raftfl/etcd/checkpoint.py's layout) under `submissions/<id>/app/`, so reading it back
+verifies its sha256. Both live under `submissions/`, which etcd RBAC lets operators write and
+nodes only read (raftfl/etcd/rbac.py); a signed spec carries its operator's signature
+(raftfl/signing.py), which every node checks before it unpacks the package. Specs are never
+deleted, so ids are dense: run `n` exists for every n up to the newest.
 """
 
 from __future__ import annotations
 
 import hashlib
+
+import grpc
 
 from raftfl.core.errors import RaftflError
 from raftfl.core.events import RunStopped
@@ -48,6 +52,8 @@ def submit(store: Store, keys: Keys, spec: RunSpec, package: bytes,
     size = checkpoint.CHUNK_BYTES
     chunks = [package[i:i + size] for i in range(0, len(package), size)] or [b""]
     manifest = checkpoint.Manifest(digest, 0, len(package), len(chunks))
+    if run_id is not None and store.get(keys.run(run_id).spec) is not None:
+        return None  # read first: under RBAC a node may not even try a write there
     candidate = run_id or len(ids(store, keys)) + 1
     for _ in range(MAX_ALLOCATION_ATTEMPTS):
         rk = keys.run(candidate)
@@ -55,8 +61,15 @@ def submit(store: Store, keys: Keys, spec: RunSpec, package: bytes,
         ops = [store.tx.put(rk.spec, spec.to_json()),
                store.tx.put(app.checkpoint_meta(digest), manifest.to_json()),
                *(store.tx.put(app.checkpoint_chunk(digest, i), c) for i, c in enumerate(chunks))]
-        ok, _ = store.call(lambda rk=rk, ops=ops: store.client.transaction(
-            compare=[store.tx.create(rk.spec) == 0], success=ops, failure=[]))
+        try:
+            ok, _ = store.call(lambda rk=rk, ops=ops: store.client.transaction(
+                compare=[store.tx.create(rk.spec) == 0], success=ops, failure=[]))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.PERMISSION_DENIED:  # type: ignore[attr-defined]
+                raise
+            raise RaftflError(f"etcd refused the run: permission denied to write "
+                              f"{keys.submissions} (under RBAC runs are submitted with an "
+                              "operator's certificate, not a node's)") from None
         if ok:
             return candidate
         if run_id is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import struct
 import zipfile
@@ -46,6 +47,7 @@ MAX_RECORDS = 1024
 MAX_ITEMS = 1 << 16  # per record
 MAX_LIST = 1 << 22  # elements of one list value
 MAX_NDIM = 32
+MAX_NPY_HEADER = 10_000  # numpy's own default bound on a .npy header
 MAX_TEXT = 1 << 16  # keys, dtypes, stypes, ids, message types, error reasons
 _INT_BOUND = 1 << 64
 
@@ -291,6 +293,24 @@ def decode_message(blob: bytes | bytearray | memoryview,
         raise
     except (TypeError, ValueError, KeyError) as exc:  # rejected by a Flower constructor
         raise CodecError(f"malformed encoding: {str(exc).splitlines()[0]}") from None
+
+
+def checked_numpy(array: Array) -> np.ndarray:
+    """`array.numpy()` once its .npy header is known to describe exactly the bytes it carries:
+    a hostile header could otherwise make numpy allocate any size before reading a byte."""
+    data = io.BytesIO(array.data)
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(data)
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f".npy version {version}")
+        shape, _, dtype = read(data, max_header_size=MAX_NPY_HEADER)
+    except (ValueError, TypeError, SyntaxError) as exc:
+        raise CodecError(f"malformed .npy: {str(exc).splitlines()[0][:200]}") from None
+    if dtype.hasobject or len(array.data) != data.tell() + math.prod(shape) * dtype.itemsize:
+        raise CodecError("the .npy header does not describe its data")
+    return array.numpy()
 
 
 def arrays_from_bytes(blob: bytes | bytearray | memoryview) -> ArrayRecord:

@@ -27,7 +27,15 @@ connections fails at its next heartbeat (within `HEARTBEAT_S`), a silent one aft
 
 With a certificate bundle (`raftfl.tls`) the same protocol runs over TLS, and the server
 requires a client certificate signed by the cluster CA: a host without one never gets an
-HTTP exchange, so it can neither receive the model nor submit an update.
+HTTP exchange, so it can neither receive the model nor submit an update. Who a holder is
+comes from its certificate, not from what it claims: `identify(CN)` (the node's policy) says
+which node id a certificate may register as, or None for none (operators and the admin get
+no fleet session); a session's requests must come over a connection of that same CN.
+
+Limits, so that a peer cannot starve the heartbeats: at most `MAX_CONNECTIONS` open
+connections (more are closed at accept), `MAX_PER_PEER` per certificate, `HANDSHAKE_S` for a
+TLS handshake and `REQUEST_S` for a request's first line; at most `MAX_OUTBOX` messages
+queued per session. Refused connections are counted and said at most every `SAY_EVERY_S`.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import json
 import logging
 import secrets
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -62,6 +71,15 @@ REAP_EVERY_S = 0.2
 MAX_BODY = 256 << 20
 MAX_NODE_ID = (1 << 63) - 1  # node ids are positive int64; 1 is the server's own id
 MESSAGE_HEADER = "X-Raftfl-Message"
+MAX_CONNECTIONS = 4096
+MAX_PER_PEER = 16  # a worker needs three at once: its poll, a heartbeat and a reply
+HANDSHAKE_S = 5.0
+REQUEST_S = 5.0
+MAX_OUTBOX = 256
+SAY_EVERY_S = 10.0
+
+# A certificate's CN -> the node id it may register as (None: no fleet session at all).
+Identify = Callable[[str], int | None]
 
 
 class FleetError(ConnectionError):
@@ -89,8 +107,13 @@ class _Session:
     name: str
     token: str
     last_seen: float
+    peer: str  # the certificate CN it registered with ("" without TLS)
     outbox: deque[tuple[str, bytes]] = field(default_factory=deque)
     pending: set[str] = field(default_factory=set)  # queued or delivered, not yet replied
+
+
+class _Closed(OSError):
+    """The peer closed the connection before its TLS handshake: nothing to say."""
 
 
 class _HttpError(Exception):
@@ -106,9 +129,10 @@ class FleetServer:
     """
 
     def __init__(self, host: str, port: int, *, node_timeout: float = NODE_TIMEOUT_S,
-                 max_body: int = MAX_BODY):
+                 max_body: int = MAX_BODY, identify: Identify | None = None):
         self.node_timeout = node_timeout
         self.max_body = max_body
+        self.identify = identify
         self._cond = threading.Condition()
         self._sessions: dict[int, _Session] = {}
         self._by_token: dict[str, _Session] = {}
@@ -162,6 +186,9 @@ class FleetServer:
             if session is None:
                 self._done[msg_id] = Lost(f"node {node_id} is not connected")
                 return False
+            if len(session.pending) >= MAX_OUTBOX:
+                self._done[msg_id] = Lost(f"node {node_id} has {MAX_OUTBOX} messages pending")
+                return False
             session.outbox.append((msg_id, payload))
             session.pending.add(msg_id)
             self._owner[msg_id] = session
@@ -198,34 +225,45 @@ class FleetServer:
         if self._stopped:
             raise FleetStopped(f"fleet server {self.address} stopped")
 
-    def _session(self, token: str) -> _Session:
+    def _session(self, token: str, peer: str) -> _Session:
         if self._stopped:
             raise _HttpError(503, "stopping")
         session = self._by_token.get(token)
         if session is None:
             raise _HttpError(410, "unknown or expired session")
+        if session.peer != peer:
+            raise _HttpError(403, f"the session of {session.peer} used by {peer or 'no certificate'}")
         session.last_seen = time.monotonic()
         return session
 
-    def register(self, node_id: int, name: str) -> str:
+    def register(self, node_id: int, name: str, peer: str = "") -> str:
+        """A session for `node_id`; `peer` is the CN of the connection's certificate ("" without
+        TLS), which must be allowed that id when the server has an `identify` policy."""
+        if self.identify is not None and peer:
+            allowed = self.identify(peer)
+            if allowed is None:
+                raise _HttpError(403, f"certificate {peer!r} gets no fleet session")
+            if allowed != node_id:
+                raise _HttpError(403, f"certificate {peer!r} may register as node {allowed}, "
+                                      f"not {node_id}")
         with self._cond:
             if self._stopped:
                 raise _HttpError(503, "stopping")
             old = self._sessions.get(node_id)
             if old is not None:
                 self._drop(old, f"node {node_id} registered again")
-            session = _Session(node_id, name, secrets.token_hex(16), time.monotonic())
+            session = _Session(node_id, name, secrets.token_hex(16), time.monotonic(), peer)
             self._sessions[node_id] = session
             self._by_token[session.token] = session
             self._cond.notify_all()
             log.info("fleet %s: node %s (%d) connected", self.address, name or "?", node_id)
             return session.token
 
-    def next_for(self, token: str, hold: float) -> tuple[str, bytes] | None:
+    def next_for(self, token: str, hold: float, peer: str = "") -> tuple[str, bytes] | None:
         deadline = time.monotonic() + min(max(hold, 0.0), MAX_POLL_HOLD_S)
         with self._cond:
             while True:
-                session = self._session(token)
+                session = self._session(token, peer)
                 if session.outbox:
                     return session.outbox.popleft()
                 remaining = deadline - time.monotonic()
@@ -240,9 +278,9 @@ class FleetServer:
             if session is not None and msg_id in session.pending:
                 session.outbox.appendleft((msg_id, payload))
 
-    def reply(self, token: str, msg_id: str, payload: bytes) -> None:
+    def reply(self, token: str, msg_id: str, payload: bytes, peer: str = "") -> None:
         with self._cond:
-            session = self._session(token)
+            session = self._session(token, peer)
             if msg_id not in session.pending:
                 raise _HttpError(409, f"message {msg_id} is not pending for this session")
             session.pending.discard(msg_id)
@@ -250,9 +288,9 @@ class FleetServer:
             self._done[msg_id] = payload
             self._cond.notify_all()
 
-    def touch(self, token: str) -> None:
+    def touch(self, token: str, peer: str = "") -> None:
         with self._cond:
-            self._session(token)
+            self._session(token, peer)
 
     def _drop(self, session: _Session, reason: str) -> None:
         """Forget a session (lock held); its pending messages get `Lost(reason)`."""
@@ -302,6 +340,9 @@ class _HttpServer(ThreadingHTTPServer):
         self.fleet = fleet
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        self._peers: dict[str, int] = {}  # certificate CN -> its open connections
+        self._refused = 0  # connections refused since the last line that said so
+        self._said = 0.0
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -316,16 +357,50 @@ class _HttpServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):  # a refused TLS handshake (no or a foreign certificate)
-            log.warning("fleet %s: connection from %s refused: %s", self.fleet.address,
-                        client_address[0], exc)
+        if isinstance(exc, _Closed):
+            return
+        if isinstance(exc, OSError):  # a refused or stalled TLS handshake, a peer over its cap
+            self.refused(f"connection from {client_address[0]} refused: {exc}")
             return
         super().handle_error(request, client_address)
 
+    def refused(self, why: str) -> None:
+        """Count a refused connection; say the first, then at most one line per SAY_EVERY_S."""
+        with self._conns_lock:
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._said < SAY_EVERY_S:
+                return
+            count, self._refused, self._said = self._refused, 0, now
+        log.warning("fleet %s: %s%s", self.fleet.address, why,
+                    f" (and {count - 1} more refused)" if count > 1 else "")
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
-            self._conns.add(request)
+            full = len(self._conns) >= MAX_CONNECTIONS
+            if not full:
+                self._conns.add(request)
+        if full:
+            self.refused(f"connection from {client_address[0]} refused: {MAX_CONNECTIONS} "
+                         "connections open")
+            TCPServer.shutdown_request(self, request)
+            return
         super().process_request(request, client_address)
+
+    def admit_peer(self, peer: str) -> bool:
+        with self._conns_lock:
+            if self._peers.get(peer, 0) >= MAX_PER_PEER:
+                return False
+            self._peers[peer] = self._peers.get(peer, 0) + 1
+            return True
+
+    def release_peer(self, peer: str) -> None:
+        with self._conns_lock:
+            left = self._peers.get(peer, 0) - 1
+            if left > 0:
+                self._peers[peer] = left
+            else:
+                self._peers.pop(peer, None)
 
     def shutdown_request(self, request: Any) -> None:
         with self._conns_lock:
@@ -346,6 +421,37 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HttpServer
     protocol_version = "HTTP/1.0"
     timeout = 30.0  # per socket operation: a stalled peer cannot pin a handler thread
+
+    peer = ""  # the CN of the connection's certificate ("" without TLS)
+
+    def setup(self) -> None:
+        """Finish the TLS handshake within HANDSHAKE_S, learn the peer's CN, hold it to
+        MAX_PER_PEER connections; then give the request line REQUEST_S."""
+        conn = self.request
+        if isinstance(conn, ssl.SSLSocket):
+            conn.settimeout(HANDSHAKE_S)
+            try:
+                conn.do_handshake()
+            except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError) as exc:
+                raise _Closed() from exc  # a probe (followers check the port is served)
+            peer = tls.peer_common_name(conn.getpeercert())
+            if not self.server.admit_peer(peer):
+                raise ConnectionRefusedError(f"certificate {peer!r} has {MAX_PER_PEER} "
+                                             "connections open")
+            self.peer = peer
+        super().setup()
+        conn.settimeout(REQUEST_S)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self.peer:
+                self.server.release_peer(self.peer)
+
+    def parse_request(self) -> bool:
+        self.connection.settimeout(self.timeout)  # the request line is in: a body may be big
+        return super().parse_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("fleet %s: " + format, self.server.fleet.address, *args)
@@ -379,11 +485,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._poll(fleet, query)
         elif route == ("POST", "/reply"):
             token = query.get("token", "")
-            fleet.touch(token)  # a stranger is refused before a byte of its body is read
-            fleet.reply(token, query.get("msg", ""), self._body())
+            fleet.touch(token, self.peer)  # a stranger is refused before its body is read
+            fleet.reply(token, query.get("msg", ""), self._body(), self.peer)
             self._send(200)
         elif route == ("POST", "/heartbeat"):
-            fleet.touch(query.get("token", ""))
+            fleet.touch(query.get("token", ""), self.peer)
             self._send(200)
         else:
             raise _HttpError(404, "no such endpoint")
@@ -395,7 +501,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(400, "node must be an integer") from None
         if not 2 <= node_id <= MAX_NODE_ID:
             raise _HttpError(400, f"node id must be in [2, {MAX_NODE_ID}]")
-        token = fleet.register(node_id, query.get("name", "")[:200])
+        token = fleet.register(node_id, query.get("name", "")[:200], self.peer)
         self._send(200, json.dumps({"token": token}).encode())
 
     def _poll(self, fleet: FleetServer, query: dict[str, str]) -> None:
@@ -404,7 +510,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _HttpError(400, "hold must be a number") from None
         token = query.get("token", "")
-        item = fleet.next_for(token, hold)
+        item = fleet.next_for(token, hold, self.peer)
         if item is None:
             self._send(204)
             return

@@ -36,6 +36,15 @@ from raftfl.flower.codec import CodecError, decode_message, encode_message
 from raftfl.flower.fleet import FleetServer, FleetStopped, Lost
 from raftfl.flower.hooks import RoundHooks
 from raftfl.flower.identity import SERVER_NODE_ID, adopt_server_identity
+from raftfl.flower.journal import (
+    Journal,
+    decode_ids,
+    decode_replies,
+    encode_ids,
+    encode_replies,
+    journal_request,
+    message_digest,
+)
 from raftfl.flower.screen import ScreenPolicy, screen_reply
 
 log = logging.getLogger(__name__)
@@ -82,6 +91,7 @@ class Resume:
 
     next_round: int
     arrays: ArrayRecord
+    state: bytes = b""  # the ServerApp's durable state committed with that round (durable.py)
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,8 @@ class RaftGrid(Grid):
     """A `Grid` whose nodes are the workers connected to `fleet`."""
 
     def __init__(self, fleet: FleetServer, *, run_id: int, term: int, hooks: RoundHooks,
-                 resume: Resume | None = None, screen: ScreenPolicy | None = None):
+                 resume: Resume | None = None, screen: ScreenPolicy | None = None,
+                 journal: Journal | None = None):
         adopt_server_identity(run_id)  # see identity.py: Flower's Message() needs it
         self.fleet = fleet
         self.run_id = run_id
@@ -115,6 +126,9 @@ class RaftGrid(Grid):
         self.stamp = Stamp(run_id, term)
         self._run: Any = RunInfo(run_id)
         self._sent: dict[str, _Sent] = {}
+        self.journal = journal  # a ServerApp with its own loop: its grid calls, recorded
+        self.app_state: RecordDict | None = None  # the ServerApp's context.state (its host
+        # sets it), recorded with each commit
 
     def set_round(self, server_round: int, base: str) -> None:
         """Stamp the instructions that follow with this global round and base model."""
@@ -138,13 +152,68 @@ class RaftGrid(Grid):
             return self.fleet.node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        stamp = self.stamp.to_json()
-        ids = []
+        messages = list(messages)
         for message in messages:
+            if message.metadata.reply_to_message_id or not message.has_content():
+                raise ValueError(f"not an instruction message: {message.metadata}")
+        journal = self.journal
+        if journal is None:
+            return self._push(messages)
+        request = journal_request("push", [message_digest(m) for m in messages], ordered=True)
+        ids = journal.answer("push", request, _describe(messages), decode_ids)
+        if ids is not None and len(ids) == len(messages):
+            journal.replayed_push(ids, messages)
+            return ids
+        ids = self._push(messages)
+        self._record(journal, "push", request, encode_ids(ids), 0)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        ids = list(message_ids)
+        journal = self.journal
+        if journal is None:
+            return self._pull(ids)
+        request = journal_request("pull", ids)
+        replies = journal.answer("pull", request, f"a pull of {len(ids)} messages",
+                                 decode_replies)
+        if replies is not None:
+            journal.answered(replies)
+            return replies
+        for msg_id, message in journal.take_pending(ids).items():  # pushed in the replay only
+            self._push([message], [msg_id])
+        replies = self._pull(ids)
+        if replies:  # an empty pull is not recorded: replayed, the next answer comes sooner
+            self._record(journal, "pull", request, encode_replies(replies), len(replies))
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        journal = self.journal
+        if journal is None:
+            return self._send_and_receive(messages, timeout)
+        request = journal_request("send_and_receive", [message_digest(m) for m in messages])
+        replies = journal.answer("send_and_receive", request, _describe(messages),
+                                 decode_replies)
+        if replies is not None:
+            return replies
+        replies = self._send_and_receive(messages, timeout)
+        self._record(journal, "send_and_receive", request, encode_replies(replies),
+                     len(replies))
+        return replies
+
+    def _record(self, journal: Journal, kind: str, request: str, answer: bytes,
+                replies: int) -> None:
+        if not journal.recorded(kind, request, answer, replies):
+            raise AggregatorStopped(f"call {journal.calls} not recorded: this node was deposed")
+
+    # ---- the fleet
+
+    def _push(self, messages: list[Message], ids: list[str] | None = None) -> list[str]:
+        stamp = self.stamp.to_json()
+        ids = ids or [uuid.uuid4().hex for _ in messages]
+        for message, msg_id in zip(messages, ids, strict=True):
             md = message.metadata
-            if md.reply_to_message_id or not message.has_content():
-                raise ValueError(f"not an instruction message: {md}")
-            msg_id = uuid.uuid4().hex
             payload = encode_message(message, stamp, {"message_id": msg_id, "run_id": self.run_id,
                                                       "src_node_id": SERVER_NODE_ID})
             self._sent[msg_id] = _Sent(md.dst_node_id, md.message_type, md.group_id,
@@ -152,17 +221,15 @@ class RaftGrid(Grid):
                                        dict(message.content.array_records.items()))
             with _fleet_call():
                 self.fleet.push(md.dst_node_id, msg_id, payload)
-            ids.append(msg_id)
         return ids
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+    def _pull(self, ids: list[str]) -> list[Message]:
         with _fleet_call():
-            ready = self.fleet.collect(message_ids, 0.0)
+            ready = self.fleet.collect(ids, 0.0)
         return [self._reply(msg_id, item) for msg_id, item in ready.items()]
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
-        waiting = set(self.push_messages(messages))
+    def _send_and_receive(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        waiting = set(self._push(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while waiting:
@@ -214,6 +281,15 @@ class RaftGrid(Grid):
                             reply_to_message_id=msg_id, group_id=sent.group_id, created_at=now,
                             ttl=max(sent.deadline - now, 0.0), message_type=sent.message_type)
         return Message(metadata=metadata, error=Error(code=code, reason=reason))
+
+
+def _describe(messages: list[Message]) -> str:
+    """The first instruction of a call, for a divergence warning."""
+    if not messages:
+        return "no instructions"
+    md = messages[0].metadata
+    more = f" and {len(messages) - 1} more" if len(messages) > 1 else ""
+    return f"{md.message_type} to node {md.dst_node_id}{more}"
 
 
 @contextmanager

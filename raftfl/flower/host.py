@@ -20,6 +20,7 @@ from typing import Any
 
 from flwr.app import Context, Error, Message, Metadata, RecordDict
 
+from raftfl.flower import durable
 from raftfl.flower.app import UserConfig
 from raftfl.flower.codec import CodecError, decode_message, encode_message
 from raftfl.flower.grid import (
@@ -50,6 +51,7 @@ class ServerAppHost:
         self.grid = grid
         self.context = Context(run_id=grid.run_id, node_id=0, node_config={},
                                state=RecordDict(), run_config=dict(run_config))
+        grid.app_state = self.context.state  # recorded with each commit (durable.py)
         self.state = "running"
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"serverapp-{grid.run_id}",
@@ -70,6 +72,13 @@ class ServerAppHost:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        resume = self.grid.resume
+        if resume is not None and resume.state:  # before the app reads its context.state
+            try:
+                durable.restore(resume.state, None, self.context.state)
+            except durable.DurableStateError as exc:
+                log.warning("ServerApp of run %d: context.state not restored: %s",
+                            self.grid.run_id, exc)
         try:
             self.server_app(self.grid, self.context)
             self.state = "completed"

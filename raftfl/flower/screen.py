@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
+from raftfl.flower.codec import CodecError, checked_numpy
+
 TRAIN = "train"  # Flower's MessageType.TRAIN
 EXAMPLES_KEY = "num-examples"  # Flower's default `weighted_by_key`
 EXAMPLES_KEYS = (EXAMPLES_KEY, "num_examples")  # and the legacy FitRes/EvaluateRes field
@@ -138,9 +140,10 @@ def _screen_array(where: str, sent: Array | None, got: Array, model: bool,
         return f"array {where} serialised as {got.stype!r}, not {sent.stype!r}", 0.0
     if got.stype != NUMPY:
         return None, 0.0  # a serialisation raftfl cannot read: only the keys are checked
-    value = got.numpy()
-    if not isinstance(value, np.ndarray):  # np.load also opens .npz archives
-        return f"array {where} is not one numpy array", 0.0
+    try:
+        value = checked_numpy(got)
+    except CodecError as exc:
+        return f"array {where} is not one numpy array ({exc})", 0.0
     if tuple(got.shape) != value.shape or got.dtype != str(value.dtype):
         return f"array {where}: its header does not match its data", 0.0
     if value.dtype.kind in "fc" and not np.isfinite(value).all():

@@ -26,8 +26,11 @@ An unmodified ServerApp needs no raftfl line: a node that hosts apps calls
 every flwr 1.42 strategy from `Strategy`) runs this same loop when its grid is a `RaftGrid`,
 and Flower's loop on any other grid.
 
-What is resumed: the round number and the arrays. What is not: the strategy object's own
-state (for example FedAdam's moment estimates `m_t`/`v_t` restart from zero after a failover)
+What is resumed: the round number, the arrays, and the ServerApp's durable state (durable.py):
+every commit carries the strategy's own state (FedAdam's moments, FedAvgM's momentum, a DP
+wrapper's clipping norm, an accountant's `state_dict()`, the sampling RNGs) and the app's
+`context.state`, and a successor restores them into its freshly built strategy before its
+first round. What is not: state durable.py cannot capture (named once, at the first commit)
 and the `Result` metrics of rounds run by earlier aggregators (they are in the event log).
 """
 
@@ -43,6 +46,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import Result, Strategy
 
+from raftfl.flower import durable
 from raftfl.flower.codec import arrays_sha256
 from raftfl.flower.grid import AggregatorStopped, RaftGrid
 from raftfl.flower.hooks import RoundReport, TrainReport
@@ -68,6 +72,7 @@ def start(strategy: Strategy, grid: Grid, initial_arrays: ArrayRecord, num_round
         return strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds,
                               timeout=timeout, train_config=train_config,
                               evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
+    grid.journal = None  # the round loop resumes from its commits, not by replaying calls
     loop = _RoundLoop(strategy, grid, timeout, train_config or ConfigRecord(),
                       evaluate_config or ConfigRecord(), evaluate_fn)
     return loop.run(initial_arrays, num_rounds)
@@ -123,6 +128,7 @@ class _RoundLoop:
         self.evaluate_config = evaluate_config
         self.evaluate_fn = evaluate_fn
         self.result = Result()
+        self.warned_lost = False
 
     def run(self, initial_arrays: ArrayRecord, num_rounds: int) -> Result:
         name = type(self.strategy).__name__
@@ -139,8 +145,8 @@ class _RoundLoop:
             first = 1
         else:
             arrays, first = resume.arrays, resume.next_round
-            log.info("raftfl: resuming %s at round %d of %d (term %d)", name, first, num_rounds,
-                     self.grid.term)
+            log.info("raftfl: resuming %s at round %d of %d (term %d)%s", name, first,
+                     num_rounds, self.grid.term, self._restore(resume.state))
             self.strategy.summary()
         self.result.arrays = arrays
         t0 = time.monotonic()
@@ -222,7 +228,29 @@ class _RoundLoop:
             self.result.evaluate_metrics_serverapp[server_round] = metrics
         return metrics
 
+    def _restore(self, blob: bytes) -> str:
+        """The strategy's and the app's state as committed with the round we resume after."""
+        if not blob:
+            return ", without a recorded ServerApp state"
+        try:
+            durable.restore(blob, self.strategy, self.grid.app_state)
+        except durable.DurableStateError as exc:
+            log.warning("raftfl: the ServerApp's recorded state is not restored, it starts "
+                        "afresh: %s", exc)
+            return ", ServerApp state NOT restored"
+        return f", ServerApp state restored ({len(blob)} bytes)"
+
     def _commit(self, server_round: int, arrays: ArrayRecord, report: RoundReport) -> None:
-        if not self.hooks.commit(server_round, arrays, report):
+        try:
+            captured = durable.capture(self.strategy, self.grid.app_state)
+        except durable.DurableStateError as exc:  # a state too big to record
+            log.warning("raftfl: round %d: the ServerApp's state is not recorded: %s",
+                        server_round, exc)
+            captured = durable.Captured(b"", ())
+        if captured.lost and not self.warned_lost:
+            self.warned_lost = True
+            log.warning("raftfl: a failover will lose what cannot be recorded of the ServerApp's "
+                        "state: %s", ", ".join(captured.lost))
+        if not self.hooks.commit(server_round, arrays, report, captured.blob):
             raise AggregatorStopped(f"round {server_round}: commit refused, this node was "
                                     "deposed")

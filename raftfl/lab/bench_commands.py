@@ -233,3 +233,69 @@ def bench_ranking(nodes_list: tuple[str, ...], out: Path, load: bool, as_json: b
 
     echo = _echo(as_json)
     _bench_exit(run([int(n) for n in nodes_list], out, echo=echo, load=load), as_json)
+
+
+@bench.command("transparency")
+@click.option("--app", "app", required=True,
+              type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="The Flower app directory to run twice (e.g. examples/conformance/fedadam).")
+@click.option("--rounds", type=click.IntRange(4, 1000), default=6, show_default=True,
+              help="Rounds per run (node-1 dies in round 3).")
+@click.option("--nodes", type=click.IntRange(3, 9), default=3, show_default=True)
+@click.option("--run-config", default=None, metavar='"KEY=VALUE ..."',
+              help="Override the app's run config (Flower's syntax).")
+@_OUT
+@_JSON
+def bench_transparency(app: Path, rounds: int, nodes: int, run_config: str | None, out: Path,
+                       as_json: bool) -> None:
+    """Is a failover invisible to the app? The same app twice, node-1 SIGKILLed mid-round 3:
+    as the aggregator, then as a worker. Compares the final models and the epsilon reported."""
+    from raftfl.lab.bench_transparency import bench_transparency as run
+
+    echo = _echo(as_json)
+    try:
+        result = run(app, rounds, nodes, run_config, out, echo=echo, progress=echo)
+    except RaftflError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _bench_exit(result, as_json)
+
+
+@bench.command("isolation")
+@click.option("--nodes", type=click.IntRange(2, 9), default=3, show_default=True)
+@click.option("--rounds", type=click.IntRange(3, 100), default=6, show_default=True,
+              help="Rounds per run (round 1 is warm-up and not timed).")
+@click.option("--reps", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Runs per isolation mode, alternating.")
+@click.option("--train-size", type=click.IntRange(100), default=2000, show_default=True)
+@click.option("--test-size", type=click.IntRange(10), default=500, show_default=True)
+@_OUT
+@_JSON
+def bench_isolation(nodes: int, rounds: int, reps: int, train_size: int, test_size: int,
+                    out: Path, as_json: bool) -> None:
+    """The quick-start app with --isolation thread and process, alternating: what running
+    each node's ClientApp in a child process costs per round."""
+    from raftfl.lab.bench_isolation import bench_isolation as run
+
+    echo = _echo(as_json)
+    try:
+        result = run(nodes, rounds, reps, train_size, test_size, out, echo=echo, progress=echo)
+    except RaftflError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _bench_exit(result, as_json)
+
+
+@bench.command("durable")
+@click.option("--params", "sizes", multiple=True, default=("62006,1000000",),
+              show_default=True, callback=_int_list(1, 100_000_000),
+              help="Model sizes (float32 parameters), comma-separated.")
+@click.option("--workers", type=click.IntRange(1, 1000), default=3, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 1000), default=10, show_default=True)
+@_OUT
+@_JSON
+def bench_durable(sizes: list[int], workers: int, rounds: int, out: Path, as_json: bool) -> None:
+    """What resuming a ServerApp costs each way: a state snapshot at each commit (strategy
+    apps) or durable execution (apps with their own loop), per round and at failover."""
+    from raftfl.lab.bench_durable import bench_durable as run
+
+    echo = _echo(as_json)
+    _bench_exit(run(sizes, workers, rounds, out, echo=echo, progress=echo), as_json)

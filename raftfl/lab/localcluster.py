@@ -86,8 +86,22 @@ class NodeProc:
             return None
 
 
+def port_slice(start: int, stop: int) -> tuple[int, int]:
+    """This test worker's share of [start, stop): pytest-xdist's workers (and the processes
+    they start, which inherit its variables) probe disjoint ranges, so two tests running at
+    once never pick the same ports."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count < 2:
+        return start, stop
+    width = (stop - start) // count
+    first = start + int(worker[2:]) % count * width
+    return first, first + width
+
+
 def free_base_port(n: int, start: int = 21000, stop: int = 32000) -> int:
     """A base port such that base..base+n-1 and their +100/+200/+300/+400 ports are all free."""
+    start, stop = port_slice(start, stop - API_PORT_OFFSET)
     rng = range(start, stop, 10)
     offset = (os.getpid() * 7) % len(rng)
     for base in list(rng[offset:]) + list(rng[:offset]):
@@ -116,7 +130,8 @@ class LocalCluster:
     node_args: dict[int, list[str]] = field(default_factory=dict)
     node_env: dict[int, dict[str, str]] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
-    aggregator: str = "self"  # node 0's -a; the others follow node 0 (or "auto")
+    aggregator: str = "self"  # the bootstrap node's -a; the others follow it (or "auto")
+    bootstrap: int = 0  # the node that starts as the aggregator and submits run 1 (its -r)
     exit_on_complete: bool = True  # the nodes leave after run 1 (the collector follows it)
     ips: list[str] | None = None  # one address per node (network-namespace clusters)
     wrappers: list[list[str]] | None = None  # command prefix per node, e.g. ip netns exec
@@ -136,7 +151,8 @@ class LocalCluster:
         bundles = self._make_certs(names, ips) if self.secure else []
         for i, name in enumerate(names):
             data_dir = self.workdir / f"node{i}"
-            agg = self.aggregator if i == 0 or self.aggregator == "auto" else names[0]
+            first = i == self.bootstrap or self.aggregator == "auto"
+            agg = self.aggregator if first else names[self.bootstrap]
             args = ["node", "start", "-a", agg, "-s", name, "-n", *[x for x in names if x != name],
                     "--cluster", self.cluster, "--data-dir", str(data_dir),
                     "--lease-ttl", str(self.lease_ttl), "--start-timeout", "120",
@@ -146,7 +162,7 @@ class LocalCluster:
                       # the lab's own network namespaces: non-loopback, never reachable outside
                       else [] if is_loopback(ips[i]) else ["--insecure"]),
                     *self.extra_args, *self.node_args.get(i, [])]
-            if i == 0 or self.aggregator == "auto":
+            if first:
                 args += ["-r", str(self.rounds), "--dataset", self.dataset,
                          "--train-size", str(self.train_size), "--test-size", str(self.test_size)]
             self.nodes.append(NodeProc(name, ips[i], self.base + i, data_dir,
@@ -175,6 +191,10 @@ class LocalCluster:
         if self.secure:
             from raftfl.etcd import rbac
 
+            # Under RBAC a node may not write run specs (operators submit them): the bootstrap
+            # node's -r submits run 1 first, while any cluster certificate may still write.
+            self.wait_for(lambda: self.store().get(self.run_keys.spec) is not None, 120,
+                          "the bootstrap node to submit run 1 before etcd auth is on")
             rbac.enable(self.store(), self.cluster, [n.name for n in self.nodes])
         return self
 

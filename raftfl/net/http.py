@@ -16,6 +16,8 @@ from raftfl.core.errors import RaftflError
 
 log = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 1024
+
 
 class NodeHttpServer(ThreadingHTTPServer):
     """`what` names the service in its errors, `flag` the option that moves its port;
@@ -28,6 +30,8 @@ class NodeHttpServer(ThreadingHTTPServer):
                  flag: str, client_cert: bool = False):
         self.what = what
         self.identity = tls.current()
+        self._open = 0
+        self._open_lock = threading.Lock()
         self._client_cert = client_cert
         try:
             super().__init__((host, port), handler)
@@ -50,6 +54,23 @@ class NodeHttpServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.warning("%s: request from %s failed: %s", self.what, client_address[0],
                     sys.exc_info()[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """At most MAX_CONNECTIONS at once (each holds a thread): more are closed at accept."""
+        with self._open_lock:
+            full = self._open >= MAX_CONNECTIONS
+            self._open += 0 if full else 1
+        if full:
+            log.warning("%s: connection from %s refused: %d connections open", self.what,
+                        client_address[0], MAX_CONNECTIONS)
+            TCPServer.shutdown_request(self, request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open -= 1
+        super().shutdown_request(request)
 
     def start(self) -> NodeHttpServer:
         self._thread.start()

@@ -205,12 +205,14 @@ class AggregatorRole:
         from raftfl.flower.fleet import FleetServer
         from raftfl.flower.grid import RaftGrid
         from raftfl.flower.host import ServerAppHost
+        from raftfl.flower.journal import Exchange, Journal
         from raftfl.flower.screen import ScreenPolicy
 
         try:
             if self.fleet is None or self.fleet.stopped:
                 host_ip, _, port = opts.flower_address.rpartition(":")
-                self.fleet = FleetServer(host_ip, int(port)).start()
+                self.fleet = FleetServer(host_ip, int(port),
+                                         identify=runapp.fleet_identity).start()
             keys = shell.keys.run(run_id)
             resume = resume_point(self.models, shell.store, keys, events, state, fence, shell.name)
             self.recorder = AppRecorder(
@@ -221,9 +223,16 @@ class AggregatorRole:
                 self.recorder.base = state.committed[resume.next_round - 1].model_sha256 \
                     if resume.next_round > 1 else state.initial_model
                 self.recorder.last_round = resume.next_round - 1
-            grid = RaftGrid(self.fleet, run_id=run_id, term=term, hooks=self.recorder,
+            recorder = self.recorder
+            journal = Journal(
+                {call: Exchange(ex.call, ex.kind, ex.request, ex.answer, ex.term)
+                 for call, ex in state.exchanges.items()},
+                load=lambda sha: self.models.load(shell.store, keys, sha),
+                record=recorder.exchange)
+            grid = RaftGrid(self.fleet, run_id=run_id, term=term, hooks=recorder,
                             resume=resume, screen=ScreenPolicy(self._declared_examples,
-                                                               opts.max_update_norm))
+                                                               opts.max_update_norm),
+                            journal=journal)
             shell.say(f"serving run {run_id} ({spec.app}) from round "
                       f"{resume.next_round if resume else 0} on {opts.flower_address}"
                       + (f" (model {self.recorder.base[:12]})" if self.recorder.base else ""))
@@ -243,10 +252,11 @@ class AggregatorRole:
             shell.say(f"cannot serve yet ({exc}); retrying")
 
     def _completed(self, recorder: AppRecorder) -> None:
-        """After `run_completed`: keep only the final model of the run's checkpoints."""
-        assert recorder.base is not None
+        """After `run_completed`: keep only the final model of the run's checkpoints (none
+        for a ServerApp that committed none)."""
         try:
-            checkpoint.prune(self.shell.store, recorder.keys, {recorder.base}, recorder.fence)
+            checkpoint.prune(self.shell.store, recorder.keys, {recorder.base} if recorder.base else set(),
+                             recorder.fence)
         except RaftflError as exc:
             log.info("pruning the completed run's checkpoints failed: %s", exc)
 

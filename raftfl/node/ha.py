@@ -42,7 +42,7 @@ from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
 from raftfl.core.events import NodeJoined, NodeLeft
 from raftfl.core.keys import Keys
 from raftfl.core.member_record import MemberInfo
-from raftfl.core.role import RoleHolder
+from raftfl.core.role import RoleHolder, parse_role
 from raftfl.core.specs import ClusterConfig
 from raftfl.core.status import NodeStatus
 from raftfl.etcd.member import EtcdMember, wait_healthy
@@ -152,7 +152,7 @@ class Node:
     def _start(self) -> None:
         opts, keys, say = self.opts, self.keys, self.say
         self.model_server, models = lifecycle.serve_models(opts, say, self._model_peers,
-                                                           self._committed_models)
+                                                           self._committed_models, self._may_put)
         self.member, endpoints = lifecycle.start_member(opts, say)
         store = Store(endpoints)
         if self.member is not None:
@@ -181,6 +181,21 @@ class Node:
         if self.shell is None:
             raise RaftflError("etcd not reached yet")
         return committed_models(self.store, self.keys)
+
+    def _may_put(self, common_name: str) -> str | None:
+        """Only the current aggregator stores models on its peers (what it commits next): a
+        certificate that does not hold the role is refused (None: allowed)."""
+        if self.shell is None:
+            return "etcd not reached yet"
+        try:
+            kv = self.store.get(self.keys.aggregator)
+        except RaftflError as exc:
+            return f"the aggregator is unknown: {exc}"
+        role = parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision) if kv else None
+        if isinstance(role, RoleHolder) and role.node == common_name:
+            return None
+        return (f"{common_name or 'a peer without a certificate'} is not the aggregator "
+                f"({role.node if isinstance(role, RoleHolder) else 'none'})")
 
     def _model_peers(self) -> list[str]:
         ranked = self.observer.ranked

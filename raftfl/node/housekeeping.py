@@ -77,7 +77,9 @@ class Housekeeping:
                 try:
                     path = self.runs.save_final_model(run_id, state, out, opts.name)
                     say(f"run {run_id} completed: final model "
-                        f"{state.completed.model_sha256[:12]} verified, saved to {path}")
+                        f"{state.completed.model_sha256[:12]} verified, saved to {path}"
+                        if path else f"run {run_id} completed (its ServerApp committed no "
+                        f"model): result in {out}")
                 except checkpoint.CorruptCheckpoint as exc:
                     say(f"run {run_id} completed, but its final model is unusable: {exc}")
             del self.runs.finished[run_id]

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from raftfl import signing
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys
 from raftfl.core.quorum import initial_voters
@@ -33,7 +34,7 @@ from raftfl.etcd.store import EtcdUnavailable, Store
 from raftfl.net.address import client_endpoint, peer_url, resolve
 from raftfl.net.ports import check_port_free
 from raftfl.node import runapp
-from raftfl.node.models import ModelFiles, Models, ModelServer
+from raftfl.node.models import MayPut, ModelFiles, Models, ModelServer
 from raftfl.node.options import LINGER_S, NodeOptions
 from raftfl.node.package import pack
 from raftfl.node.runs import Runs
@@ -83,15 +84,17 @@ def start_member(o: NodeOptions, say: Voice) -> tuple[EtcdMember | None, list[st
 
 
 def serve_models(opts: NodeOptions, say: Voice, peers: Callable[[], list[str]],
-                 committed: Callable[[], set[str]] | None = None) -> tuple[ModelServer, Models]:
+                 committed: Callable[[], set[str]] | None = None,
+                 may_put: MayPut | None = None) -> tuple[ModelServer, Models]:
     """The model service and this node's `Models`; `committed` names the models retention
-    must keep (node/models.py `committed_models`, read through the node's store)."""
+    must keep (node/models.py `committed_models`, read through the node's store), `may_put`
+    who may store one."""
     port = int(opts.models_address.rsplit(":", 1)[1])
     if port in (opts.address.port, opts.etcd_client_port,
                 int(opts.flower_address.rsplit(":", 1)[1])):
         raise RaftflError(f"--models-port {port} is one of the node's other ports")
     files = ModelFiles(opts.dir / "models", committed=committed)
-    server = ModelServer(opts.ip, port, files).start()
+    server = ModelServer(opts.ip, port, files, may_put=may_put).start()
     return server, Models(files, opts.models_address, peers, opts.model_replicas,
                           opts.inline_model_bytes, say)
 
@@ -132,8 +135,11 @@ def submit_first_run(store: Store, keys: Keys, opts: NodeOptions, say: Voice) ->
     if opts.first_run is None:
         return
     spec, blob = first_run(opts, opts.first_run)
+    if opts.sign_key is not None:
+        spec = signing.sign_run(spec, blob, signing.load_private_key(opts.sign_key), keys.cluster)
     if stored_runs.submit(store, keys, spec, blob, run_id=1) == 1:
-        say(f"submitted run 1: app {spec.app}")
+        say(f"submitted run 1: app {spec.app}"
+            + (f", signed by {spec.signed_by}" if spec.signed_by else ""))
 
 
 def first_run(opts: NodeOptions, proposed: ClusterConfig) -> tuple[RunSpec, bytes]:
@@ -202,7 +208,8 @@ def finish(shell: Shell, runs: Runs, session: Session, worker: WorkerRunner,
     else:
         assert seen.latest is not None
         path = runs.save_final_model(seen.latest, seen.state, opts.dir, opts.name)
-        say(f"final model {seen.state.completed.model_sha256[:12]} verified, saved to {path}")
+        say(f"final model {seen.state.completed.model_sha256[:12]} verified, saved to {path}"
+            if path else f"run {seen.latest} completed; its ServerApp committed no model")
         code = 0
     session.info.finished = True
     store.retry_for = 2.0  # peers are leaving: never wait long for a quorum now

@@ -32,6 +32,7 @@ import http.client
 import logging
 import os
 import re
+import ssl
 import tempfile
 import threading
 from collections import deque
@@ -164,13 +165,20 @@ class ModelFiles:
                 old.unlink(missing_ok=True)
 
 
+# The CN of a PUT's certificate -> why it may not store models, or None when it may.
+MayPut = Callable[[str], str | None]
+
+
 class ModelServer(NodeHttpServer):
     """`GET /models/<sha>` serves a file; `PUT /models/<sha>` stores a body of at most
-    `max_bytes` that hashes to it."""
+    `max_bytes` that hashes to it, from whom `may_put` allows (over TLS: the current
+    aggregator only, see `Node._may_put`)."""
 
-    def __init__(self, host: str, port: int, files: ModelFiles, max_bytes: int = MAX_MODEL_BYTES):
+    def __init__(self, host: str, port: int, files: ModelFiles, max_bytes: int = MAX_MODEL_BYTES,
+                 may_put: MayPut | None = None):
         self.files = files
         self.max_bytes = max_bytes
+        self.may_put = may_put
         super().__init__(host, port, _Handler, "model service", "--models-port")
 
 
@@ -197,7 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
             size = int(self.headers.get("Content-Length", ""))
         except ValueError:
             size = -1
-        if match is None or size < 0:
+        refusal = self._writer_refused()
+        if refusal:
+            self._refuse(403, refusal)
+        elif match is None or size < 0:
             self._refuse(400, "PUT /models/<sha256> with a Content-Length")
         elif size > self.server.max_bytes:
             self._refuse(413, f"{size} bytes exceed the limit of {self.server.max_bytes}")
@@ -206,6 +217,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(201)
             self.server.files.prune()  # after the answer: the pusher never waits for etcd
+
+    def _writer_refused(self) -> str | None:
+        if self.server.may_put is None or not isinstance(self.connection, ssl.SSLSocket):
+            return None
+        return self.server.may_put(tls.peer_common_name(self.connection.getpeercert()))
 
     def _refuse(self, status: int, reason: str) -> None:
         log.warning("model service: %s %s from %s refused: HTTP %d %s", self.command,

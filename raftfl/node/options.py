@@ -65,10 +65,14 @@ class NodeOptions:
     exit_on_complete: bool = False  # leave once no run is left (the last one's model saved)
     max_examples: int = 0  # --max-examples: the training examples this node declares (0: none)
     max_update_norm: float | None = None  # --max-update-norm: refuse larger updates (aggregator)
+    isolation: str = "thread"  # --isolation: the ClientApp in the worker thread or a child process
+    isolation_memory_mb: int | None = None  # --isolation-memory-mb: the child's address-space cap
     max_voters: int = DEFAULT_MAX_VOTERS  # the first N initial nodes (by name) run etcd members
     voter_grace: float = DEFAULT_GRACE_S  # a voter unhealthy this long is replaced
     model_replicas: int = DEFAULT_REPLICAS  # a round commits once this many nodes hold it
     inline_model_bytes: int = 0  # models up to this size stay in etcd
+    trusted_entities: Path | None = None  # run only apps signed by its keys (raftfl/signing.py)
+    sign_key: Path | None = None  # --sign-key: the operator key that signs run 1 (with -r)
     timings: Timings = field(init=False)
 
     def __post_init__(self) -> None:

@@ -34,6 +34,7 @@ from raftfl.core.events import (
     CheckpointSaved,
     Event,
     FitResults,
+    GridExchange,
     RoundCommitted,
     RoundStarted,
     RunCompleted,
@@ -63,12 +64,12 @@ def resume_point(models: Models, store: Store, keys: RunKeys, events: EventLog, 
     from raftfl.flower.codec import CodecError, arrays_from_bytes
     from raftfl.flower.grid import Resume
 
-    points = [(rnd, state.committed[rnd].model_sha256) for rnd in sorted(state.committed,
-                                                                          reverse=True)]
+    points = [(rnd, c.model_sha256, c.state_sha256) for rnd, c in sorted(state.committed.items(),
+                                                                         reverse=True)]
     if state.initial_model:
-        points.append((0, state.initial_model))
+        points.append((0, state.initial_model, state.initial_state))
     bad: tuple[str, int, str] | None = None
-    for rnd, sha in points:
+    for rnd, sha, state_sha in points:
         try:
             arrays = arrays_from_bytes(models.load(store, keys, sha))
         except (checkpoint.CorruptCheckpoint, CodecError) as exc:
@@ -79,10 +80,23 @@ def resume_point(models: Models, store: Store, keys: RunKeys, events: EventLog, 
             events.append(CheckpointFallback(
                 node=node, term=fence.create_revision, bad_sha256=bad[0], round=bad[1],
                 fallback_round=rnd, fallback_sha256=sha, reason=bad[2][:200]), fence=fence)
-        return Resume(rnd + 1, arrays)
+        return Resume(rnd + 1, arrays, _app_state(models, store, keys, rnd, state_sha))
     if bad:
         raise RaftflError(f"no usable checkpoint: {bad[2]}")
     return None
+
+
+def _app_state(models: Models, store: Store, keys: RunKeys, rnd: int, sha: str) -> bytes:
+    """The ServerApp's durable state committed with round `rnd` (b"": none, or unusable: the
+    app then starts that part afresh, said once here)."""
+    if not sha:
+        return b""
+    try:
+        return models.load(store, keys, sha)
+    except checkpoint.CorruptCheckpoint as exc:
+        log.warning("round %d: the ServerApp's recorded state is unusable, it starts afresh: "
+                    "%s", rnd, exc)
+        return b""
 
 
 class AppRecorder:
@@ -204,7 +218,7 @@ class AppRecorder:
             out[who] = str(error.get("reason") or "")[:MAX_REASON]
         return out
 
-    def commit(self, server_round: int, arrays: Any, report: Any) -> bool:
+    def commit(self, server_round: int, arrays: Any, report: Any, state: bytes = b"") -> bool:
         from raftfl.flower.codec import arrays_to_bytes
 
         if self.deposed:
@@ -213,6 +227,8 @@ class AppRecorder:
         try:
             manifest = self.models.save(self.store, self.keys, arrays_to_bytes(arrays),
                                         server_round, self.fence)
+            state_sha = self.models.save(self.store, self.keys, state, server_round,
+                                         self.fence).sha256 if state else ""
         except FencedOut:
             self.deposed = True
             return False
@@ -223,7 +239,7 @@ class AppRecorder:
         if server_round == 0:
             self.rounds = int(getattr(report, "num_rounds", 0) or 0)
             ok = self._append(RunStarted(node=self.node, term=self.term, rounds=self.rounds,
-                                         initial_model=manifest.sha256))
+                                         initial_model=manifest.sha256, state_sha256=state_sha))
         else:
             metrics = _round_metrics(report)
             loss, acc = _headline(metrics)
@@ -234,28 +250,49 @@ class AppRecorder:
                       node=self.node, term=self.term, round=server_round,
                       model_sha256=manifest.sha256, base_model=self.base or "", loss=loss,
                       accuracy=acc, results=report.train.results if report.train else 0,
-                      metrics=metrics)))
+                      metrics=metrics, state_sha256=state_sha)))
         if ok:
             self.base, self.last_round = manifest.sha256, server_round
-            self._keep_recent(manifest.sha256)
+            self._keep_recent({manifest.sha256, state_sha} - {""})
             try:
                 self.retention.after_round(server_round)
             except Exception:  # noqa: BLE001 - housekeeping, never fatal
                 log.exception("retention after round %d failed", server_round)
         return ok
 
-    def complete(self) -> bool:
-        """Record the end of the run: after this, nobody campaigns again."""
-        assert self.base is not None
-        return self._append(RunCompleted(node=self.node, term=self.term, rounds=self.last_round,
-                                         model_sha256=self.base))
+    def exchange(self, call: int, kind: str, request: str, answer: bytes, replies: int) -> bool:
+        """Record grid call `call` of a ServerApp with its own loop (flower/journal.py): the
+        answer stored as a model, its hash in a fenced `grid_exchange`."""
+        if self.deposed:
+            return False
+        try:
+            sha = self.models.save(self.store, self.keys, answer, call, self.fence).sha256
+        except FencedOut:
+            self.deposed = True
+            return False
+        except RaftflError as exc:
+            log.warning("grid call %d not recorded: %s", call, exc)
+            self.failure, self.deposed = exc, True
+            return False
+        return self._append(GridExchange(node=self.node, term=self.term, call=call, kind=kind,
+                                         request=request, answer=sha, replies=replies))
 
-    def _keep_recent(self, newest: str) -> None:
+    def complete(self) -> bool:
+        """Record the end of the run: after this, nobody campaigns again. A ServerApp that
+        committed no model (its own loop) completes with none."""
+        return self._append(RunCompleted(node=self.node, term=self.term, rounds=self.last_round,
+                                         model_sha256=self.base or ""))
+
+    def _keep_recent(self, newest: set[str]) -> None:
+        """Prune the run's checkpoints to the last `KEEP_CHECKPOINTS` rounds' models and
+        states (and the initial ones until round 1 commits)."""
         state, _ = self.events.current()
-        keep = {c.model_sha256 for r, c in state.committed.items()
-                if r > state.last_committed_round - KEEP_CHECKPOINTS} | {newest}
+        keep = {sha for r, c in state.committed.items()
+                if r > state.last_committed_round - KEEP_CHECKPOINTS
+                for sha in (c.model_sha256, c.state_sha256) if sha} | newest \
+            | {ex.answer for ex in state.exchanges.values()}  # replayed by any successor
         if state.initial_model and not state.committed:
-            keep.add(state.initial_model)
+            keep |= {state.initial_model, state.initial_state} - {""}
         try:
             checkpoint.prune(self.store, self.keys, keep, self.fence)
         except Exception:  # noqa: BLE001 - pruning is housekeeping, never fatal

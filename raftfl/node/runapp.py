@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from raftfl.core.certs import OPERATOR_PREFIX, ROOT_CN
 from raftfl.core.errors import RaftflError
 
 # raftfl's own task flags, as run-config keys of apps shaped like the quick-start app.
@@ -51,3 +52,11 @@ def run_config(app: Any, flags: dict[str, Any], overrides: str | None) -> dict[s
 def node_id(name: str) -> int:
     """A stable Flower node id for a node name, in [2, 2^63 - 1] (0 and 1 are Flower's)."""
     return 2 + int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % (2**63 - 3)
+
+
+def fleet_identity(common_name: str) -> int | None:
+    """The Flower node id a certificate may hold a fleet session as: its own node's (a node
+    certificate's CN is the node's name); none for an operator's or the admin's."""
+    if common_name == ROOT_CN or common_name.startswith(OPERATOR_PREFIX):
+        return None
+    return node_id(common_name)

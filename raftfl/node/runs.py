@@ -8,7 +8,11 @@ that (re)starts folds each run's log once, from the run's snapshot and the event
 finished run costs its snapshot, and the active run its snapshot and at most about 1,000
 events, however long their logs.
 
-Each run's app comes from etcd, not from this node's command line: its package is unpacked
+Each run's app comes from etcd, not from this node's command line. A node started with
+trusted keys (--trusted-entities, raftfl/signing.py) first verifies the run's signature over
+its spec and package, and refuses (the run's app "cannot be used", with the reason) a run
+that is unsigned, signed by another key, or changed since: nothing of it is unpacked. A node
+without trusted keys runs unsigned apps, and says so once as it starts. The package is unpacked
 into `<data-dir>/apps/<id>/` and imported in the background as soon as the run is active (so
 torch is not imported when the first instruction arrives). One run's app is loaded at a
 time: loading the next one unloads the previous one's modules, so two runs of apps with the
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raftfl import signing
 from raftfl.core.keys import Keys
 from raftfl.core.replay import FLState
 from raftfl.core.specs import RunSpec
@@ -36,6 +42,8 @@ from raftfl.etcd.store import Store
 from raftfl.files import make_private_dir, write_atomic
 from raftfl.node.models import Models
 from raftfl.node.package import unpack
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,11 +68,16 @@ class RunApp:
 
 
 class Runs:
-    def __init__(self, store: Store, keys: Keys, data_dir: Path, models: Models):
+    def __init__(self, store: Store, keys: Keys, data_dir: Path, models: Models,
+                 trust: signing.Trust | None = None):
         self.store = store
         self.keys = keys
         self.data_dir = data_dir
         self.models = models  # where the runs' checkpoints are (node/models.py)
+        # The keys runs must be signed by; by default the process's (--trusted-entities).
+        self.trust = signing.trust() if trust is None else trust
+        if not self.trust:
+            log.warning(signing.UNSIGNED_WARNING)
         self._logs: dict[int, EventLog] = {}
         self._latest = 0  # the newest run id seen
         self._floor = 1  # every run below it is finished
@@ -120,6 +133,7 @@ class Runs:
         try:
             spec = stored.spec(self.store, self.keys, run_id)
             blob = stored.package(self.store, self.keys, run_id, spec.app_sha256)
+            signing.verify_run(spec, blob, self.trust, self.keys.cluster)  # before unpacking
             root = unpack(blob, self.data_dir / "apps" / str(run_id))
             flower_app = load_app(root)
             if flower_app.name != spec.app:
@@ -134,14 +148,21 @@ class Runs:
     # -- final models -----------------------------------------------------------------------
     def save_final_model(self, run_id: int, state: FLState, out: Path, node: str) -> str:
         """Fetch and verify run `run_id`'s final model; write `final_model.npz`, its
-        `.sha256` and `result.json` to `out`. Returns the model's path."""
+        `.sha256` and `result.json` to `out`. Returns the model's path ("" for a run whose
+        ServerApp committed no model: then only `result.json`)."""
         from raftfl.flower.codec import arrays_from_bytes, model_npz
 
         assert state.completed is not None
         sha = state.completed.model_sha256
+        make_private_dir(out)
+        if not sha:
+            write_atomic(out / "result.json", json.dumps({
+                "node": node, "run": run_id, "final_model_sha256": "", "final_model_file": "",
+                "rounds": state.rounds, "committed": state.commit_order,
+                "grid_calls": len(state.exchanges)}))
+            return ""
         blob = self.models.load(self.store, self.keys.run(run_id), sha)
         npz = model_npz(arrays_from_bytes(blob))
-        make_private_dir(out)
         path = out / "final_model.npz"
         write_atomic(path, npz)
         file_sha = hashlib.sha256(npz).hexdigest()

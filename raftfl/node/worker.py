@@ -114,15 +114,27 @@ class WorkerRole:
         if run_id < max(current or 1, self.active_run() or 1):
             run_id = current or self.active_run() or 1
         if run_id not in self._hosts:
-            self._hosts = {run_id: self._client_host(run_id)}  # one run at a time
+            self.close()  # one run at a time: the previous run's ClientApp process ends
+            self._hosts = {run_id: self._client_host(run_id)}
         reply = self._hosts[run_id].handle(msg_id, payload)
         return self.shell.hooks.tamper(reply, stamp.round)
 
+    def close(self) -> None:
+        """End this node's ClientApp process, if it runs one (--isolation process): the run
+        changed, or the node stops. In-thread ClientApps have nothing to end."""
+        from raftfl.flower.isolation import ProcessClientApp
+
+        for host in self._hosts.values():
+            if isinstance(host.client_app, ProcessClientApp):
+                host.client_app.close()
+
     def _client_host(self, run_id: int) -> ClientAppHost:
         """This node's ClientApp for run `run_id`; one that cannot be loaded answers every
-        instruction with the reason, as a ClientApp that raised."""
+        instruction with the reason, as a ClientApp that raised. With --isolation process
+        the app loaded here only proves it loads: a child process of its own runs it."""
         from raftfl.flower.app import node_config
         from raftfl.flower.host import ClientAppHost
+        from raftfl.flower.isolation import ProcessClientApp
 
         opts = self.shell.opts
         run_app = self.runs.app(run_id)
@@ -130,6 +142,11 @@ class WorkerRole:
             _, client_app = run_app.apps.result()
         except Exception as exc:  # noqa: BLE001 - reported in each reply
             client_app = _Unusable(exc)
+        else:
+            if opts.isolation == "process":
+                client_app = ProcessClientApp(run_app.flower_app.root,
+                                              memory_mb=opts.isolation_memory_mb,
+                                              stop=self.shell.stop, say=self.say)
         return ClientAppHost(
             client_app, run_id=run_id, node_id=runapp.node_id(opts.name),
             node_config=node_config(opts.node_config, self.config.shard_index(opts.name),

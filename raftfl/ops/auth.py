@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from raftfl.core.certs import OPERATOR_PREFIX, ROOT_CN
+from raftfl.tls import peer_common_name
 
 WRITE_METHODS = frozenset({"POST"})
 
@@ -45,19 +46,10 @@ class Caller:
         return f"{self.name or 'api'}@{self.ip}"[:255]
 
 
-def common_name(peer_cert: dict[str, Any] | None) -> str:
-    """The subject CN of a certificate as `SSLSocket.getpeercert()` returns it ("" if none)."""
-    for rdn in (peer_cert or {}).get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return ""
-
-
 def caller(secured: bool, peer_cert: dict[str, Any] | None, ip: str) -> Caller:
     if not secured:
         return Caller(Role.PLAIN, "", ip)
-    name = common_name(peer_cert)
+    name = peer_common_name(peer_cert)
     if not peer_cert:
         return Caller(Role.NONE, "", ip)
     if name == ROOT_CN:

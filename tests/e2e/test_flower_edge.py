@@ -32,6 +32,7 @@ from raftfl.flower.grid import MOD_FAILED_PRECONDITION, NODE_UNAVAILABLE, RaftGr
 from raftfl.flower.hooks import RoundReport, TrainReport
 from raftfl.flower.host import ClientAppHost, ServerAppHost
 from raftfl.flower.start import NoTrainResults
+from raftfl.lab.localcluster import port_slice
 
 HOST = "127.0.0.1"
 RUN_ID = 42
@@ -45,7 +46,7 @@ def start_fleet(**kwargs: Any) -> FleetServer:
     """A fleet server on a random free port below 32768."""
     for _ in range(50):
         try:
-            return FleetServer(HOST, random.randrange(20000, 32000), **kwargs).start()
+            return FleetServer(HOST, random.randrange(*port_slice(20000, 32000)), **kwargs).start()
         except OSError:
             continue
     raise RuntimeError("no free port for the fleet server")

@@ -8,7 +8,9 @@ session. A node's certificate reads and writes /raftfl/<cluster>/ only; an opera
 
 from __future__ import annotations
 
+import http.client
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -192,3 +194,26 @@ def test_cli_reads_with_an_operator_bundle_only(secured: Secured) -> None:
     plain = subprocess.run(base, capture_output=True, text=True, timeout=60)
     assert plain.returncode == 1
     assert len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+
+
+@pytest.mark.parametrize("who,admitted", [("member", True), ("node", True), ("ops", False),
+                                          ("root", False)])
+def test_the_peer_port_admits_node_bundles_only(secured: Secured, who: str,
+                                                admitted: bool) -> None:
+    """etcd's peer port takes only the peer certificate a node's bundle carries: an operator's
+    or the admin's certificate of the same CA cannot speak Raft to the members."""
+    bundle = secured.bundles[who]
+    cert, key, _ = bundle.peer or (bundle.cert, bundle.key, bundle.ca)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # we test the server's check
+    ctx.load_cert_chain(str(cert), str(key))
+    spec = secured.cluster.members[0].spec
+    conn = http.client.HTTPSConnection(spec.ip, spec.peer_port, context=ctx, timeout=5)
+    try:
+        conn.request("GET", "/version")
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        status = None
+    finally:
+        conn.close()
+    assert (status == 200) == admitted, (who, status)

@@ -41,10 +41,10 @@ OPEN = state(ELECTED)
 # -- keys -----------------------------------------------------------------------------------
 def test_run_keys_live_under_runs_and_keep_the_cluster_keys() -> None:
     rk = Keys("c").run(12)
-    assert rk.spec == "/raftfl/c/runs/12/spec"
+    assert rk.spec == "/raftfl/c/submissions/12/spec"
     assert rk.event(3) == "/raftfl/c/runs/12/events/000000000003"
     assert rk.checkpoint_meta(SHA) == f"/raftfl/c/runs/12/checkpoints/{SHA}/meta"
-    assert rk.app.checkpoint_chunk(SHA, 0) == f"/raftfl/c/runs/12/app/{SHA}/000000"
+    assert rk.app.checkpoint_chunk(SHA, 0) == f"/raftfl/c/submissions/12/app/{SHA}/000000"
     assert rk.aggregator == Keys("c").aggregator and rk.config == "/raftfl/c/config"
     assert not Keys("c").run(1).events.startswith(Keys("c").run(12).run_root)  # no prefix clash
     assert not hasattr(Keys("c"), "events")  # a run's log is always a run's

@@ -5,6 +5,7 @@ reply from that worker."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -146,7 +147,19 @@ def garbage_in_place_of_b() -> Message:
     return msg
 
 
+def huge_header_in_place_of_b() -> Message:
+    """A few bytes whose .npy header claims 4 TB: refused before numpy allocates anything."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (10**12,)})
+    msg = reply()
+    msg.content["arrays"]["b"] = Array(dtype="float32", shape=(3,), stype="numpy.ndarray",
+                                       data=header.getvalue() + b"\0" * 12)
+    return msg
+
+
 CASES: list[tuple[str, Callable[[], Message], dict[str, Any], str | None]] = [
+    ("a header claiming 4 TB", huge_header_in_place_of_b, {}, "header does not describe its data"),
     ("honest", lambda: reply(), {}, None),
     ("honest, examples as declared", lambda: reply(examples=100), {"declared": 100}, None),
     ("honest, float examples", lambda: reply(examples=99.0), {"declared": 100}, None),
@@ -174,7 +187,7 @@ CASES: list[tuple[str, Callable[[], Message], dict[str, Any], str | None]] = [
      "has dtype complex64"),
     ("header lies about the data", bad_header, {}, "its header does not match its data"),
     ("an .npz archive as an array", npz_in_place_of_b, {}, "array arrays.b is not one numpy"),
-    ("garbage bytes as an array", garbage_in_place_of_b, {}, "unreadable update: "),
+    ("garbage bytes as an array", garbage_in_place_of_b, {}, "array arrays.b is not one numpy"),
     ("other array record name", lambda: reply(name="weights"), {},
      "array records ['weights'], the instruction sent ['arrays']"),
     ("inflated num-examples", lambda: reply(examples=10_000), {"declared": 100},

@@ -113,9 +113,15 @@ def test_member_config_with_and_without_tls(tmp_path: Path) -> None:
     secured = yaml.safe_load(MemberSpec(**common, identity=identity).render())
     assert secured["listen-client-urls"] == "https://127.0.0.1:5100"
     assert secured["initial-cluster"] == "n:1=https://127.0.0.1:5000"
-    for side in ("client-transport-security", "peer-transport-security"):
+    assert identity.peer is not None  # a node's bundle: the peer port has a CA of its own
+    for side, (cert, _, ca) in (("client-transport-security", (identity.cert, None, identity.ca)),
+                                ("peer-transport-security", identity.peer)):
         assert secured[side]["client-cert-auth"] is True
-        assert secured[side]["trusted-ca-file"] == str(identity.ca)
+        assert secured[side]["trusted-ca-file"] == str(ca)
+        assert secured[side]["cert-file"] == str(cert)
+    assert identity.peer[2].read_bytes() != identity.ca.read_bytes()
+    operator = tls.load(tls.issue_bundle(tmp_path, "o", "operator-o", []))
+    assert operator.peer is None  # no certificate the peer port would take
 
 
 def test_node_refuses_a_public_address_without_certs(tmp_path: Path) -> None:

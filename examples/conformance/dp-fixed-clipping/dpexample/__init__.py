@@ -1,0 +1,2 @@
+"""dpexample: Flower's quickstart-pytorch with central DP (client-side fixed clipping)
+and a privacy accountant."""

@@ -1,0 +1,1 @@
+"""fedadamexample: Flower's quickstart-pytorch with FedAdam, offline and deterministic."""
