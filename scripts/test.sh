@@ -9,4 +9,7 @@ if [ "${1:-}" = "--all" ]; then tier=(); shift; fi
 scripts/setup.sh
 .venv/bin/ruff check raftfl tests
 .venv/bin/lint-imports
-exec .venv/bin/python -m pytest -q --durations=25 "${tier[@]}" "$@"
+# Two test files at a time (pytest-xdist): most of a test's time is waiting on leases, etcd
+# and sockets, not the CPU; each worker probes ports in its own range (localcluster.port_slice).
+exec .venv/bin/python -m pytest -q --durations=25 -n "${RAFTFL_TEST_WORKERS:-2}" --dist loadfile \
+  "${tier[@]}" "$@"

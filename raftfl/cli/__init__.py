@@ -88,9 +88,28 @@ def main(fault_hooks: FaultHooks = NO_FAULTS) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with -v
-        logging.getLogger("raftfl").debug("traceback", exc_info=True)
-        if logging.getLogger().isEnabledFor(logging.INFO):
-            logging.getLogger("raftfl").exception("unexpected error")
-        click.echo(f"raftfl: internal error: {type(exc).__name__}: {exc} (-v for details)", err=True)
-        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - a bug (one line, the traceback with -v), or
+        if _permission_denied(exc):  # etcd's answer to a certificate without the right role
+            click.echo("raftfl: error: etcd refused: permission denied (this certificate's user "
+                       "has no role for it; see raftfl certs rbac)", err=True)
+            sys.exit(1)
+        _internal(exc)
+
+
+def _permission_denied(exc: BaseException) -> bool:
+    if "grpc" not in sys.modules:  # imported only by the commands that talk to etcd
+        return False
+    import grpc
+
+    return isinstance(exc, grpc.RpcError) and \
+        exc.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+
+
+def _internal(exc: BaseException) -> None:
+    """A bug: one line, the traceback with -v."""
+    logging.getLogger("raftfl").debug("traceback", exc_info=exc)
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("raftfl").error("unexpected error", exc_info=exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    click.echo(f"raftfl: internal error: {type(exc).__name__}: {first} (-v for details)", err=True)
+    sys.exit(1)

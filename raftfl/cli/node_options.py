@@ -118,7 +118,15 @@ _OPTIONS = [
                       "num-partitions from its place in the federation]."),
     click.option("--max-examples", type=click.IntRange(0), default=0,
                  help="The most training examples this node has; the aggregator refuses "
-                      "an update claiming more [default: 0, none declared]."),
+                      "an update claiming more. It only tightens --examples-cap for this "
+                      "node [default: 0, none declared]."),
+    click.option("--examples-cap", type=click.IntRange(1, 10**12), default=None,
+                 help="The most num-examples any reply may claim, stored in the cluster "
+                      "config by the node that creates it (with -r) [default: 10000000]."),
+    click.option("--outlier-factor", type=click.FloatRange(0, 1e6), default=None,
+                 help="Refuse a train update whose norm is above this many times the "
+                      "median of its round's updates (3 or more), stored in the cluster "
+                      "config by the node that creates it (with -r); 0: off [default: 10]."),
     click.option("--max-update-norm", type=click.FloatRange(0, min_open=True), default=None,
                  help="As aggregator, refuse an update whose L2 norm (reply minus global "
                       "model) is above this [default: no bound]."),
@@ -217,6 +225,16 @@ def _weights(text: str) -> dict[str, float]:
     return out
 
 
+def _screen_bounds(cap: int | None, factor: float | None) -> dict[str, Any]:
+    """The update screen's bounds for the cluster config: only those given (a factor in
+    (0, 1] would refuse honest updates: a usage error)."""
+    if factor is not None and 0 < factor <= 1:
+        raise click.BadParameter(f"{factor:g} would refuse the median update itself: give "
+                                 "0 (off) or more than 1", param_hint="--outlier-factor")
+    bounds: dict[str, Any] = {"max_examples": cap, "outlier_factor": factor}
+    return {k: v for k, v in bounds.items() if v is not None}
+
+
 def build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: tuple[str, ...],
                   **kw: Any) -> NodeOptions:
     """The node's options, checked (a bad value is a usage error), in one piece."""
@@ -236,7 +254,8 @@ def build_options(join: bool, address: str, nodes: tuple[str, ...], more_nodes: 
         run = ClusterConfig(rounds=kw["rounds"], nodes=sorted({me.name, *(p.name for p in peers)}),
                         dataset=kw["dataset"], partition=kw["partition"], alpha=kw["alpha"],
                         n_train=kw["train_size"], n_test=kw["test_size"], epochs=kw["epochs"],
-                        seed=kw["seed"], weights=_weights(kw["weights"]))
+                        seed=kw["seed"], weights=_weights(kw["weights"]),
+                        **_screen_bounds(kw["examples_cap"], kw["outlier_factor"]))
     check_bind(resolve(me.host), tls.current() is not None, kw["insecure"])
     if kw["sign_key"] is not None and run is None:
         raise click.BadParameter("signs run 1, which only the node with -r submits",

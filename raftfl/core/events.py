@@ -181,12 +181,15 @@ class GridExchange(Event):
     request: str
     answer: str
     replies: int
+    start_state: str = ""  # call 1: the process RNGs as the ServerApp started, stored as a model
 
     def check(self) -> None:
         super().check()
         require(self.call >= 1, f"call {self.call} is not positive")
-        require(self.kind in ("send_and_receive", "push", "pull"), f"kind {self.kind[:40]!r}")
-        require(_is_sha256(self.request) and _is_sha256(self.answer), "not sha256 hashes")
+        require(self.kind in ("send_and_receive", "push", "pull", "nodes"),
+                f"kind {self.kind[:40]!r}")
+        require(_is_sha256(self.request) and _is_sha256(self.answer)
+                and (not self.start_state or _is_sha256(self.start_state)), "not sha256 hashes")
         require(self.replies >= 0, f"replies {self.replies} is negative")
 
 

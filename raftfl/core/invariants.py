@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raftfl.core.events import RoundStarted
+from raftfl.core.events import GridExchange, RoundStarted
 from raftfl.core.replay import FLState, Logged
 
 
@@ -88,7 +88,8 @@ def failovers(log: list[Logged], kills: dict[str, float] | None = None,
     out: list[Failover] = []
     elections = [item.event for item in log if item.event.type == "aggregator_elected"]
     for i, el in enumerate(elections[1:]):
-        resumed = next((item.event.ts for item in log if isinstance(item.event, RoundStarted)
+        resumed = next((item.event.ts for item in log  # a round, or an own loop's grid call
+                        if isinstance(item.event, RoundStarted | GridExchange)
                         and item.event.term == el.term), None)
         failed = getattr(el, "previous", None) or elections[i].node
         expired = vacancies[i] if vacancies and i < len(vacancies) else getattr(el, "vacant_since", None)

@@ -30,6 +30,10 @@ MAX_ROUNDS = 100_000
 MAX_NODES = 1000
 MAX_TRAIN = 100_000  # images per node's dataset copy: ~1.2 GB of float32 at the upper bound
 MAX_TEST = 20_000
+DEFAULT_MAX_EXAMPLES = 10**7  # num-examples a reply may claim: more than any one silo's data
+MAX_EXAMPLES_CAP = 10**12  # the cap itself: weights stay exact integers in a float64
+DEFAULT_OUTLIER_FACTOR = 10.0  # an update this many times the round's median norm is refused
+MAX_OUTLIER_FACTOR = 1e6
 WEIGHT_NAMES = tuple(f.name for f in fields(Weights))
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -51,6 +55,11 @@ class ClusterConfig(Record):
     batch_size: int | None = None
     seed: int | None = None
     weights: dict[str, float] = field(default_factory=dict)  # ranking weights (ranking.Weights)
+    # The update screen's bounds (raftfl/flower/screen.py), fixed by the creator so that no
+    # node can raise them for itself: a reply's num-examples at most `max_examples`; a train
+    # update whose norm is above `outlier_factor` x the round's median is refused (0: off).
+    max_examples: int = DEFAULT_MAX_EXAMPLES
+    outlier_factor: float = DEFAULT_OUTLIER_FACTOR
     created: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -85,6 +94,11 @@ class ClusterConfig(Record):
         require(self.batch_size is None or 1 <= self.batch_size <= 65536,
                 f"batch_size {self.batch_size} not in 1..65536")
         require(self.seed is None or 0 <= self.seed < 2**32, f"seed {self.seed} not in 0..2^32-1")
+        require(1 <= self.max_examples <= MAX_EXAMPLES_CAP,
+                f"max_examples {self.max_examples} not in 1..{MAX_EXAMPLES_CAP}")
+        f = self.outlier_factor
+        require(f == 0 or (math.isfinite(f) and 1 < f <= MAX_OUTLIER_FACTOR),
+                f"outlier_factor {f} neither 0 (off) nor in (1, {MAX_OUTLIER_FACTOR:g}]")
         for name, value in self.weights.items():
             require(name in WEIGHT_NAMES, f"unknown ranking weight {name!r} "
                                           f"(known: {', '.join(WEIGHT_NAMES)})")

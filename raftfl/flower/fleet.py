@@ -467,9 +467,12 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self._route()
             except _HttpError as exc:
-                log.info("fleet %s: %s %s from %s refused: HTTP %d %s", self.server.fleet.address,
-                         self.command, urlsplit(self.path).path[:40], self.client_address[0],
-                         exc.status, exc)
+                # Said where an operator sees it: a peer refused for who it is (403) or for
+                # its size (413); a late worker's expired session (410) is routine.
+                (log.warning if exc.status in (403, 413) else log.info)(
+                    "fleet %s: %s %s from %s refused: HTTP %d %s", self.server.fleet.address,
+                    self.command, urlsplit(self.path).path[:40], self.client_address[0],
+                    exc.status, exc)
                 self._send(exc.status, str(exc).encode())
         except OSError:
             pass  # the peer went away, or stop() cut the connection

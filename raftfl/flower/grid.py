@@ -13,10 +13,13 @@ Flower's SuperLink. What it adds is invisible to them:
 Replies that cannot come (the worker disconnected, went silent, or was never connected) are
 returned as error replies with Flower's `NODE_UNAVAILABLE` code, as Flower's SuperLink does;
 replies still missing at the timeout are simply absent, as in Flower's own grids. A reply of
-any message kind that fails `screen_reply` (non-finite values, a dtype wider than the one
-sent, a `num-examples` that is not a count in bounds; for a train reply, arrays other than the
-model sent or an update norm over the bound) is returned as an error reply from its worker
-with code `UPDATE_REJECTED`: the strategy counts it as a failure and never aggregates it.
+any message kind that fails `screen_reply` (non-finite values, another dtype than the one
+sent, a `num-examples` that is not a count under the cluster's cap; for a train reply, arrays
+other than the model sent or an update norm over the bound) is returned as an error reply
+from its worker with code `UPDATE_REJECTED`: the strategy counts it as a failure and never
+aggregates it. So is a train update of one `send_and_receive` whose norm is far above the
+median of that call's updates (`screen.outliers`; Flower's round loop makes one call per
+round); replies pulled one by one (`pull_messages`) are screened alone.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flwr.app import ArrayRecord, Error, Message, Metadata, RecordDict
@@ -45,7 +48,7 @@ from raftfl.flower.journal import (
     journal_request,
     message_digest,
 )
-from raftfl.flower.screen import ScreenPolicy, screen_reply
+from raftfl.flower.screen import ScreenPolicy, judge_reply, outliers, spread
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +74,15 @@ class Stamp:
     term: int
     round: int = 0  # global round (0: outside raftfl.start)
     base: str = ""  # sha256 of the arrays the instruction carries ("" outside raftfl.start)
+    call: int = 0  # an own-loop ServerApp's grid call (journal.py; 0: not journaled)
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "term": self.term, "round": self.round, "base": self.base}
+        return {"run_id": self.run_id, "term": self.term, "round": self.round, "base": self.base,
+                "call": self.call}
 
     @classmethod
     def from_json(cls, raw: Any) -> Stamp:
-        fields = {"run_id": int, "term": int, "round": int, "base": str}
+        fields = {"run_id": int, "term": int, "round": int, "base": str, "call": int}
         if not (isinstance(raw, dict) and set(raw) == set(fields)
                 and all(type(raw[k]) is t for k, t in fields.items())):
             raise CodecError(f"malformed raftfl stamp: {str(raw)[:200]}")
@@ -126,6 +131,7 @@ class RaftGrid(Grid):
         self.stamp = Stamp(run_id, term)
         self._run: Any = RunInfo(run_id)
         self._sent: dict[str, _Sent] = {}
+        self._norms: dict[str, float] = {}  # train updates that passed: message id -> norm
         self.journal = journal  # a ServerApp with its own loop: its grid calls, recorded
         self.app_state: RecordDict | None = None  # the ServerApp's context.state (its host
         # sets it), recorded with each commit
@@ -148,6 +154,15 @@ class RaftGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
+        if self.journal is None:
+            return self._node_ids()
+        seen = self.journal.nodes(self._node_ids)
+        if seen is None:
+            raise AggregatorStopped("get_node_ids not recorded: this node no longer serves "
+                                    "the run")
+        return seen
+
+    def _node_ids(self) -> list[int]:
         with _fleet_call():
             return self.fleet.node_ids()
 
@@ -160,11 +175,12 @@ class RaftGrid(Grid):
         if journal is None:
             return self._push(messages)
         request = journal_request("push", [message_digest(m) for m in messages], ordered=True)
+        call = journal.next_call
         ids = journal.answer("push", request, _describe(messages), decode_ids)
         if ids is not None and len(ids) == len(messages):
-            journal.replayed_push(ids, messages)
+            journal.replayed_push(ids, messages, call)
             return ids
-        ids = self._push(messages)
+        ids = self._push(messages, call=journal.next_call)
         self._record(journal, "push", request, encode_ids(ids), 0)
         return ids
 
@@ -179,8 +195,8 @@ class RaftGrid(Grid):
         if replies is not None:
             journal.answered(replies)
             return replies
-        for msg_id, message in journal.take_pending(ids).items():  # pushed in the replay only
-            self._push([message], [msg_id])
+        for msg_id, (message, call) in journal.take_pending(ids).items():  # replayed pushes
+            self._push([message], [msg_id], call)
         replies = self._pull(ids)
         if replies:  # an empty pull is not recorded: replayed, the next answer comes sooner
             self._record(journal, "pull", request, encode_replies(replies), len(replies))
@@ -197,7 +213,7 @@ class RaftGrid(Grid):
                                  decode_replies)
         if replies is not None:
             return replies
-        replies = self._send_and_receive(messages, timeout)
+        replies = self._send_and_receive(messages, timeout, call=journal.next_call)
         self._record(journal, "send_and_receive", request, encode_replies(replies),
                      len(replies))
         return replies
@@ -205,12 +221,14 @@ class RaftGrid(Grid):
     def _record(self, journal: Journal, kind: str, request: str, answer: bytes,
                 replies: int) -> None:
         if not journal.recorded(kind, request, answer, replies):
-            raise AggregatorStopped(f"call {journal.calls} not recorded: this node was deposed")
+            raise AggregatorStopped(f"after call {journal.calls}: this node no longer serves "
+                                    "the run (deposed, or handing it over)")
 
     # ---- the fleet
 
-    def _push(self, messages: list[Message], ids: list[str] | None = None) -> list[str]:
-        stamp = self.stamp.to_json()
+    def _push(self, messages: list[Message], ids: list[str] | None = None,
+              call: int = 0) -> list[str]:
+        stamp = replace(self.stamp, call=call).to_json()
         ids = ids or [uuid.uuid4().hex for _ in messages]
         for message, msg_id in zip(messages, ids, strict=True):
             md = message.metadata
@@ -226,10 +244,14 @@ class RaftGrid(Grid):
     def _pull(self, ids: list[str]) -> list[Message]:
         with _fleet_call():
             ready = self.fleet.collect(ids, 0.0)
-        return [self._reply(msg_id, item) for msg_id, item in ready.items()]
+        replies = [self._reply(msg_id, item) for msg_id, item in ready.items()]
+        for msg_id in ready:  # replies pulled one by one have no round to be judged in
+            self._norms.pop(msg_id, None)
+        return replies
 
-    def _send_and_receive(self, messages: list[Message], timeout: float | None) -> list[Message]:
-        waiting = set(self._push(messages))
+    def _send_and_receive(self, messages: list[Message], timeout: float | None,
+                          call: int = 0) -> list[Message]:
+        waiting = set(self._push(messages, call=call))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while waiting:
@@ -246,7 +268,7 @@ class RaftGrid(Grid):
             self.fleet.forget(waiting)
             for msg_id in waiting:
                 self._sent.pop(msg_id, None)
-        return replies
+        return self._refuse_outliers(replies)
 
     # ---- replies
 
@@ -264,14 +286,33 @@ class RaftGrid(Grid):
             return self._error_reply(msg_id, sent, UNKNOWN,
                                      f"node {sent.dst_node_id}: reply metadata does not match "
                                      f"the instruction ({md})")
-        reason = screen_reply(sent.arrays, reply, self.screen.declared(sent.dst_node_id),
-                              self.screen.max_norm, sent.message_type)
-        if reason:
-            log.warning("grid: round %d: %s reply from node %d rejected: %s", self.stamp.round,
-                        sent.message_type, sent.dst_node_id, reason)
-            return Message(metadata=md, error=Error(code=UPDATE_REJECTED,
-                                                    reason=f"update rejected: {reason}"))
+        policy = self.screen
+        verdict = judge_reply(sent.arrays, reply, policy.declared(sent.dst_node_id),
+                              policy.max_norm, sent.message_type, policy.max_examples)
+        if verdict.reason:
+            return self._reject(reply, verdict.reason)
+        if verdict.norm is not None:
+            self._norms[msg_id] = verdict.norm
         return reply
+
+    def _reject(self, reply: Message, reason: str) -> Message:
+        md = reply.metadata
+        log.warning("grid: round %d: %s reply from node %d rejected: %s", self.stamp.round,
+                    md.message_type, md.src_node_id, reason)
+        return rejected(reply, reason)
+
+    def _refuse_outliers(self, replies: list[Message]) -> list[Message]:
+        """The train updates of one call whose norm is far above the call's median
+        (screen.outliers), refused like any other hostile reply."""
+        ids = [msg.metadata.reply_to_message_id for msg in replies]
+        norms = {i: self._norms.pop(i) for i in ids if i in self._norms}
+        if norms:
+            median, ratio = spread(norms.values())
+            log.info("grid: round %d: %d updates, norm median %.4g, largest %.3g x the median",
+                     self.stamp.round, len(norms), median, ratio)
+        refused = outliers(norms, self.screen.outlier_factor)
+        return [self._reject(msg, refused[i]) if i in refused else msg
+                for i, msg in zip(ids, replies, strict=True)]
 
     def _error_reply(self, msg_id: str, sent: _Sent, code: int, reason: str) -> Message:
         """An error reply in the form Flower's SuperLink gives one it makes itself."""
@@ -281,6 +322,13 @@ class RaftGrid(Grid):
                             reply_to_message_id=msg_id, group_id=sent.group_id, created_at=now,
                             ttl=max(sent.deadline - now, 0.0), message_type=sent.message_type)
         return Message(metadata=metadata, error=Error(code=code, reason=reason))
+
+
+def rejected(reply: Message, reason: str) -> Message:
+    """`reply` refused: an error reply from its worker, which a strategy counts as a
+    failure and never aggregates."""
+    return Message(metadata=reply.metadata, error=Error(code=UPDATE_REJECTED,
+                                                        reason=f"update rejected: {reason}"))
 
 
 def _describe(messages: list[Message]) -> str:

@@ -72,13 +72,16 @@ class ServerAppHost:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        resume = self.grid.resume
-        if resume is not None and resume.state:  # before the app reads its context.state
+        resume, journal = self.grid.resume, self.grid.journal
+        for blob in (resume.state if resume is not None else b"",  # before the app reads them
+                     journal.start(lambda: durable.capture(None, None).blob) if journal else b""):
+            if not blob:
+                continue
             try:
-                durable.restore(resume.state, None, self.context.state)
+                durable.restore(blob, None, self.context.state)
             except durable.DurableStateError as exc:
-                log.warning("ServerApp of run %d: context.state not restored: %s",
-                            self.grid.run_id, exc)
+                log.warning("ServerApp of run %d: state not restored: %s", self.grid.run_id,
+                            exc)
         try:
             self.server_app(self.grid, self.context)
             self.state = "completed"
@@ -125,7 +128,7 @@ class ClientAppHost:
                      stamp.round, stamp.term, reason)
             return Message(Error(MOD_FAILED_PRECONDITION, f"raftfl refused: {reason}"),
                            reply_to=message)
-        key = _train_key(message, stamp)
+        key = _reuse_key(message, stamp)
         if key is not None and self._last_train is not None and self._last_train[0] == key:
             log.info("node %d: round %d from term %d asks what this node just trained: "
                      "reusing that reply", self.context.node_id, stamp.round, stamp.term)
@@ -153,21 +156,25 @@ class ClientAppHost:
         return Message(metadata=metadata, error=Error(UNKNOWN, reason))
 
 
-def _train_key(message: Message, stamp: Stamp) -> str | None:
-    """What a train instruction asks, apart from who asks: its global round, base model and
-    content (arrays and config).
+def _reuse_key(message: Message, stamp: Stamp) -> str | None:
+    """What an instruction asks, apart from who asks: a train instruction's global round, base
+    model and content (arrays and config), or an own-loop ServerApp's call and content.
 
     Why: a worker cannot interrupt a ClientApp call, so when the aggregator dies mid-round
     each worker first finishes training for the dead term. The successor resumes that very
     round from the same committed model with the same content; answering it with the reply
     just computed saves a second full round of local training (at human-paced rounds, most
-    of the recovery time). Only rounds driven by `raftfl.start` (a base model) qualify.
+    of the recovery time). Only rounds driven by `raftfl.start` (a base model) qualify, and
+    the calls of an own-loop ServerApp, which its successor replays and then re-sends the
+    call in flight: a stateful protocol (SecAgg+ keeps its stage in `context.state`) must be
+    answered as before, not run a second time.
     """
-    if not stamp.base or message.metadata.message_type != "train" or message.has_error():
+    kind = message.metadata.message_type
+    if message.has_error() or not (stamp.call or (stamp.base and kind == "train")):
         return None
     bare = Message(metadata=Metadata(run_id=stamp.run_id, message_id="", src_node_id=0,
                                      dst_node_id=0, reply_to_message_id="", group_id="",
-                                     created_at=0.0, ttl=0.0, message_type="train"),
+                                     created_at=0.0, ttl=0.0, message_type=kind),
                    content=message.content)
     digest = hashlib.sha256(encode_message(bare)).hexdigest()
-    return f"{stamp.run_id}:{stamp.round}:{stamp.base}:{digest}"
+    return f"{stamp.run_id}:{stamp.round}:{stamp.base}:{stamp.call}:{digest}"

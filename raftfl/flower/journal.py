@@ -39,7 +39,7 @@ from raftfl.flower.codec import CodecError, decode_message, encode_message
 
 log = logging.getLogger(__name__)
 
-KINDS = ("send_and_receive", "push", "pull")
+KINDS = ("send_and_receive", "push", "pull", "nodes")
 _MAGIC = b"RAFTJRN1"
 _LEN = struct.Struct(">Q")
 MAX_ITEMS = 100_000
@@ -59,6 +59,7 @@ class Exchange:
     request: str  # sha256 of what the app asked
     answer: str  # sha256 of the stored answer blob
     term: int  # the term that recorded it
+    start_state: str = ""  # call 1 only: the process RNGs as the ServerApp started (durable.py)
 
 
 def message_digest(message: Message) -> str:
@@ -111,8 +112,9 @@ def valid_prefix(recorded: dict[int, Exchange]) -> list[Exchange]:
     return out
 
 
-# (call, kind, request sha, answer blob, replies in it) -> recorded (False: deposed)
-Record = Callable[[int, str, str, bytes, int], bool]
+# (call, kind, request sha, answer blob, replies in it, start state blob or b"") -> recorded
+# (False: deposed)
+Record = Callable[[int, str, str, bytes, int, bytes], bool]
 Load = Callable[[str], bytes]  # answer sha -> blob
 
 
@@ -125,8 +127,49 @@ class Journal:
         self._record = record
         self.calls = 0  # calls made so far by this ServerApp run
         self.replayed = 0
-        self._pending: dict[str, Message] = {}  # pushed while replaying, not yet answered
+        self._pending: dict[str, tuple[Message, int]] = {}  # pushed while replaying (and the
+        # call that pushed them), not yet answered
+        self._nodes: list[int] | None = None  # the node ids the app saw last
+        self._start_state = b""  # recorded with call 1
 
+    def start(self, capture: Callable[[], bytes]) -> bytes:
+        """As the ServerApp starts: the process RNGs recorded with call 1, to restore before
+        it runs again (b"" for a fresh run, whose `capture()` is recorded with call 1)."""
+        if self._replay and self._replay[0].start_state:
+            try:
+                return self._load(self._replay[0].start_state)
+            except Exception as exc:  # noqa: BLE001 - the replay may diverge: said then
+                log.warning("raftfl: the ServerApp's recorded start state is unusable: %s", exc)
+                return b""
+        if not self._replay:
+            self._start_state = capture()
+        return b""
+
+    def nodes(self, live: Callable[[], list[int]]) -> list[int] | None:
+        """`get_node_ids()`: what the record says the app saw, else the live answer, recorded
+        when it differs from the last one (an app polling for nodes records each change);
+        None: it could not be recorded, this node was deposed."""
+        request = journal_request("nodes", [])
+        if not self.live and self._replay[self.calls].kind != "nodes":
+            # A poll whose answer had not changed, so it was not recorded.
+            return list(self._nodes) if self._nodes is not None else sorted(live())
+        if not self.live:
+            seen = self.answer("nodes", request, "get_node_ids", decode_nodes)
+            if seen is not None:
+                self._nodes = seen
+                return list(seen)
+        seen = sorted(live())
+        if seen != self._nodes:
+            self._nodes = seen
+            if not self.recorded("nodes", request, encode_ids([str(n) for n in seen]), 0):
+                return None
+        return list(seen)
+
+    @property
+    def next_call(self) -> int:
+        """The number the app's next grid call will have (stamped on its instructions, so
+        that a worker answers an instruction re-sent after a failover as it did before)."""
+        return self.calls + 1
     @property
     def live(self) -> bool:
         return self.calls >= len(self._replay)
@@ -162,17 +205,18 @@ class Journal:
     def recorded(self, kind: str, request: str, answer: bytes, replies: int) -> bool:
         """Record a live call's answer (fenced); False: this node was deposed."""
         self.calls += 1
-        return self._record(self.calls, kind, request, answer, replies)
+        start, self._start_state = (self._start_state if self.calls == 1 else b""), b""
+        return self._record(self.calls, kind, request, answer, replies, start)
 
     # -- instructions replayed as pushed --------------------------------------------------
-    def replayed_push(self, ids: list[str], messages: list[Message]) -> None:
-        self._pending.update(zip(ids, messages, strict=True))
+    def replayed_push(self, ids: list[str], messages: list[Message], call: int) -> None:
+        self._pending.update((i, (m, call)) for i, m in zip(ids, messages, strict=True))
 
     def answered(self, replies: list[Message]) -> None:
         for reply in replies:
             self._pending.pop(reply.metadata.reply_to_message_id, None)
 
-    def take_pending(self, ids: Iterable[str]) -> dict[str, Message]:
+    def take_pending(self, ids: Iterable[str]) -> dict[str, tuple[Message, int]]:
         """Instructions the app pushed during the replay, still unanswered, among `ids`: to
         be sent now that the app is live."""
         return {i: self._pending.pop(i) for i in list(ids) if i in self._pending}
@@ -187,6 +231,13 @@ def decode_replies(blob: bytes) -> list[Message]:
         return [decode_message(item)[0] for item in unpack(blob)]
     except CodecError as exc:
         raise JournalError(f"recorded replies unreadable: {exc}") from None
+
+
+def decode_nodes(blob: bytes) -> list[int]:
+    try:
+        return [int(i) for i in decode_ids(blob)]
+    except ValueError:
+        raise JournalError("recorded node ids unreadable") from None
 
 
 def encode_ids(ids: list[str]) -> bytes:

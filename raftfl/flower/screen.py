@@ -16,13 +16,20 @@ of any message kind (train, evaluate, query, ...):
 * every array serialised by numpy is readable, one array, its header matching its data, and
   every value finite;
 * an array whose name the instruction also carried (same record, same key; a legacy `fitres.`
-  record answers the instruction's `fitins.` one) serialised the same way, with a dtype that
-  casts safely to the sent one (an int64 counter the strategy averaged into float64 passes; a
-  float64 reply to a float32 model, whose values may overflow it, does not);
+  record answers the instruction's `fitins.` one) serialised the same way, with the sent
+  dtype or one that converts to it without loss: a float64 reply to a float32 model, whose
+  values may overflow it once averaged, is refused. Narrower replies pass because Flower's
+  own strategies send them wider than they came: FedOpt (FedAdam, FedYogi, FedAdagrad)
+  computes the model in float64 from round 2, and a PyTorch ClientApp answers in its
+  model's float32; FedAvg averages an int64 counter (a BatchNorm's `num_batches_tracked`)
+  into float64, answered as int64. Either fits the sent dtype exactly;
 * every metric value finite;
 * `num-examples`, where a MetricRecord has it (`num_examples` in legacy messages), a whole
-  number in [1, MAX_NUM_EXAMPLES], and for a train reply at most what the node declared for
-  its training data (`declared`; None: the node declared nothing).
+  number in [1, the cluster's cap] (`max_examples`: fixed in the cluster config by its
+  creator, so no node can raise it for itself), and for a train reply also at most what the
+  node declared for its training data (`declared`, its `--max-examples`; None: nothing
+  declared). A declaration can only tighten the cap: whoever rewrites a member record can
+  make that node's updates refused, never an inflated count accepted.
 
 A train reply to an instruction that carried exactly one ArrayRecord (the model), when the
 reply carries an ArrayRecord or a MetricRecord (a train result; a SecAgg+ stage answers with
@@ -33,31 +40,44 @@ ConfigRecords only), is moreover the model's update:
   XGBoost strategies send) which may change its length;
 * optionally (`max_norm`), the L2 norm of the update (reply minus sent, over all arrays) at
   most the bound.
+
+Its norm is returned with the verdict (`judge_reply`): one reply alone cannot be judged an
+outlier, so `outliers` judges a round's updates together (the grid applies it to the train
+replies of one `send_and_receive`): a norm above `outlier_factor` x the median of at least
+`MIN_OUTLIER_REPLIES` updates is refused. And `aggregate_fault` checks what the strategy made
+of the replies, before it is committed: finite, and within the sent model's dtype.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import statistics
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
+from raftfl.core.specs import DEFAULT_MAX_EXAMPLES, DEFAULT_OUTLIER_FACTOR
 from raftfl.flower.codec import CodecError, checked_numpy
 
 TRAIN = "train"  # Flower's MessageType.TRAIN
 EXAMPLES_KEY = "num-examples"  # Flower's default `weighted_by_key`
 EXAMPLES_KEYS = (EXAMPLES_KEY, "num_examples")  # and the legacy FitRes/EvaluateRes field
-MAX_NUM_EXAMPLES = 10**9  # a count above this is not a count of examples
+MIN_OUTLIER_REPLIES = 3  # fewer updates have no meaningful median
 NUMPY = "numpy.ndarray"  # the stype of Flower's numpy serialisation
 LEGACY_INS, LEGACY_RES = "fitins.", "fitres."  # record prefixes of Flower's compat layer
 MAX_REASON = 200
+K = TypeVar("K")
 
 
 def _undeclared(node_id: int) -> int | None:
     return None
+
+
+SECAGG_CONFIGS = "secaggplus_configs"  # where secaggplus_mod puts a masked vector, with
+# the model's ArrayRecord emptied: such a reply is not judged as a model update
 
 
 @dataclass(frozen=True)
@@ -66,49 +86,129 @@ class ScreenPolicy:
 
     declared: Callable[[int], int | None] = _undeclared  # Flower node id -> its declared examples
     max_norm: float | None = None  # bound on an update's L2 norm; None: not checked
+    max_examples: int = DEFAULT_MAX_EXAMPLES  # the cluster's cap on num-examples
+    outlier_factor: float = DEFAULT_OUTLIER_FACTOR  # x the round's median update norm; 0: off
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reason: str | None  # why the reply is refused; None: it may be aggregated
+    norm: float | None = None  # a model update's L2 norm (reply - sent), when it passed
 
 
 def screen_reply(sent_arrays: Mapping[str, ArrayRecord], reply: Message,
                  declared_examples: int | None = None, max_norm: float | None = None,
-                 kind: str = TRAIN) -> str | None:
+                 kind: str = TRAIN, max_examples: int = DEFAULT_MAX_EXAMPLES) -> str | None:
     """None if `reply`, to an instruction of message type `kind` carrying `sent_arrays`, may
     be aggregated, else the one-line reason it is refused. An error reply is not screened (it
     carries nothing)."""
+    return judge_reply(sent_arrays, reply, declared_examples, max_norm, kind,
+                       max_examples).reason
+
+
+def judge_reply(sent_arrays: Mapping[str, ArrayRecord], reply: Message,
+                declared_examples: int | None = None, max_norm: float | None = None,
+                kind: str = TRAIN, max_examples: int = DEFAULT_MAX_EXAMPLES) -> Verdict:
+    """`screen_reply`'s reason, and the update's norm when the reply is a model update."""
     if reply.has_error() or not reply.has_content():
-        return None
+        return Verdict(None)
     try:
-        reason = _screen(sent_arrays, reply.content, kind, declared_examples, max_norm)
+        verdict = _screen(sent_arrays, reply.content, kind, declared_examples, max_norm,
+                          max_examples)
     except Exception as exc:  # noqa: BLE001 - hostile bytes: whatever numpy raises, refuse
-        reason = f"unreadable update: {type(exc).__name__}: {exc}"
-    return None if reason is None else reason[:MAX_REASON]
+        verdict = Verdict(f"unreadable update: {type(exc).__name__}: {exc}")
+    reason = verdict.reason
+    return verdict if reason is None else Verdict(reason[:MAX_REASON])
+
+
+def outliers(norms: Mapping[K, float], factor: float) -> dict[K, str]:
+    """The updates of one round whose norm is above `factor` x the median of them all (with
+    at least MIN_OUTLIER_REPLIES, and a median above 0), each with its one-line reason.
+    The median, not the mean: a few huge updates cannot raise the bar they are judged by."""
+    if factor <= 0 or len(norms) < MIN_OUTLIER_REPLIES:
+        return {}
+    median, _ = spread(norms.values())
+    if not median > 0:
+        return {}
+    return {who: f"update norm {norm:.4g} above {factor:g} x the round's median {median:.4g}"
+            for who, norm in norms.items() if not norm <= factor * median}
+
+
+def spread(norms: Iterable[float]) -> tuple[float, float]:
+    """(median, largest / median) of a round's update norms: what the outlier rule judges
+    by, and what an operator tunes its factor with (the ratio is inf for a median of 0)."""
+    values = list(norms)
+    if not values:
+        return 0.0, 0.0
+    median = statistics.median(values)
+    return median, (max(values) / median if median > 0 else math.inf)
+
+
+def update_norm(sent: ArrayRecord, content: RecordDict) -> float:
+    """The L2 norm of a (screened) reply's arrays minus the sent arrays of the same keys; inf
+    for arrays that cannot be read (they are the first suspects)."""
+    squares = 0.0
+    for record in content.array_records.values():
+        for key, array in record.items():
+            base = sent.get(key)
+            if base is None or array.stype != NUMPY or tuple(array.shape) != tuple(base.shape):
+                continue
+            try:
+                squares += _square_delta(checked_numpy(array), base)
+            except (CodecError, ValueError, TypeError):
+                return math.inf
+    return math.sqrt(squares)
+
+
+def aggregate_fault(sent: ArrayRecord, aggregate: ArrayRecord) -> str | None:
+    """None if the strategy's aggregate may be committed, else why not: an array with a
+    non-finite value, or with a value the sent model's dtype cannot hold (a float64 aggregate
+    of a float32 model would be inf once a ClientApp loads it)."""
+    for key, array in aggregate.items():
+        if array.stype != NUMPY:
+            continue
+        value = array.numpy()
+        if value.dtype.kind not in "fc":
+            continue
+        if not np.isfinite(value).all():
+            return f"array {key} of the aggregate has non-finite values"
+        base = sent.get(key)
+        if base is None or np.dtype(base.dtype).kind != "f" or value.dtype == np.dtype(base.dtype):
+            continue
+        limit = float(np.finfo(np.dtype(base.dtype)).max)
+        if value.size and not float(np.abs(value).max()) <= limit:
+            return f"array {key} of the aggregate overflows {base.dtype}"
+    return None
 
 
 def _screen(sent_arrays: Mapping[str, ArrayRecord], content: RecordDict, kind: str,
-            declared: int | None, max_norm: float | None) -> str | None:
+            declared: int | None, max_norm: float | None, max_examples: int) -> Verdict:
     got = dict(content.array_records.items())
     model = (kind == TRAIN and len(sent_arrays) == 1
-             and bool(content.array_records or content.metric_records))
+             and bool(content.array_records or content.metric_records)
+             and SECAGG_CONFIGS not in content.config_records)  # SecAgg+: the update is masked
     reason = _screen_structure(sent_arrays, got) if model else None
     if reason:
-        return reason
+        return Verdict(reason)
     squares = 0.0
     for name, record in got.items():
         sent_record = sent_arrays.get(_asked(name))
         for key, array in record.items():
             sent = sent_record.get(key) if sent_record is not None else None
-            reason, square = _screen_array(f"{name}.{key}", sent, array, model,
-                                           model and max_norm is not None)
+            reason, square = _screen_array(f"{name}.{key}", sent, array, model)
             if reason:
-                return reason
+                return Verdict(reason)
             squares += square
-    reason = _screen_metrics(content.metric_records, declared if kind == TRAIN else None)
+    reason = _screen_metrics(content.metric_records, declared if kind == TRAIN else None,
+                             max_examples)
     if reason:
-        return reason
-    if model and max_norm is not None:
-        norm = math.sqrt(squares)
-        if not norm <= max_norm:  # also an overflow to inf
-            return f"update norm {norm:.4g} above the bound {max_norm:g}"
-    return None
+        return Verdict(reason)
+    if not model:
+        return Verdict(None)
+    norm = math.sqrt(squares)
+    if max_norm is not None and not norm <= max_norm:  # also an overflow to inf
+        return Verdict(f"update norm {norm:.4g} above the bound {max_norm:g}")
+    return Verdict(None, norm)
 
 
 def _asked(name: str) -> str:
@@ -132,10 +232,11 @@ def _screen_structure(sent_arrays: Mapping[str, ArrayRecord],
     return None
 
 
-def _screen_array(where: str, sent: Array | None, got: Array, model: bool,
-                  norm: bool) -> tuple[str | None, float]:
-    """(reason or None, squared L2 norm of got - sent when `norm`). `sent`: the instruction's
-    array of the same name, if it had one; `model`: `got` is part of a model update."""
+def _screen_array(where: str, sent: Array | None, got: Array,
+                  model: bool) -> tuple[str | None, float]:
+    """(reason or None, squared L2 norm of got - sent in a model update). `sent`: the
+    instruction's array of the same name, if it had one; `model`: `got` is part of a model
+    update."""
     if sent is not None and got.stype != sent.stype:
         return f"array {where} serialised as {got.stype!r}, not {sent.stype!r}", 0.0
     if got.stype != NUMPY:
@@ -153,20 +254,27 @@ def _screen_array(where: str, sent: Array | None, got: Array, model: bool,
         reason = _screen_like(where, sent, value, model)
         if reason:
             return reason, 0.0
-    if not norm or sent is None:
-        return None, 0.0
+    if not model or sent is None or value.shape != tuple(sent.shape):
+        return None, 0.0  # a grown booster is not a delta
+    return None, _square_delta(value, sent)
+
+
+def _square_delta(value: np.ndarray, sent: Array) -> float:
+    """The squared L2 norm of `value` - `sent`, in float64 (inf if it overflows even that)."""
     delta = value.astype(np.float64) - sent.numpy().astype(np.float64)
-    return None, float(np.dot(delta.ravel(), delta.ravel()))
+    with np.errstate(over="ignore"):
+        return float(np.dot(delta.ravel(), delta.ravel()))
 
 
 def _screen_like(where: str, sent: Array, value: np.ndarray, model: bool) -> str | None:
     """`value` against the instruction's array of the same name: its shape (in a model
-    update) and its dtype (everywhere)."""
+    update) and its dtype (everywhere: the sent one, or one that converts to it safely)."""
     expected = tuple(sent.shape)
     if model and value.shape != expected and not (_blob(value.shape, str(value.dtype))
                                                   and _blob(expected, sent.dtype)):
         return f"array {where} has shape {list(value.shape)}, not {list(expected)}"
-    if not np.can_cast(value.dtype, np.dtype(sent.dtype), "safe"):
+    want = np.dtype(sent.dtype)
+    if not np.can_cast(value.dtype, want, "safe"):
         return f"array {where} has dtype {value.dtype}, not {sent.dtype}"
     return None
 
@@ -176,7 +284,8 @@ def _blob(shape: tuple[int, ...], dtype: str) -> bool:
     return len(shape) == 1 and dtype == "uint8"
 
 
-def _screen_metrics(records: Mapping[str, Any], declared: int | None) -> str | None:
+def _screen_metrics(records: Mapping[str, Any], declared: int | None,
+                    cap: int) -> str | None:
     for name, record in records.items():
         for key, value in record.items():
             values = value if isinstance(value, list) else [value]
@@ -188,8 +297,8 @@ def _screen_metrics(records: Mapping[str, Any], declared: int | None) -> str | N
                 return f"{EXAMPLES_KEY} {_short(value)} is not a count"
             if declared is not None and value > declared:
                 return f"{EXAMPLES_KEY} {_short(value)} above the {declared} the node declared"
-            if value > MAX_NUM_EXAMPLES:
-                return f"{EXAMPLES_KEY} {_short(value)} above the bound {MAX_NUM_EXAMPLES}"
+            if value > cap:
+                return f"{EXAMPLES_KEY} {_short(value)} above the cluster's cap {cap}"
     return None
 
 

@@ -19,6 +19,9 @@ grid's `RoundHooks` (hooks.py), which record it (fenced) in etcd:
   updates the grid rejected among them, and replies that never came);
 * a round whose training got no result at all is retried with the same arrays, up to
   `TRAIN_ATTEMPTS` times (raftfl's rule; Flower would move on with unchanged arrays);
+* an aggregate that is not finite in the model's dtype is never committed: the strategy
+  aggregates again without the largest updates (`_aggregate_finite`), and the ones left out
+  are reported as refused;
 * `commit(r, arrays, RoundReport)` once the round's evaluation is done; False means deposed.
 
 An unmodified ServerApp needs no raftfl line: a node that hosts apps calls
@@ -48,13 +51,15 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from raftfl.flower import durable
 from raftfl.flower.codec import arrays_sha256
-from raftfl.flower.grid import AggregatorStopped, RaftGrid
+from raftfl.flower.grid import AggregatorStopped, RaftGrid, rejected
 from raftfl.flower.hooks import RoundReport, TrainReport
+from raftfl.flower.screen import aggregate_fault, update_norm
 
 log = logging.getLogger(__name__)
 
 TRAIN_ATTEMPTS = 3
 RETRY_WAIT_S = 1.0
+MAX_LEFT_OUT = 8  # re-aggregations a non-finite aggregate may cost in one attempt
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
@@ -188,9 +193,11 @@ class _RoundLoop:
             messages = list(self.strategy.configure_train(server_round, arrays,
                                                           self.train_config, self.grid))
             replies = self._send(messages)
+            new_arrays, metrics = None, None
+            if any(not msg.has_error() for msg in replies):
+                new_arrays, metrics, replies = self._aggregate_finite(server_round, arrays,
+                                                                      replies)
             valid = [msg for msg in replies if not msg.has_error()]
-            new_arrays, metrics = self._aggregate_train(server_round, replies) if valid \
-                else (None, None)
             report = TrainReport(attempt, len(messages), len(valid), len(messages) - len(valid),
                                  _client_metrics(valid), _plain(metrics), _errors(replies))
             self.hooks.train_done(server_round, report)
@@ -204,6 +211,59 @@ class _RoundLoop:
                 time.sleep(RETRY_WAIT_S)
         raise NoTrainResults(f"round {server_round}: no train results in {TRAIN_ATTEMPTS} "
                              "attempts")
+
+    def _aggregate_finite(self, server_round: int, sent: ArrayRecord, replies: list[Message]
+                          ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
+        """The strategy's aggregate, only if finite in the sent model's dtype
+        (screen.aggregate_fault): else re-aggregated leaving out the largest updates, one more
+        each time, up to half the results (at most MAX_LEFT_OUT), with the strategy's state
+        rewound before each try (it may have folded the bad aggregate into its moments or its
+        privacy accountant). The replies come back with those left out as refused; when no
+        try is finite, every result is refused and the attempt has none."""
+        snapshot = self._snapshot()
+        new, metrics = self._aggregate_train(server_round, replies)
+        fault = None if new is None else aggregate_fault(sent, new)
+        if fault is None:
+            return new, metrics, replies
+        valid = [i for i, msg in enumerate(replies) if not msg.has_error()]
+        norms = {i: update_norm(sent, replies[i].content) for i in valid}
+        suspects = sorted(valid, key=lambda i: -norms[i])[:min(len(valid) // 2, MAX_LEFT_OUT)]
+
+        def without(left_out: list[int]) -> list[Message]:
+            return [rejected(msg, f"the aggregate is non-finite with this update (norm "
+                                  f"{norms[i]:.4g}): {fault}") if i in left_out else msg
+                    for i, msg in enumerate(replies)]
+
+        for n in range(1, len(suspects) + 1):
+            self._rewind(snapshot)
+            kept = without(suspects[:n])
+            new, metrics = self._aggregate_train(server_round, kept)
+            if new is not None and aggregate_fault(sent, new) is None:
+                log.warning("round %d: %s; re-aggregated without node(s) %s", server_round,
+                            fault, ", ".join(str(replies[i].metadata.src_node_id)
+                                             for i in suspects[:n]))
+                return new, metrics, kept
+        self._rewind(snapshot)
+        log.warning("round %d: %s, even without the %d largest updates: no results in this "
+                    "attempt", server_round, fault, len(suspects))
+        return None, None, without(valid)
+
+    def _snapshot(self) -> bytes | None:
+        """The strategy's state (durable.py) before it aggregates, to rewind to."""
+        try:
+            return durable.capture(self.strategy, None).blob
+        except durable.DurableStateError:
+            return None
+
+    def _rewind(self, snapshot: bytes | None) -> None:
+        if snapshot is None:
+            log.warning("raftfl: the strategy's state could not be captured: it is not "
+                        "rewound before aggregating again")
+            return
+        try:
+            durable.restore(snapshot, self.strategy, None)
+        except durable.DurableStateError as exc:
+            log.warning("raftfl: the strategy's state is not rewound: %s", exc)
 
     def _aggregate_train(self, server_round: int, replies: list[Message]
                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -36,6 +36,7 @@ KILL_DELAY_S = 0.1  # after the round's start: the workers are mid-fit
 DEMO_TASK = {"train-size": 16000, "local-epochs": 2, "batch-size": 64, "learning-rate": 0.03}
 # The events the demo narrates; the rest (fit results, checkpoints, joins) is in `history`.
 SHOWN = (AggregatorElected, RoundStarted, RoundCommitted, StepDown, CheckpointFallback, RunCompleted)
+GRID_EXCHANGE = "grid_exchange"  # a ServerApp's own-loop grid call, journaled (flower/journal.py)
 
 
 def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir: Path,
@@ -74,12 +75,13 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
             shown += 1
             if isinstance(ev, SHOWN):
                 echo(f"  [{time.strftime('%H:%M:%S')}] {describe(ev)}")
-            if isinstance(ev, RoundStarted) and kill_at and ev.round == kill_at and not killed:
-                time.sleep(KILL_DELAY_S)
+            if kill_at and not killed and kill_point(ev, kill_at):
+                # A grid call can end within KILL_DELAY_S (SecAgg+ stages do): no delay there.
+                time.sleep(KILL_DELAY_S if isinstance(ev, RoundStarted) else 0.0)
                 cluster.kill(ev.node)
                 killed = True
                 echo(f"  [{time.strftime('%H:%M:%S')}] SIGKILL {ev.node} (the aggregator) "
-                     f"during round {ev.round}")
+                     f"during {_unit(ev)} {kill_at}")
             done = isinstance(ev, RunCompleted)
         if done:
             try:
@@ -94,6 +96,9 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
         verdict = check(state, rounds, finals)
         if not done:
             verdict.violations.append(f"the run did not complete within {timeout:.0f}s")
+        if kill_at and not killed:
+            verdict.violations.append(f"--kill-aggregator-at {kill_at}: the run had no round "
+                                      f"or grid call {kill_at}, nothing was killed")
         if missing:
             verdict.violations.append(f"no final model from {sorted(missing)}")
         fos = failovers(log, cluster.kills, cluster.vacancies)
@@ -113,6 +118,10 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
             "nodes": nodes,
             "secure": secure,
             "round_s": _round_seconds(log),
+            # A ServerApp with its own loop commits no rounds: its recorded grid calls, in log
+            # order (each once, unless a successor diverged from the record), and completions.
+            "grid_calls": [item.event.call for item in log if item.event.type == GRID_EXCHANGE],
+            "run_completed": sum(isinstance(item.event, RunCompleted) for item in log),
         }
         _write_outputs(out_dir, summary, state)
         if summary_json:
@@ -123,6 +132,25 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
         return 0 if verdict.ok else 1
     finally:
         cluster.close()
+
+
+def kill_point(event: Any, kill_at: int) -> bool:
+    """Whether `event` is where `--kill-aggregator-at R` SIGKILLs the aggregator (its `node`):
+    round R's start; or, for a ServerApp with its own loop, whose grid calls are journaled
+    instead of rounds, the record of call R-1, so that the kill lands in the middle of call
+    R. For R=1 that is the run's first election: no call is recorded before call 1 ends."""
+    if isinstance(event, RoundStarted):
+        return event.round == kill_at
+    if kill_at == 1:
+        return isinstance(event, AggregatorElected)
+    return event.type == GRID_EXCHANGE and getattr(event, "call", None) == kill_at - 1
+
+
+def _unit(event: Any) -> str:
+    """What the kill interrupts, as the demo says it."""
+    if isinstance(event, RoundStarted):
+        return "round"
+    return "grid call" if event.type == GRID_EXCHANGE else "round or grid call"
 
 
 def _with_demo_task(run_config: str | None) -> str:

@@ -11,12 +11,14 @@ round, so the fault harness can kill or freeze it at an exact phase:
     fit          worker, inside fit (during fit)
     checkpoint   aggregator, after aggregation, before the checkpoint write
 
-`RAFTFL_TEST_HOSTILE="fault[@R][,...]"` makes a worker tamper with its own train replies (with
-`@R`, only in global round R), as a hostile worker would; the aggregator must refuse them:
+`RAFTFL_TEST_HOSTILE="fault[@R][,...]"` makes a worker tamper with its own replies (with `@R`,
+only in global round R), as a hostile worker would; the aggregator must refuse them:
 
-    nan          the first array's first value becomes NaN
-    shape        the first array loses its last row
-    examples=N   every `num-examples` metric becomes N
+    nan              train: the first array's first value becomes NaN
+    shape            train: the first array loses its last row
+    f64=V            train: the first array becomes float64, its first value V (e.g. 1e300)
+    examples=N       train: every `num-examples` metric becomes N
+    eval-examples=N  evaluate: every `num-examples` metric becomes N
 
 `RAFTFL_TEST_EXTRA_RTT_MS=N` adds N ms to every RTT the node measures: on loopback all RTTs
 are equal, so tests use it to make one node look far away.
@@ -83,7 +85,7 @@ class EnvFaultHooks:
 
     def tamper(self, reply: bytes, rnd: int) -> bytes:
         """A worker's encoded reply in global round `rnd`, tampered with as RAFTFL_TEST_HOSTILE
-        says (a train reply with content only); unchanged when it is unset."""
+        says (a train or evaluate reply with content only); unchanged when it is unset."""
         if not self.hostile:
             return reply
         import numpy as np
@@ -92,27 +94,28 @@ class EnvFaultHooks:
         from raftfl.flower.codec import decode_message, encode_message
 
         message, extra = decode_message(reply)
-        if message.metadata.message_type != "train" or not message.has_content():
+        kind = message.metadata.message_type
+        if kind not in ("train", "evaluate") or not message.has_content():
             return reply
         arrays = next(iter(message.content.array_records.values()), None)
         for fault in self.hostile:
             fault, _, nth = fault.partition("@")
-            if nth and int(nth) != rnd:
-                continue
             name, _, value = fault.partition("=")
-            if name in ("nan", "shape") and arrays:
+            if (nth and int(nth) != rnd) or (name == "eval-examples") != (kind == "evaluate"):
+                continue
+            if name in ("nan", "shape", "f64") and arrays:
                 key = next(iter(arrays))
-                data = arrays[key].numpy().astype(np.float32)
-                if name == "nan":
-                    data.flat[0] = np.nan
-                else:
+                data = arrays[key].numpy().astype(np.float64 if name == "f64" else np.float32)
+                if name == "shape":
                     data = data[:-1]
+                else:
+                    data.flat[0] = np.nan if name == "nan" else float(value)
                 arrays[key] = Array(np.ascontiguousarray(data))
-            elif name == "examples":
+            elif name in ("examples", "eval-examples"):
                 for record in message.content.metric_records.values():
                     if "num-examples" in record:
                         record["num-examples"] = int(value)
-            log.warning("test hostile: %s in the train reply", fault)
+            log.warning("test hostile: %s in the %s reply", fault, kind)
         return encode_message(message, extra)
 
 

@@ -18,6 +18,7 @@ from raftfl.core.events import AggregatorElected, Event, Handover, RunStopped, S
 from raftfl.core.maintenance import HandoverRequest
 from raftfl.core.member_record import MemberInfo
 from raftfl.core.records import MalformedRecord
+from raftfl.core.specs import ClusterConfig
 from raftfl.etcd import checkpoint
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import EtcdNoSpace
@@ -33,6 +34,7 @@ from raftfl.node.worker import WorkerRunner
 if TYPE_CHECKING:  # Flower is imported when a node first serves, not at start-up
     from raftfl.flower.fleet import FleetServer
     from raftfl.flower.host import ServerAppHost
+    from raftfl.flower.screen import ScreenPolicy
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,10 @@ STOP_JOIN_S = 5.0  # how long a stopped run's ServerApp thread gets to end
 
 class AggregatorRole:
     def __init__(self, shell: Shell, election: Election, session: Session, runs: Runs,
-                 models: Models, worker: WorkerRunner):
+                 models: Models, worker: WorkerRunner, config: ClusterConfig):
         self.shell, self.election, self.session = shell, election, session
         self.runs, self.models, self.worker = runs, models, worker
+        self.config = config  # as this node read it at start-up
         self.server: ServerAppHost | None = None  # the ServerApp of our term and the active run
         self.recorder: AppRecorder | None = None
         self.fleet: FleetServer | None = None  # our fleet endpoint, while we serve
@@ -206,7 +209,6 @@ class AggregatorRole:
         from raftfl.flower.grid import RaftGrid
         from raftfl.flower.host import ServerAppHost
         from raftfl.flower.journal import Exchange, Journal
-        from raftfl.flower.screen import ScreenPolicy
 
         try:
             if self.fleet is None or self.fleet.stopped:
@@ -225,14 +227,13 @@ class AggregatorRole:
                 self.recorder.last_round = resume.next_round - 1
             recorder = self.recorder
             journal = Journal(
-                {call: Exchange(ex.call, ex.kind, ex.request, ex.answer, ex.term)
+                {call: Exchange(ex.call, ex.kind, ex.request, ex.answer, ex.term,
+                                ex.start_state)
                  for call, ex in state.exchanges.items()},
                 load=lambda sha: self.models.load(shell.store, keys, sha),
                 record=recorder.exchange)
             grid = RaftGrid(self.fleet, run_id=run_id, term=term, hooks=recorder,
-                            resume=resume, screen=ScreenPolicy(self._declared_examples,
-                                                               opts.max_update_norm),
-                            journal=journal)
+                            resume=resume, screen=self._screen_policy(), journal=journal)
             shell.say(f"serving run {run_id} ({spec.app}) from round "
                       f"{resume.next_round if resume else 0} on {opts.flower_address}"
                       + (f" (model {self.recorder.base[:12]})" if self.recorder.base else ""))
@@ -333,6 +334,16 @@ class AggregatorRole:
         """The live member record of the node whose Flower node id is `node_id`."""
         return next((m for m in list(self.session.members.values())
                      if runapp.node_id(m.node) == node_id), None)
+
+    def _screen_policy(self) -> ScreenPolicy:
+        """The update screen's bounds: the cluster's, as its creator fixed them (no node's
+        flags can loosen them; the copy this node read at start-up, so a later rewrite of
+        the key does not either), each node's own declaration (which can only tighten
+        them), and our --max-update-norm."""
+        from raftfl.flower.screen import ScreenPolicy
+
+        return ScreenPolicy(self._declared_examples, self.shell.opts.max_update_norm,
+                            self.config.max_examples, self.config.outlier_factor)
 
     def _declared_examples(self, node_id: int) -> int | None:
         """What the worker's node declared for its data (`--max-examples`), if anything."""

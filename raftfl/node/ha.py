@@ -37,6 +37,7 @@ import threading
 import time
 from typing import TextIO
 
+from raftfl import signing
 from raftfl.core.decide import Action, Chore, Decision, Local, View, decide
 from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
 from raftfl.core.events import NodeJoined, NodeLeft
@@ -114,7 +115,8 @@ class Node:
         self.worker = WorkerRunner(runapp.node_id(self.opts.name), self.opts.name,
                                    self.worker_role.handle)
         self.observer = Observer(shell, runs, config)
-        self.aggregator = AggregatorRole(shell, self.election, session, runs, models, self.worker)
+        self.aggregator = AggregatorRole(shell, self.election, session, runs, models, self.worker,
+                                         config)
         self.voters = Voters(shell, self.election, session, lambda: self.run_id)
         self.housekeeping = Housekeeping(shell, runs, self.observer, self.aggregator, self.voters)
 
@@ -160,6 +162,8 @@ class Node:
                          say, self.stop)
         say(f"etcd healthy; client endpoints {','.join(endpoints)}")
         runs = Runs(store, keys, opts.dir, models)
+        if not runs.trust:
+            say(signing.UNSIGNED_WARNING)
         config = lifecycle.await_config(store, keys, opts, say, self.stop)
         lifecycle.submit_first_run(store, keys, opts, say)
         runs.refresh()

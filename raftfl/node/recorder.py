@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 3
 SNAPSHOT_EVERY = 1000  # events between two snapshots of the run's state
+INLINE_ANSWER_BYTES = 64 * 1024  # a recorded grid answer this small is kept in etcd
 MAX_CLIENT_METRICS = 32  # per-client metrics are kept in the log for small federations only
 
 
@@ -176,7 +177,8 @@ class AppRecorder:
 
     def hand_over(self) -> None:
         """Start no further round (the one in flight still commits); the ServerApp stops at
-        its next `round_started`, which sets `halted`."""
+        its next `round_started`, or an own-loop one after its next recorded grid call, which
+        sets `halted`."""
         self.handing_over = True
 
     def _halt(self) -> bool:
@@ -260,13 +262,16 @@ class AppRecorder:
                 log.exception("retention after round %d failed", server_round)
         return ok
 
-    def exchange(self, call: int, kind: str, request: str, answer: bytes, replies: int) -> bool:
+    def exchange(self, call: int, kind: str, request: str, answer: bytes, replies: int,
+                 start_state: bytes = b"") -> bool:
         """Record grid call `call` of a ServerApp with its own loop (flower/journal.py): the
-        answer stored as a model, its hash in a fenced `grid_exchange`."""
+        answer (and with call 1 the state the app started from) stored as models, their
+        hashes in a fenced `grid_exchange`."""
         if self.deposed:
             return False
         try:
-            sha = self.models.save(self.store, self.keys, answer, call, self.fence).sha256
+            sha = self._save_answer(answer, call)
+            start = self._save_answer(start_state, call) if start_state else ""
         except FencedOut:
             self.deposed = True
             return False
@@ -274,8 +279,18 @@ class AppRecorder:
             log.warning("grid call %d not recorded: %s", call, exc)
             self.failure, self.deposed = exc, True
             return False
-        return self._append(GridExchange(node=self.node, term=self.term, call=call, kind=kind,
-                                         request=request, answer=sha, replies=replies))
+        ok = self._append(GridExchange(node=self.node, term=self.term, call=call, kind=kind,
+                                       request=request, answer=sha, replies=replies,
+                                       start_state=start))
+        return ok and not self._halt()  # a planned handover stops the app after a call
+
+    def _save_answer(self, blob: bytes, call: int) -> str:
+        """A small answer (node ids, the start state) goes into etcd itself: at a run's first
+        calls no peer may have registered its model service yet, and a successor must be able
+        to replay them; replies carrying models go to the model services."""
+        if len(blob) <= INLINE_ANSWER_BYTES:
+            return checkpoint.save(self.store, self.keys, blob, call, self.fence).sha256
+        return self.models.save(self.store, self.keys, blob, call, self.fence).sha256
 
     def complete(self) -> bool:
         """Record the end of the run: after this, nobody campaigns again. A ServerApp that
@@ -290,7 +305,8 @@ class AppRecorder:
         keep = {sha for r, c in state.committed.items()
                 if r > state.last_committed_round - KEEP_CHECKPOINTS
                 for sha in (c.model_sha256, c.state_sha256) if sha} | newest \
-            | {ex.answer for ex in state.exchanges.values()}  # replayed by any successor
+            | {sha for ex in state.exchanges.values()  # replayed by any successor
+               for sha in (ex.answer, ex.start_state) if sha}
         if state.initial_model and not state.committed:
             keep |= {state.initial_model, state.initial_state} - {""}
         try:

@@ -76,8 +76,6 @@ class Runs:
         self.models = models  # where the runs' checkpoints are (node/models.py)
         # The keys runs must be signed by; by default the process's (--trusted-entities).
         self.trust = signing.trust() if trust is None else trust
-        if not self.trust:
-            log.warning(signing.UNSIGNED_WARNING)
         self._logs: dict[int, EventLog] = {}
         self._latest = 0  # the newest run id seen
         self._floor = 1  # every run below it is finished

@@ -7,6 +7,7 @@ killed worker, stale terms, stopping) on a numpy-only test app whose every call 
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -21,7 +22,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg
 
 import raftfl
 from raftfl.flower import start as start_module
@@ -69,6 +70,7 @@ class Recorder:
     trained: list[tuple[int, TrainReport]] = field(default_factory=list)
     commits: list[tuple[int, RoundReport]] = field(default_factory=list)
     arrays: dict[int, ArrayRecord] = field(default_factory=dict)
+    states: dict[int, bytes] = field(default_factory=dict)  # the ServerApp's, per commit
 
     def round_started(self, server_round: int) -> bool:
         self.started.append(server_round)
@@ -77,11 +79,13 @@ class Recorder:
     def train_done(self, server_round: int, report: TrainReport) -> None:
         self.trained.append((server_round, report))
 
-    def commit(self, server_round: int, arrays: ArrayRecord, report: RoundReport) -> bool:
+    def commit(self, server_round: int, arrays: ArrayRecord, report: RoundReport,
+               state: bytes = b"") -> bool:
         if server_round == self.deposed_at:
             return False
         self.commits.append((server_round, report))
         self.arrays[server_round] = arrays
+        self.states[server_round] = state
         return True
 
     def committed(self) -> list[int]:
@@ -205,7 +209,8 @@ class Probe:
     release: threading.Event = field(default_factory=threading.Event)
 
 
-def numpy_apps(probe: Probe) -> tuple[ServerApp, ClientApp]:
+def numpy_apps(probe: Probe, strategy: Callable[[], Any] = lambda: FedAvg(fraction_evaluate=0.0)
+               ) -> tuple[ServerApp, ClientApp]:
     server_app, client_app = ServerApp(), ClientApp()
 
     @server_app.main()
@@ -214,7 +219,7 @@ def numpy_apps(probe: Probe) -> tuple[ServerApp, ClientApp]:
             probe.evaluate_fn_rounds.append(server_round)
             return MetricRecord({"sum": float(arrays["w"].numpy().sum())})
 
-        raftfl.start(FedAvg(fraction_evaluate=0.0), grid=grid,
+        raftfl.start(strategy(), grid=grid,
                      initial_arrays=ArrayRecord({"w": Array(np.zeros(4))}),
                      num_rounds=int(context.run_config["num-server-rounds"]),
                      evaluate_fn=evaluate_fn, timeout=30)
@@ -249,6 +254,48 @@ def test_resume_at_round_three_of_four_uses_global_rounds() -> None:
     assert client_rounds == {3, 4}
     assert hooks.commits[-1][1].evaluate_serverapp == {"sum": 16.0}  # (2 + 1 + 1) * 4
     np.testing.assert_array_equal(hooks.arrays[4]["w"].numpy(), np.full(4, 4.0))
+
+
+def _fedadam() -> FedAdam:
+    return FedAdam(fraction_evaluate=0.0)
+
+
+def test_a_successor_continues_fedadam_with_its_moments() -> None:
+    """Rounds 3..4 resumed from round 2's model and recorded state end where 4 uninterrupted
+    rounds end; without the state (FedAdam's m_t and v_t from zero) they do not."""
+    whole = Recorder()
+    with federation(*numpy_apps(Probe(), _fedadam), {"num-server-rounds": 4}, whole) as fed:
+        assert fed.server.join(60)
+    assert fed.server.state == "completed", fed.server.error
+    assert all(whole.states[r] for r in range(5))
+    ends = {}
+    for label, state in (("with", whole.states[2]), ("without", b"")):
+        hooks = Recorder()
+        with federation(*numpy_apps(Probe(), _fedadam), {"num-server-rounds": 4}, hooks,
+                        resume=Resume(3, whole.arrays[2], state), term=9) as fed:
+            assert fed.server.join(60)
+        assert fed.server.state == "completed", fed.server.error
+        assert hooks.committed() == [3, 4]
+        ends[label] = hooks.arrays[4]["w"].numpy()
+    np.testing.assert_array_equal(ends["with"], whole.arrays[4]["w"].numpy())
+    assert not np.allclose(ends["without"], whole.arrays[4]["w"].numpy())
+
+
+class _Locked(FedAvg):
+    """A strategy holding something no snapshot can record."""
+
+    def __init__(self) -> None:
+        super().__init__(fraction_evaluate=0.0)
+        self.lock = threading.Lock()
+
+
+def test_state_that_cannot_be_recorded_is_named_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="raftfl.flower.start")
+    with federation(*numpy_apps(Probe(), _Locked), {"num-server-rounds": 3}, Recorder()) as fed:
+        assert fed.server.join(60)
+    assert fed.server.state == "completed", fed.server.error
+    lost = [r.getMessage() for r in caplog.records if "cannot be recorded" in r.getMessage()]
+    assert len(lost) == 1 and "strategy.lock" in lost[0], lost
 
 
 def test_worker_killed_mid_round_counts_as_failure_and_round_commits() -> None:

@@ -200,6 +200,8 @@ def test_seed_commands_run_a_three_member_cluster(tmp_path: Path) -> None:
                 pytest.fail(f"the run did not finish within {RUN_TIMEOUT_S:.0f}s\n{nodes.logs()}")
             assert code == 0, f"node exited {code}\n{nodes.logs()}"
 
+        for _, _, log_path in nodes.procs:  # the quick start runs unsigned apps, and says so
+            assert log_path.read_text(errors="replace").count("apps are not signed") == 1
         results = [json.loads((d / "result.json").read_text()) for _, d, _ in nodes.procs]
         assert [r["node"] for r in results] == names
         assert len({r["final_model_sha256"] for r in results}) == 1, results

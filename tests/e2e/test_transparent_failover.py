@@ -1,8 +1,10 @@
 """`raftfl bench transparency` on real node processes: the FedAdam conformance app run twice,
 node-1 SIGKILLed mid-round 3 as the aggregator and then as a worker. Asserts that both runs
-completed as their scenario says and that the bench reports its figures (their values, the
-issue's targets, are the bench's to print, not this test's to require). 49 s on the 2-core
-machine at a load average of 8-13 (other tests running), so it is not on demand."""
+completed as their scenario says, that the bench reports its figures, and that the final
+models agree (FedAdam's moments survive the failover). 49 s on the 2-core machine, so it is
+on demand; CI checks the same property in-process (test_flower_edge.py,
+test_a_successor_continues_fedadam_with_its_moments) and on real nodes without the
+comparison run (test_conformance.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "conformance" / "fedadam"
 
 
+@pytest.mark.ondemand
 def test_bench_transparency_reports_both_figures_for_fedadam(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -29,6 +34,7 @@ def test_bench_transparency_reports_both_figures_for_fedadam(tmp_path: Path) -> 
         assert isinstance(summary[key], float) and math.isfinite(summary[key]), key
     assert summary["max_rel_diff"] >= 0 and summary["seconds"] > 0
     assert summary["fedadam_ok"] is (summary["max_rel_diff"] <= 1e-5)
+    assert summary["fedadam_ok"], summary["max_rel_diff"]  # the failover is invisible
     # FedAdam reports no epsilon: the DP figures are there, and empty.
     assert summary["epsilon_killed_aggregator"] is None
     assert summary["epsilon_killed_worker"] is None and summary["epsilon_equal"] is None

@@ -108,8 +108,6 @@ USAGE_CASES = {
     "bad-dataset": (["node", "start", "-a", "self", "-r", "1", "-s", "127.0.0.1:5000",
                      "--dataset", "foo"], ["--dataset", "foo"]),
     "missing-self": (["node", "start", "-a", "self", "-r", "1"], ["--self"]),
-    "demo-kill-after-end": (["demo", "--kill-aggregator-at", "9", "--rounds", "4"],
-                            ["--kill-aggregator-at", "9"]),
     "status-without-nodes": (["status"], ["--endpoints"]),
     "history-without-nodes": (["history"], ["--endpoints"]),
 }

@@ -81,3 +81,32 @@ def test_a_clientapp_that_exits_gets_an_error_reply_and_the_host_lives_on() -> N
     assert failed.has_error() and "SystemExit" in failed.error.reason
     assert not _reply(host, _instruction(term=5, round_=2, base="")[1]).has_error()
     assert len(calls) == 2
+
+
+def _call(term: int, call: int, kind: str = "query") -> bytes:
+    """An own-loop ServerApp's instruction, stamped with its journaled call (journal.py)."""
+    adopt_server_identity(1)
+    msg = Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(3, np.float32))})}),
+                  dst_node_id=7, message_type=kind, group_id="g")
+    stamp = Stamp(run_id=1, term=term, call=call).to_json()
+    return encode_message(msg, stamp, {"message_id": f"c-{term}-{call}", "run_id": 1})
+
+
+def test_a_call_resent_by_a_successor_is_answered_as_before_and_a_new_call_runs() -> None:
+    """SecAgg+ keeps its stage in the ClientApp's context.state: the call in flight when the
+    aggregator died, re-sent by its successor, must get the same answer, not a second run."""
+    calls: list[int] = []
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: object) -> Message:
+        calls.append(1)
+        return Message(RecordDict({"m": ConfigRecord({"n": len(calls)})}), reply_to=msg)
+
+    host = ClientAppHost(app, run_id=1, node_id=7, node_config={}, run_config={})
+    first = _reply(host, _call(term=5, call=3))
+    again = _reply(host, _call(term=9, call=3))
+    assert len(calls) == 1 and again.content["m"]["n"] == first.content["m"]["n"] == 1
+    assert _reply(host, _call(term=9, call=4)).content["m"]["n"] == 2  # same content, new call
+    assert _reply(host, _call(term=9, call=0)).content["m"]["n"] == 3  # not journaled
+    assert _reply(host, _call(term=9, call=0)).content["m"]["n"] == 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import threading
 from collections.abc import Callable, Iterator
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
+from raftfl.flower import durable
 from raftfl.flower.codec import decode_message, encode_message
 from raftfl.flower.fleet import FleetServer
 from raftfl.flower.grid import RaftGrid
@@ -52,13 +54,18 @@ class _Store:
         self.blobs: dict[str, bytes] = {}
         self.calls: dict[int, Exchange] = {}
 
+    def put(self, blob: bytes) -> str:
+        sha = hashlib.sha256(blob).hexdigest()
+        self.blobs[sha] = blob
+        return sha
+
     def journal(self, term: int, upto: int | None = None) -> Journal:
         recorded = {c: ex for c, ex in self.calls.items() if upto is None or c <= upto}
 
-        def record(call: int, kind: str, request: str, answer: bytes, replies: int) -> bool:
-            sha = hashlib.sha256(answer).hexdigest()
-            self.blobs[sha] = answer
-            self.calls[call] = Exchange(call, kind, request, sha, term)
+        def record(call: int, kind: str, request: str, answer: bytes, replies: int,
+                   start: bytes) -> bool:
+            sha, start_sha = self.put(answer), self.put(start) if start else ""
+            self.calls[call] = Exchange(call, kind, request, sha, term, start_sha)
             return True
         return Journal(recorded, self.blobs.__getitem__, record)
 
@@ -180,3 +187,32 @@ def test_a_hostile_answer_blob_is_one_error(blob: bytes) -> None:
 
 def test_pack_round_trips() -> None:
     assert unpack(pack([b"", b"a", b"bc" * 1000])) == [b"", b"a", b"bc" * 1000]
+
+
+def test_the_rerun_sees_the_nodes_and_random_draws_the_record_holds(fleet: FleetServer) -> None:
+    """A loop that reads the nodes and draws from `random` before its first send: its rerun,
+    in a process whose RNG state differs, sees the same nodes and makes the same draw (the
+    state recorded with call 1), so its calls match the record and nothing is re-sent."""
+    def main(grid: RaftGrid) -> tuple[list[int], float]:
+        nodes = list(grid.get_node_ids())
+        draw = random.random()
+        (reply,) = grid.send_and_receive([_train(grid, np.zeros(3, np.float32), str(draw))],
+                                         timeout=10)
+        return nodes, draw
+
+    store = _Store()
+    grid = _grid(fleet, store.journal(term=1))
+    random.seed(1)
+    start = grid.journal.start(lambda: durable.capture(None, None).blob)  # type: ignore[union-attr]
+    assert start == b""  # a fresh run: recorded with call 1
+    first = main(grid)
+    assert [ex.kind for ex in store.calls.values()] == ["nodes", "send_and_receive"]
+    assert store.calls[1].start_state
+
+    random.seed(99)  # another process state, as on the successor
+    grid = _grid(fleet, store.journal(term=2))
+    blob = grid.journal.start(lambda: b"unused")  # type: ignore[union-attr]
+    durable.restore(blob, None, None)
+    sent_before = _seen(fleet)
+    assert main(grid) == first and grid.journal.replayed == 2  # type: ignore[union-attr]
+    assert _seen(fleet) == sent_before

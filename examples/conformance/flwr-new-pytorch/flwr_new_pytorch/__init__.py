@@ -1,0 +1,1 @@
+"""flwr-new-pytorch: A Flower / PyTorch app."""
