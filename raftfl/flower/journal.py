@@ -153,6 +153,11 @@ class Journal:
         if not self.live and self._replay[self.calls].kind != "nodes":
             # A poll whose answer had not changed, so it was not recorded.
             return list(self._nodes) if self._nodes is not None else sorted(live())
+        if self.calls == len(self._replay) - 1:
+            # The record's last call: nothing recorded depends on its answer, and the nodes
+            # it names may have died with the aggregator (which trains too). Asked again live,
+            # and recorded again in its place (a later term's call replaces an earlier one's).
+            del self._replay[self.calls:]
         if not self.live:
             seen = self.answer("nodes", request, "get_node_ids", decode_nodes)
             if seen is not None:

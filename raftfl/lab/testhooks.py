@@ -10,6 +10,7 @@ round, so the fault harness can kill or freeze it at an exact phase:
     fit_start    aggregator, after round_started, before instructions go out (before fit)
     fit          worker, inside fit (during fit)
     checkpoint   aggregator, after aggregation, before the checkpoint write
+    call         worker, answering grid call N of a ServerApp with its own loop ("round" N)
 
 `RAFTFL_TEST_HOSTILE="fault[@R][,...]"` makes a worker tamper with its own replies (with `@R`,
 only in global round R), as a hostile worker would; the aggregator must refuse them:

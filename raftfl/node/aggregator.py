@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # Flower is imported when a node first serves, not at start-u
 
 log = logging.getLogger(__name__)
 
+MAX_APP_FAILURES = 3  # a ServerApp failing this often in a row, recording nothing: run stopped
+
 SERVE_RETRY_S = 10.0  # a Flower port that stays busy this long: give the role up (exit)
 STOP_JOIN_S = 5.0  # how long a stopped run's ServerApp thread gets to end
 
@@ -48,6 +50,7 @@ class AggregatorRole:
         self.shell, self.election, self.session = shell, election, session
         self.runs, self.models, self.worker = runs, models, worker
         self.config = config  # as this node read it at start-up
+        self._failures = 0  # the ServerApp's failures in a row, with no progress in between
         self.server: ServerAppHost | None = None  # the ServerApp of our term and the active run
         self.recorder: AppRecorder | None = None
         self.fleet: FleetServer | None = None  # our fleet endpoint, while we serve
@@ -181,13 +184,24 @@ class AggregatorRole:
                 return
             if isinstance(recorder.failure, EtcdNoSpace):
                 raise recorder.failure  # the loop reports it and steps down
-            shell.say(f"ServerApp {host.state}"
-                      + (f" ({type(host.error).__name__}: {host.error})" if host.error else "")
-                      + "; restarting it from the log")
+            why = f" ({type(host.error).__name__}: {host.error})" if host.error else ""
+            # The same failure again and again, with nothing recorded in between: the app's
+            # own, as deterministic as its record (Flower marks such a run failed).
+            self._failures = self._failures + 1 if recorder.progress == 0 else 1
+            shell.say(f"ServerApp {host.state}{why}; restarting it from the log"
+                      if self._failures < MAX_APP_FAILURES else
+                      f"ServerApp {host.state}{why} {MAX_APP_FAILURES} times without progress")
             host.stop()
             if not host.join(timeout=opts.round_timeout):
                 raise RaftflError("the previous ServerApp thread did not stop")
             self.server = None
+            if self._failures >= MAX_APP_FAILURES:
+                self._failures = 0
+                reason = (f"its ServerApp failed {MAX_APP_FAILURES} times without progress"
+                          f"{why}")[:500]
+                self.runs.log(run_id).append(RunStopped(node=shell.name, reason=reason))
+                shell.say(f"run {run_id} stopped: {reason}")
+                return
         events = self.runs.log(run_id)
         state, _ = events.current()
         if state.finished:

@@ -124,6 +124,7 @@ class AppRecorder:
         self.base: str | None = None  # hash of the model the next round starts from
         self.last_round = 0
         self.rounds = 0
+        self.progress = 0  # commits and grid calls recorded by this term's ServerApp run
         self.snapshot_every = SNAPSHOT_EVERY
         self._next_snapshot: float | None = None  # the seq from which the next one is due (set
         # by the first append; infinite once the state was too big for one)
@@ -254,6 +255,7 @@ class AppRecorder:
                       accuracy=acc, results=report.train.results if report.train else 0,
                       metrics=metrics, state_sha256=state_sha)))
         if ok:
+            self.progress += 1
             self.base, self.last_round = manifest.sha256, server_round
             self._keep_recent({manifest.sha256, state_sha} - {""})
             try:
@@ -282,6 +284,7 @@ class AppRecorder:
         ok = self._append(GridExchange(node=self.node, term=self.term, call=call, kind=kind,
                                        request=request, answer=sha, replies=replies,
                                        start_state=start))
+        self.progress += ok
         return ok and not self._halt()  # a planned handover stops the app after a call
 
     def _save_answer(self, blob: bytes, call: int) -> str:

@@ -170,6 +170,8 @@ class WorkerRole:
             self.say(f"training round {stamp.round} for term {stamp.term}",
                      once=f"fit{stamp.term}:{stamp.round}")
             self.shell.hooks.hold("fit", stamp.round)
+        if stamp.call:  # an own-loop ServerApp's grid call (flower/journal.py)
+            self.shell.hooks.hold("call", stamp.call)
         return None
 
 

@@ -6,6 +6,7 @@ FedProx and FedAdam. Asserts the outcome from the demo's summary and from `raftf
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -58,3 +59,30 @@ def _survives_a_kill(app: Path, strategy: str, tmp_path: Path) -> None:
         assert {"eval_loss", "eval_acc"} <= set(metrics["evaluate_clientapp"])  # fraction 0.5
         assert metrics["train"]["train_loss"] > 0
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"])
+
+
+def test_a_serverapp_that_always_fails_stops_its_run(tmp_path: Path) -> None:
+    """A ServerApp that raises before it records anything, every time: restarted from the log
+    twice, then its run is stopped with the reason (Flower marks such a run failed), and the
+    nodes leave instead of retrying for ever."""
+    app = tmp_path / "app"
+    shutil.copytree(APP, app)
+    server = app / "quickstart" / "server_app.py"
+    server.write_text(server.read_text().replace(
+        "    run_config = context.run_config\n",
+        "    raise ValueError('broken on purpose')\n", 1))
+    out = tmp_path / "out"
+    (out / "tmp").mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raftfl", "demo", "--app", str(app), "--nodes", "2",
+         "--rounds", "2", "--dataset", "synthetic", "--summary-json", str(out / "s.json"),
+         "--out", str(out), "--keep"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(out / "tmp")})
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    summary = json.loads((out / "s.json").read_text())
+    assert "run not completed" in summary["violations"] and summary["committed_rounds"] == []
+    logs = "".join(p.read_text(errors="replace") for p in (out / "tmp").rglob("node*.log"))
+    assert logs.count("restarting it from the log") == 2, logs[-3000:]
+    assert "run 1 stopped: its ServerApp failed 3 times without progress (ValueError: broken " \
+           "on purpose)" in logs

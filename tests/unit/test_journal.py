@@ -11,6 +11,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,7 +21,15 @@ from raftfl.flower import durable
 from raftfl.flower.codec import decode_message, encode_message
 from raftfl.flower.fleet import FleetServer
 from raftfl.flower.grid import RaftGrid
-from raftfl.flower.journal import Exchange, Journal, JournalError, pack, unpack, valid_prefix
+from raftfl.flower.journal import (
+    Exchange,
+    Journal,
+    JournalError,
+    encode_ids,
+    pack,
+    unpack,
+    valid_prefix,
+)
 
 RUN = 7
 
@@ -216,3 +225,20 @@ def test_the_rerun_sees_the_nodes_and_random_draws_the_record_holds(fleet: Fleet
     sent_before = _seen(fleet)
     assert main(grid) == first and grid.journal.replayed == 2  # type: ignore[union-attr]
     assert _seen(fleet) == sent_before
+
+
+def test_the_records_last_read_of_the_nodes_is_asked_again(fleet: FleetServer) -> None:
+    """The aggregator died after reading the node ids, before its send: the nodes it saw may
+    have died with it, so its successor reads them again live (and records that instead)."""
+    def main(grid: RaftGrid) -> list[int]:
+        nodes = list(grid.get_node_ids())
+        grid.send_and_receive([_train(grid, np.zeros(3, np.float32))], timeout=10)
+        return nodes
+
+    store = _Store()
+    main(_grid(fleet, store.journal(term=1)))
+    del store.calls[2]  # killed in its send
+    store.calls[1] = replace(store.calls[1], answer=store.put(encode_ids(["1", "99"])))
+    assert main(_grid(fleet, store.journal(term=2))) == [1]  # node 99 is gone: not replayed
+    assert [(ex.kind, ex.term) for ex in store.calls.values()] == [("nodes", 2),
+                                                                   ("send_and_receive", 2)]
