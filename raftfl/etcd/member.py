@@ -218,7 +218,9 @@ class EtcdMember:
         config = self.spec.data_dir / "etcd.yml"
         write_atomic(config, self.spec.render(), mode=0o600)
         argv = [self.binary, "--config-file", str(config)]
-        setpriv = shutil.which("setpriv") if threaded else None
+        # gRPC's threads start with the first channel; a test process (or a node) that has
+        # one may be forking now, whatever it says (seen: an xdist worker's members, exit -6).
+        setpriv = shutil.which("setpriv") if threaded or "grpc" in sys.modules else None
         stderr = open(self.spec.data_dir / "etcd.stderr", "ab")  # noqa: SIM115 - owned by child
         self.proc = subprocess.Popen(
             [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv,

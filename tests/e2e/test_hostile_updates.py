@@ -49,7 +49,9 @@ def test_hostile_updates_and_evaluations_are_refused_and_the_run_completes() -> 
     declared = ["--max-examples", str(PARTITION)]
     with LocalCluster(n=4, rounds=2, cluster="t-hostile", train_size=600, test_size=200,
                       exit_on_complete=False,
-                      node_args={0: [*declared, "--examples-cap", str(CAP)], 3: declared},
+                      # every node evaluates every round, node 3 (eval-examples=0) too
+                      node_args={0: [*declared, "--examples-cap", str(CAP),
+                                     "--run-config", "fraction-evaluate=1.0"], 3: declared},
                       node_env={1: {HOSTILE_ENV: "nan@1,f64=1e300@2"},
                                 2: {HOSTILE_ENV: f"shape@1,examples={10**18}@2"},
                                 3: {HOSTILE_ENV: "examples=100000@1,eval-examples=0"}}) as c:

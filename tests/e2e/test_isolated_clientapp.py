@@ -58,7 +58,8 @@ def test_a_clientapp_process_that_dies_leaves_the_node_and_the_run_whole(tmp_pat
                       extra_args=["--isolation", "process"],
                       node_args={0: first, 2: ["--isolation-memory-mb", "8000"]}) as c:
         c.wait_event(lambda e: e.type == "round_committed" and e.round == 1, WAIT, "round 1")
-        spawned = {n.name: children(n.pid) for n in c.nodes}
+        # Node 1's first child may be gone already (it exits in round 2): the others' are alive.
+        alive = {n.name: children(n.pid) for n in c.nodes}
         c.wait_event(lambda e: e.type == "run_completed", WAIT, "the run to complete")
         c.wait_exit(60)
         state = c.state()
@@ -67,9 +68,11 @@ def test_a_clientapp_process_that_dies_leaves_the_node_and_the_run_whole(tmp_pat
         logs = {n.name: n.log_path.read_text(errors="replace") for n in c.nodes}
         fits = {i.event.round: i.event for i in c.log if i.event.type == "fit_results"}
 
-    assert all(len(pids) == 1 for pids in spawned.values()), spawned  # one child per node
-    for name, pids in spawned.items():
-        assert f"] ClientApp of run 1 in process {pids[0]} (--isolation process)" in logs[name]
+    started = re.compile(r"\] ClientApp of run 1 in process (\d+) \(--isolation process\)")
+    spawned = {name: [int(pid) for pid in started.findall(text)] for name, text in logs.items()}
+    assert all(spawned.values()), spawned  # every node ran its ClientApp in a child
+    for name, pids in alive.items():  # at most the one the node said it started
+        assert set(pids) <= set(spawned[name]) and len(pids) <= 1, (name, pids, spawned)
     assert codes == dict.fromkeys(codes, 0), codes  # every node lived to the end
     died = re.compile(r"\] ClientApp process died: exited with code 9 \(pid \d+\)")
     crashed = [name for name, text in logs.items() if died.search(text)]
