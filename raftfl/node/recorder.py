@@ -23,7 +23,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import (
@@ -50,6 +50,7 @@ from raftfl.etcd.store import Fence, Store
 from raftfl.node.models import Models
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KEEP_CHECKPOINTS = 3
 SNAPSHOT_EVERY = 1000  # events between two snapshots of the run's state
@@ -227,18 +228,14 @@ class AppRecorder:
         if self.deposed:
             return False
         self.hold("checkpoint", server_round)
-        try:
-            manifest = self.models.save(self.store, self.keys, arrays_to_bytes(arrays),
-                                        server_round, self.fence)
-            state_sha = self.models.save(self.store, self.keys, state, server_round,
-                                         self.fence).sha256 if state else ""
-        except FencedOut:
-            self.deposed = True
+        saved = self._saved(f"round {server_round} checkpoint", lambda: (
+            self.models.save(self.store, self.keys, arrays_to_bytes(arrays), server_round,
+                             self.fence),
+            self.models.save(self.store, self.keys, state, server_round, self.fence).sha256
+            if state else ""))
+        if saved is None:
             return False
-        except RaftflError as exc:
-            log.warning("round %d checkpoint not saved: %s", server_round, exc)
-            self.failure, self.deposed = exc, True
-            return False
+        manifest, state_sha = saved
         if server_round == 0:
             self.rounds = int(getattr(report, "num_rounds", 0) or 0)
             ok = self._append(RunStarted(node=self.node, term=self.term, rounds=self.rounds,
@@ -271,21 +268,29 @@ class AppRecorder:
         hashes in a fenced `grid_exchange`."""
         if self.deposed:
             return False
-        try:
-            sha = self._save_answer(answer, call)
-            start = self._save_answer(start_state, call) if start_state else ""
-        except FencedOut:
-            self.deposed = True
+        saved = self._saved(f"grid call {call}", lambda: (
+            self._save_answer(answer, call),
+            self._save_answer(start_state, call) if start_state else ""))
+        if saved is None:
             return False
-        except RaftflError as exc:
-            log.warning("grid call %d not recorded: %s", call, exc)
-            self.failure, self.deposed = exc, True
-            return False
+        sha, start = saved
         ok = self._append(GridExchange(node=self.node, term=self.term, call=call, kind=kind,
                                        request=request, answer=sha, replies=replies,
                                        start_state=start))
         self.progress += ok
         return ok and not self._halt()  # a planned handover stops the app after a call
+
+    def _saved(self, what: str, save: Callable[[], T]) -> T | None:
+        """`save()`'s result, or None when this term's writes are over (fenced out, or etcd
+        failing: said once, and the term ends)."""
+        try:
+            return save()
+        except FencedOut:
+            self.deposed = True
+        except RaftflError as exc:
+            log.warning("%s not saved: %s", what, exc)
+            self.failure, self.deposed = exc, True
+        return None
 
     def _save_answer(self, blob: bytes, call: int) -> str:
         """A small answer (node ids, the start state) goes into etcd itself: at a run's first

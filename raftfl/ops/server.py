@@ -28,6 +28,7 @@ from raftfl.ops.context import OpsContext
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+DRAIN_BYTES = 1 << 20  # a refused body up to this size is read and dropped
 REQUEST_TIMEOUT_S = 10.0  # per socket operation: a client that stalls is dropped
 
 
@@ -105,6 +106,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             return routes.error(400, "malformed Content-Length")
         if not 0 <= size <= MAX_BODY:
+            if size <= DRAIN_BYTES:  # read, so that the client, still sending, gets the 413
+                self.rfile.read(size)  # instead of a reset connection
             return routes.error(413, f"request body of {size} bytes: at most {MAX_BODY}")
         return self.rfile.read(size) if size else b""
 

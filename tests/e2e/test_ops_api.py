@@ -66,7 +66,7 @@ class Poller:
     def _run(self) -> None:
         while not self.stop.is_set():
             at = time.time()
-            got = {path: {n.name: call(n, path, timeout=1.0)[0] for n in self.nodes}
+            got = {path: {n.name: call(n, path, timeout=3.0)[0] for n in self.nodes}
                    for path in ("/aggregator", "/health")}
             self.rounds.append((at, got))
             self.stop.wait(max(0.0, POLL_S - (time.time() - at)))
