@@ -24,7 +24,7 @@ from typing import Any
 from raftfl.core.errors import RaftflError
 from raftfl.core.events import RunCompleted
 from raftfl.lab.bench import plot_bars
-from raftfl.lab.bench_overhead import _RAFTFL_TRAIN, _window
+from raftfl.lab.bench_overhead import RAFTFL_TRAIN, round_starts, window
 from raftfl.lab.bench_report import Column, Echo, LogTail, machine, table, write_csv
 from raftfl.lab.localcluster import LocalCluster
 
@@ -35,7 +35,7 @@ RUN_TIMEOUT_S = 900.0
 def run_mode(mode: str, nodes: int, rounds: int, train_size: int, test_size: int,
              workdir: Path, progress: Echo) -> dict[str, Any]:
     """One run of the quick-start app with `--isolation mode`; its round wall times."""
-    tail = LogTail({}, _RAFTFL_TRAIN)
+    tail = LogTail({}, RAFTFL_TRAIN)
     started = time.monotonic()
     try:
         with LocalCluster(n=nodes, rounds=rounds, cluster="isolation", train_size=train_size,
@@ -46,12 +46,8 @@ def run_mode(mode: str, nodes: int, rounds: int, train_size: int, test_size: int
             c.wait_event(lambda e: isinstance(e, RunCompleted), RUN_TIMEOUT_S, "completion")
     finally:
         tail.close()
-    starts: dict[int, float] = {}
-    for t, _, line in tail.lines:
-        m = _RAFTFL_TRAIN.search(line)
-        if m:
-            starts.setdefault(int(m.group(1)), t)
-    out = _window(starts, rounds, tail)
+    starts = round_starts(tail)
+    out = window(starts, rounds, tail)
     out.update(mode=mode, first_round_s=round(starts[2] - starts[1], 3),
                run_s=round(time.monotonic() - started, 1))
     progress(f"  {mode}: {out['round_s']:.2f} s per round (first round "

@@ -42,7 +42,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 TARGET_RATIO = 1.05
 RUN_TIMEOUT_S = 900.0
 _FLOWER_TRAIN = re.compile(r"Receiving: train message")
-_RAFTFL_TRAIN = re.compile(r"\] training round (\d+) for term")
+RAFTFL_TRAIN = re.compile(r"\] training round (\d+) for term")
 
 
 def _veth(ctx: dict[str, Any] | None) -> float | None:
@@ -61,7 +61,17 @@ def _namespaces(n: int) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"{exc}: bytes are not measured"
 
 
-def _window(starts: dict[int, float], rounds: int, tail: LogTail) -> dict[str, Any]:
+def round_starts(tail: LogTail) -> dict[int, float]:
+    """When each round's training was first seen (the nodes' "training round R" lines)."""
+    starts: dict[int, float] = {}
+    for t, _, line in tail.lines:
+        m = RAFTFL_TRAIN.search(line)
+        if m:
+            starts.setdefault(int(m.group(1)), t)
+    return starts
+
+
+def window(starts: dict[int, float], rounds: int, tail: LogTail) -> dict[str, Any]:
     """Round wall time and bytes per round over rounds 2..R, from the round starts."""
     if any(r not in starts for r in range(2, rounds + 1)):
         raise RaftflError(f"round starts seen: {sorted(starts)}, expected 2..{rounds}")
@@ -156,7 +166,7 @@ def run_flower(n: int, rounds: int, train_size: int, test_size: int, workdir: Pa
         per_node.setdefault(name, []).append(t)
     starts = {r: min(ts[r - 1] for ts in per_node.values() if len(ts) >= r)
               for r in range(1, rounds + 1) if any(len(ts) >= r for ts in per_node.values())}
-    out = _window(starts, rounds, tail)
+    out = window(starts, rounds, tail)
     out.update(engine="flower", run_s=round(total, 1), bytes_note=reason)
     progress(f"  plain Flower: {out['round_s']:.2f} s per round"
              + (f", {out['bytes_per_round'] / 1e6:.2f} MB per round" if "bytes_per_round" in out
@@ -168,7 +178,7 @@ def run_raftfl(n: int, rounds: int, train_size: int, test_size: int, workdir: Pa
                progress: Echo) -> dict[str, Any]:
     """One run on raftfl (n nodes, the built-in quick-start app); round starts and bytes."""
     ctx, reason = _namespaces(n)
-    tail = LogTail({}, _RAFTFL_TRAIN, sample=lambda: _veth(ctx))
+    tail = LogTail({}, RAFTFL_TRAIN, sample=lambda: _veth(ctx))
     started = time.monotonic()
     try:
         with LocalCluster(n=n, rounds=rounds, cluster="overhead", train_size=train_size,
@@ -182,12 +192,7 @@ def run_raftfl(n: int, rounds: int, train_size: int, test_size: int, workdir: Pa
         tail.close()
         if ctx:
             netns_teardown(ctx)
-    starts: dict[int, float] = {}
-    for t, _, line in tail.lines:
-        m = _RAFTFL_TRAIN.search(line)
-        if m:
-            starts.setdefault(int(m.group(1)), t)
-    out = _window(starts, rounds, tail)
+    out = window(round_starts(tail), rounds, tail)
     out.update(engine="raftfl", run_s=round(time.monotonic() - started, 1), bytes_note=reason)
     progress(f"  raftfl: {out['round_s']:.2f} s per round"
              + (f", {out['bytes_per_round'] / 1e6:.2f} MB per round" if "bytes_per_round" in out
