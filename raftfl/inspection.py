@@ -217,7 +217,7 @@ def run_list(endpoints: list[str], cluster: str) -> list[dict[str, Any]]:
         now = active(states)
         return [{
             "run": rid, "app": spec.app, "state": run_state(rid, states[rid], now),
-            "rounds_committed": len(states[rid].committed),
+            "rounds_committed": len(states[rid].committed_rounds),
             "rounds": states[rid].rounds or spec.rounds,
             "aggregator": states[rid].aggregator,
             "final_model_sha256": states[rid].completed.model_sha256

@@ -74,17 +74,33 @@ test_tools() {  # PACKAGE COMMAND [apt options]: install PACKAGE unless COMMAND 
 test_tools chromium chromium
 test_tools prometheus promtool --no-install-recommends
 
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-stamp=.venv/.raftfl-installed
+# The dependencies (torch alone is 5.7 GB and 85 s to unpack) are installed once per machine
+# and set of requirements, in a venv under the cache that every clone of the same setup.cfg and
+# pyproject.toml links as its .venv; each clone then installs only raftfl itself (editable,
+# about 10 s). A venv being built is marked complete only at its end, so an interrupted setup
+# is redone. RAFTFL_VENV_CACHE=none keeps a private .venv in the clone.
 want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup: installing raftfl into .venv (torch comes from the local wheel cache)" >&2
+cache=${RAFTFL_VENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/raftfl/venvs}
+if [ ! -e .venv ]; then
+  if [ "$cache" != none ] && mkdir -p "$cache" 2>/dev/null && [ -w "$cache" ]; then
+    [ -x "$cache/$want/bin/python" ] || "$PY" -m venv "$cache/$want"
+    ln -s "$cache/$want" .venv
+  else
+    "$PY" -m venv .venv
+  fi
+fi
+if [ "$(cat .venv/.raftfl-deps 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing raftfl and its dependencies into .venv (torch comes from the local wheel cache)" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q -e '.[dev,lab]' 2>&1 | grep -v "is ignored: it is neither a file" >&2 || true
   .venv/bin/python -c "import raftfl, etcd3, flwr, torch, torchvision" \
     || { echo "setup: install failed" >&2; exit 1; }
-  echo "$want" > "$stamp"
+  echo "$want" > .venv/.raftfl-deps
+  echo "$PWD" > .venv/.raftfl-source
+elif [ "$(cat .venv/.raftfl-source 2>/dev/null)" != "$PWD" ]; then
+  echo "setup: reusing the dependencies in $(readlink -f .venv); installing this clone's raftfl" >&2
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+    || { echo "setup: install of raftfl failed" >&2; exit 1; }
+  echo "$PWD" > .venv/.raftfl-source
 fi
 echo "setup: ok ($(.venv/bin/raftfl --version 2>/dev/null || echo raftfl), $("${RAFTFL_ETCD_BIN:-etcd}" --version | head -1))" >&2

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -185,3 +186,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = Path(str(item.fspath)).parent.name
         if tier in ("unit", "etcd", "e2e"):
             item.add_marker(getattr(pytest.mark, tier))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault matrix's rows (tests/e2e/test_fault_matrix.py), with their recovery times, as
+    `raftfl faults` prints them: the reports carry them from xdist's workers."""
+    rows = [value for key in ("passed", "failed") for report in terminalreporter.stats.get(key, [])
+            if getattr(report, "when", "") == "call"
+            for name, value in report.user_properties if name == "fault_matrix"]
+    if rows:
+        terminalreporter.write_sep("=", "fault matrix (scenario, fault, outcome, invariants, "
+                                        "recovery s, wall s)")
+        for row in rows:
+            terminalreporter.write_line(str(row))

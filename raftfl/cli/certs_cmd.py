@@ -78,8 +78,9 @@ def certs_issue(directory: Path, node_address: str | None, operator: str | None,
 @click.option("--operator", "operators", multiple=True, metavar="NAME",
               help="A read-only operator (its bundle from `certs issue --operator NAME`).")
 def certs_rbac(target: Target, users: tuple[str, ...], operators: tuple[str, ...]) -> None:
-    """Turn on etcd auth: each node (its CN) may read and write /raftfl/<cluster>/ only,
-    operators may read it. Run with --certs pointing at the admin (root) bundle; repeatable."""
+    """Turn on etcd auth: each node (its CN) reads /raftfl/<cluster>/ and writes its shared
+    keys and its own records only, operators read it and submit runs. Run with --certs
+    pointing at the admin (root) bundle; repeatable."""
     from raftfl import tls
     from raftfl.core.certs import ROOT_CN
     from raftfl.etcd import rbac
@@ -90,8 +91,9 @@ def certs_rbac(target: Target, users: tuple[str, ...], operators: tuple[str, ...
     names = [a.name for a in addresses(target.nodes + users)]
     with target.store() as store:
         rbac.enable(store, target.cluster, names, operators)
-    click.echo(f"etcd auth on: {len(names)} node(s) read/write /raftfl/{target.cluster}/, "
-               f"{len(operators)} operator(s) read it")
+    click.echo(f"etcd auth on: {len(names)} node(s) read /raftfl/{target.cluster}/ and write "
+               f"the shared keys and their own records, {len(operators)} operator(s) read it "
+               "and submit runs")
 
 
 @certs_group.command("signing-key")

@@ -6,7 +6,8 @@ The cluster's own keys (`Keys`):
     latency/<node>/<seq:012d>  RTT samples, one writer per node, bound to the writer's lease
     members/<node>             liveness and context, bound to the node's lease
     aggregator                 the role; bound to the holder's lease; create revision = term
-    suspects/<term>/<node>     a node's evidence that term's holder is gone; on its lease
+    suspects/<node>/<term>     a node's evidence that term's holder is gone; on its lease;
+                               the writer first, so RBAC can give each node its own prefix
     control/handover           an operator's planned handover of the role (one at a time)
     control/paused             present while automatic failover is paused (maintenance)
     membership/upgrade/<node>  the aggregator asks a node without an etcd member to become a
@@ -99,11 +100,22 @@ class Keys:
     def aggregator(self) -> str:
         return self.root + "aggregator"
 
-    def suspects(self, term: int) -> str:
-        return f"{self.root}suspects/{term}/"
+    @property
+    def suspects(self) -> str:
+        return self.root + "suspects/"
+
+    def suspicions_of(self, node: str) -> str:
+        """Node `node`'s suspicions, one per term (only it writes here: etcd/rbac.py)."""
+        return f"{self.suspects}{node}/"
 
     def suspect(self, term: int, node: str) -> str:
-        return self.suspects(term) + node
+        return f"{self.suspicions_of(node)}{term}"
+
+    def parse_suspect(self, key: str) -> tuple[str, int] | None:
+        """(accuser, term) of a suspicion's key, None for a foreign key."""
+        node, _, term = key.removeprefix(self.suspects).partition("/")
+        return (node, int(term)) if key.startswith(self.suspects) and node and term.isdigit() \
+            else None
 
     @property
     def control(self) -> str:

@@ -16,13 +16,16 @@ sha256 of the state's canonical JSON.
 Bounds: the whole value is at most `MAX_SNAPSHOT_BYTES` (1 MiB; etcd refuses requests over
 1.5 MiB, and the fenced transaction adds its key and compare), parsed with the depth bound of
 every record; each event in it at most an event's own bound. A state that does not fit is
-not snapshotted (`TooBig`): the state grows with the committed rounds (about 1.1 KB per round
-when three clients report their metrics), so about 900 rounds fit.
+not snapshotted (`TooBig`). The state is bounded (raftfl/core/replay.py: the newest `WINDOW`
+rounds' records, older history as ranges and counts), so a training run's snapshot stays
+near 100 KB however many rounds it commits; what still grows is an own-loop ServerApp's
+recorded grid calls (about 0.4 KB each: the journal replays them all) and violation records.
 
-A snapshot that does not parse, fails its hash or contradicts itself is ignored with one
-warning, and the reader folds the full log instead: a bad snapshot costs time, never the
-state. Like an event, a snapshot is only as trustworthy as etcd's access control: the hash
-guards against corruption and hand edits, not against a writer who can also write the hash.
+A snapshot that does not parse, fails its hash, contradicts itself or has another version
+(an older one holds the unbounded state) is ignored with one warning, and the reader folds
+the full log instead: a bad snapshot costs time, never the state. Like an event, a snapshot
+is only as trustworthy as etcd's access control: the hash guards against corruption and hand
+edits, not against a writer who can also write the hash.
 """
 
 from __future__ import annotations
@@ -50,9 +53,9 @@ from raftfl.core.events import (
 )
 from raftfl.core.keys import MAX_RUN_ID
 from raftfl.core.records import MAX_INT, MAX_TEXT, SKIPS, MalformedRecord, Record, require
-from raftfl.core.replay import FLState
+from raftfl.core.replay import WINDOW, FLState, RoundSet
 
-SNAPSHOT_VERSION = 1  # bump when FLState or its encoding here changes: old ones are then ignored
+SNAPSHOT_VERSION = 2  # bump when FLState or its encoding here changes: old ones are then ignored
 MAX_SNAPSHOT_BYTES = 1024 * 1024
 MIN_EVENT_BYTES = 64  # an event's JSON holds at least its 32-digit id, type, node, term, ts, v
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -116,16 +119,31 @@ def restore(snap: Snapshot) -> FLState:
     kwargs: dict[str, Any] = {}
     for name, codec in _FIELDS.items():
         if name not in snap.state:
-            if name in _ADDED_LATER:
-                continue
             raise MalformedRecord(f"state field {name} missing")
         kwargs[name] = codec.decode(snap.state[name], f"state field {name}")
-    state = FLState(**kwargs, top_round=max(kwargs["committed"], default=0))
+    state = FLState(**kwargs)
+    _check_bounded(state)
     if state.last_seq != snap.seq:
         raise MalformedRecord(f"its state ends at seq {state.last_seq}, the snapshot says {snap.seq}")
     if state.max_term > snap.revision:
         raise MalformedRecord(f"term {state.max_term} is later than its revision {snap.revision}")
     return state
+
+
+def _check_bounded(state: FLState) -> None:
+    """A state the fold could have made: its windows within WINDOW, its records of committed
+    rounds among the committed ones (a fold continued from anything else would differ from
+    the full log's)."""
+    for name in _WINDOWED:
+        if len(getattr(state, name)) > WINDOW:
+            raise MalformedRecord(f"state field {name} holds more than {WINDOW} items")
+    if not state.committed_rounds.valid():
+        raise MalformedRecord("state field committed_rounds: not sorted, disjoint ranges of rounds")
+    if any(rnd not in state.committed_rounds for rnd in state.committed):
+        raise MalformedRecord("state field committed holds a round committed_rounds does not")
+    if state.commits < len(state.commit_order) or state.election_count < len(state.elections) \
+            or state.starts < sum(state.started.values()):
+        raise MalformedRecord("its counts are smaller than the records they count")
 
 
 def read(raw: bytes, key: str, run: int, mod_revision: int) -> tuple[Snapshot, FLState] | None:
@@ -228,17 +246,23 @@ _INTS = _Codec(lambda v: v, _ints)
 _PAIRS = _pairs(_int)
 _REJECTIONS = _pairs(_str)
 
-_ADDED_LATER = {"initial_state", "exchanges"}  # absent from older snapshots: the field's default
-_FIELDS: dict[str, _Codec] = {  # every FLState field but top_round (max(committed))
+_WINDOWED = ("committed", "commit_order", "started", "checkpoints", "elections", "step_downs",
+             "fallbacks")
+_FIELDS: dict[str, _Codec] = {  # every FLState field; dicts keep their order (the windows')
     "rounds": _optional(_int),
     "initial_model": _optional(_str),
     "initial_state": _Codec(lambda v: v, _str),
     "committed": _keyed(RoundCommitted, "round"),
+    "committed_rounds": _Codec(lambda rs: [list(span) for span in rs.spans],
+                               lambda v, where: RoundSet(_PAIRS(v, where))),
     "commit_order": _INTS,
+    "commits": _COUNT,
     "started": _Codec(lambda d: [[r, n] for r, n in d.items()],
                       lambda v, where: dict(_PAIRS(v, where))),
+    "starts": _COUNT,
     "checkpoints": _keyed(CheckpointSaved, "sha256"),
     "elections": _events(AggregatorElected),
+    "election_count": _COUNT,
     "elected_terms": _Codec(sorted, lambda v, where: set(_ints(v, where))),
     "step_downs": _events(StepDown),
     "fallbacks": _events(CheckpointFallback),

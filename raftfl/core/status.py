@@ -37,6 +37,7 @@ class NodeStatus:
     action: str  # the cycle's decision (raftfl/core/decide.py's Action value)
     sentence: str  # ...and its sentence
     member: bool | None  # the node's embedded etcd member is running (None: it has none)
+    holder_flower_address: str | None = None  # the holder's fleet address (edge workers)
 
     def fresh(self, now: float) -> bool:
         """The HA loop cycled within one lease TTL (Patroni's liveness rule)."""

@@ -1,4 +1,5 @@
-"""The ranking context, read from etcd: every live node's member record and latency samples.
+"""The ranking context, read from etcd: every live node's member record and latency samples,
+and who suspects a term's holder.
 
 Read at one revision (the vacancy's), these give every node the same inputs to the same
 pure ranking. Records that do not decode, or that claim another node's name than their
@@ -47,3 +48,13 @@ def read_samples(store: Store, keys: Keys, revision: int | None = None) -> list[
             continue
         samples.append(sample)
     return samples
+
+
+def read_suspecting(store: Store, keys: Keys, term: int, revision: int | None = None,
+                    ) -> frozenset[str]:
+    """The nodes that published evidence that `term`'s holder is gone. Each node's
+    suspicions are under its own prefix (RBAC gives it only that), so one range over all of
+    them, filtered by term; a node keeps one (it deletes its older ones, all on its lease)."""
+    kvs, _ = store.range(keys.suspects, revision=revision, keys_only=True)
+    return frozenset(node for node, t in filter(None, map(keys.parse_suspect,
+                                                           (kv.key for kv in kvs))) if t == term)

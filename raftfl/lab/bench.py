@@ -139,7 +139,7 @@ def measure_sizes(rounds: int, every: int | None, model_bytes: int, workdir: Pat
                 if progress and (rnd % 50 == 0 or rnd == rounds):
                     progress(f"  {variant}: round {rnd}/{rounds}, db {rows[-1].db_size_max / 2**20:.1f} MiB")
             state, _ = log.state()
-            return rows, state.commit_order
+            return rows, list(state.committed_rounds)
         finally:
             store.close()
 

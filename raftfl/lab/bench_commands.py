@@ -102,15 +102,20 @@ def bench_bigmodel(nodes: int, rounds: int, model_mb: float, db_limit_mb: float,
 @click.option("--nodes", "nodes_list", multiple=True, default=("3,5,8,16",), show_default=True,
               callback=_int_list(2, 16), help="Cluster sizes, comma-separated.")
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--idle", "idle_s", type=click.FloatRange(5, 3600), default=None,
+              help="Bytes per second over this many seconds after a one-round run has "
+                   "completed, instead of per round.")
 @_OUT
 @_JSON
-def bench_traffic(nodes_list: list[int], rounds: int, out: Path, as_json: bool) -> None:
+def bench_traffic(nodes_list: list[int], rounds: int, idle_s: float | None, out: Path,
+                  as_json: bool) -> None:
     """Bytes per round on Raft, etcd-client and Flower channels, in model copies: etcd's
     metrics, cross-checked with kernel counters (network namespaces; needs root)."""
     from raftfl.lab.bench_traffic import bench_traffic as run
 
     echo = _echo(as_json)
-    _bench_exit(run(nodes_list, rounds, out, echo=echo, progress=echo), as_json)
+    _bench_exit(run(nodes_list, rounds, out, echo=echo, progress=echo, idle_s=idle_s or 0.0),
+                as_json)
 
 
 @bench.command("overhead")
@@ -121,18 +126,25 @@ def bench_traffic(nodes_list: list[int], rounds: int, out: Path, as_json: bool) 
               help="Runs per engine, alternating.")
 @click.option("--train-size", type=click.IntRange(100), default=2000, show_default=True)
 @click.option("--test-size", type=click.IntRange(10), default=500, show_default=True)
+@click.option("--secure", is_flag=True,
+              help="Compare raftfl with mutual TLS and etcd RBAC (demo --secure) against "
+                   "raftfl in plain text, instead of raftfl against plain Flower.")
+@click.option("--demo-task", is_flag=True,
+              help="Train `raftfl demo`'s task (16,000 images, 2 local epochs; overrides "
+                   "--train-size) instead of the bench's small one.")
 @_OUT
 @_JSON
 def bench_overhead(nodes: int, rounds: int, reps: int, train_size: int, test_size: int,
-                   out: Path, as_json: bool) -> None:
+                   secure: bool, demo_task: bool, out: Path, as_json: bool) -> None:
     """The quick-start app under plain Flower (Deployment Engine) and under raftfl,
-    alternating: the ratio of round wall time and of bytes."""
+    alternating: the ratio of round wall time and of bytes. With --secure: raftfl secured
+    against raftfl in plain text."""
     from raftfl.lab.bench_overhead import bench_overhead as run
 
     echo = _echo(as_json)
     try:
         result = run(nodes, rounds, reps, train_size, test_size, out, echo=echo,
-                     progress=echo)
+                     progress=echo, secure=secure, demo_task=demo_task)
     except RaftflError as exc:
         raise click.ClickException(str(exc)) from exc
     _bench_exit(result, as_json)
@@ -299,3 +311,25 @@ def bench_durable(sizes: list[int], workers: int, rounds: int, out: Path, as_jso
 
     echo = _echo(as_json)
     _bench_exit(run(sizes, workers, rounds, out, echo=echo, progress=echo), as_json)
+
+
+@bench.command("scale")
+@click.option("--workers", "sizes", multiple=True, default=("10,100,1000",), show_default=True,
+              callback=_int_list(1, 4000), help="Edge workers per federation, comma-separated.")
+@click.option("--rounds", type=click.IntRange(5, 100), default=7, show_default=True,
+              help="Rounds per federation: 1 warm-up, then timed ones; the aggregator is "
+                   "killed in round ROUNDS-2.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_OUT
+@_JSON
+def bench_scale(sizes: list[int], rounds: int, seed: int, out: Path, as_json: bool) -> None:
+    """Edge workers at scale on 3 nodes: round overhead per worker, the aggregator's memory,
+    etcd requests per round, and the failover time until 90% and 100% of them reply."""
+    from raftfl.lab.bench_scale import bench_scale as run
+
+    echo = _echo(as_json)
+    try:
+        result = run(sizes, rounds, out, echo=echo, progress=echo, seed=seed)
+    except RaftflError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _bench_exit(result, as_json)

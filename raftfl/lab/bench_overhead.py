@@ -9,6 +9,13 @@ Deployment Engine is the process-per-node topology raftfl itself has (every node
 with its own data, talking over the network), so it is the like-for-like baseline. Every
 process gets one torch thread (raftfl's default per node; OMP_NUM_THREADS=1 for Flower's).
 
+`--secure` compares raftfl with itself instead: plain text against mutual TLS and etcd RBAC
+(`raftfl demo --secure`'s setup: a throwaway CA, one bundle per node, `rbac.enable`), the same
+app, data, seed and rounds, alternating, so the cost of security is measured on one machine
+in one sitting (issue 18: at most 10% per round). `--demo-task` trains `raftfl demo`'s task
+(16,000 images, 2 local epochs: rounds of seconds, as the demo's) instead of the bench's
+small one (rounds well under a second, where fixed per-round costs weigh the most).
+
 Round wall time: the time between the first train instruction of consecutive rounds to
 arrive at any client (Flower: a SuperNode's "Receiving: train message"; raftfl: a worker's
 "training round R"), each stamped when the line appears, over rounds 2..R (round 1 includes
@@ -28,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +43,13 @@ from raftfl.core.errors import RaftflError
 from raftfl.core.events import RunCompleted
 from raftfl.lab.bench import MODEL_BYTES, plot_bars
 from raftfl.lab.bench_report import Column, Echo, LogTail, machine, table, write_csv
+from raftfl.lab.demo import DEMO_TASK
 from raftfl.lab.faults import Skip, netns_setup, netns_teardown
 from raftfl.lab.localcluster import LocalCluster, free_base_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 TARGET_RATIO = 1.05
+SECURE_TARGET_RATIO = 1.10
 RUN_TIMEOUT_S = 900.0
 _FLOWER_TRAIN = re.compile(r"Receiving: train message")
 RAFTFL_TRAIN = re.compile(r"\] training round (\d+) for term")
@@ -107,7 +117,7 @@ def _group_stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_flower(n: int, rounds: int, train_size: int, test_size: int, workdir: Path,
-               progress: Echo) -> dict[str, Any]:
+               progress: Echo, task: dict[str, Any] | None = None) -> dict[str, Any]:
     """One run on Flower's Deployment Engine; round starts and bytes."""
     ctx, reason = _namespaces(n + 1)
     ips = ctx["ips"] if ctx else ["127.0.0.1"] * (n + 1)
@@ -142,8 +152,8 @@ def run_flower(n: int, rounds: int, train_size: int, test_size: int, workdir: Pa
         tail.logs = {k: v for k, v in logs.items() if k.startswith("supernode")}
         tail.start()
         time.sleep(2.0)  # the superlink's HTTP server takes about a second to accept
-        config = (f"num-server-rounds={rounds} train-size={train_size} test-size={test_size} "
-                  "dataset='synthetic'")
+        config = _run_config({"num-server-rounds": rounds, "train-size": train_size,
+                              "test-size": test_size, "dataset": "synthetic", **(task or {})})
         started = time.monotonic()
         result = subprocess.run([f"{bin_dir}/flwr", "run", str(EXAMPLE), "bench", "--stream",
                                  "--run-config", config], env=env, capture_output=True,
@@ -174,15 +184,24 @@ def run_flower(n: int, rounds: int, train_size: int, test_size: int, workdir: Pa
     return out
 
 
+def _run_config(values: dict[str, Any]) -> str:
+    """`--run-config`'s "key=value ..." (strings quoted, as Flower's parser wants them)."""
+    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in values.items())
+
+
 def run_raftfl(n: int, rounds: int, train_size: int, test_size: int, workdir: Path,
-               progress: Echo) -> dict[str, Any]:
-    """One run on raftfl (n nodes, the built-in quick-start app); round starts and bytes."""
+               progress: Echo, secure: bool = False, task: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """One run on raftfl (n nodes, the built-in quick-start app); round starts and bytes.
+    `secure`: every node with a bundle of a throwaway CA (--certs), etcd RBAC on; `task`:
+    run config keys over the sizes (the run's submitter, node 0, passes them)."""
     ctx, reason = _namespaces(n)
     tail = LogTail({}, RAFTFL_TRAIN, sample=lambda: _veth(ctx))
     started = time.monotonic()
     try:
         with LocalCluster(n=n, rounds=rounds, cluster="overhead", train_size=train_size,
-                          test_size=test_size, workdir=workdir, keep=True,
+                          test_size=test_size, workdir=workdir, keep=True, secure=secure,
+                          node_args={0: ["--run-config", _run_config(task)]} if task else {},
                           ips=ctx["ips"] if ctx else None,
                           wrappers=ctx["wrappers"] if ctx else None) as c:
             tail.logs = {x.name: x.log_path for x in c.nodes}
@@ -193,11 +212,38 @@ def run_raftfl(n: int, rounds: int, train_size: int, test_size: int, workdir: Pa
         if ctx:
             netns_teardown(ctx)
     out = window(round_starts(tail), rounds, tail)
-    out.update(engine="raftfl", run_s=round(time.monotonic() - started, 1), bytes_note=reason)
-    progress(f"  raftfl: {out['round_s']:.2f} s per round"
+    engine = SECURED if secure else "raftfl"
+    out.update(engine=engine, run_s=round(time.monotonic() - started, 1), bytes_note=reason)
+    progress(f"  {engine}: {out['round_s']:.2f} s per round "
+             f"({', '.join(f'{p:.2f}' for p in out['round_s_each'])})"
              + (f", {out['bytes_per_round'] / 1e6:.2f} MB per round" if "bytes_per_round" in out
                 else ""))
     return out
+
+
+SECURED = "raftfl-secure"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Which two engines a run alternates, and what the second may cost over the first."""
+
+    base: str
+    subject: str
+    target: float
+    label: str  # "<subject> / <base>" in words
+
+    def run(self, engine: str, n: int, rounds: int, train_size: int, test_size: int,
+            workdir: Path, progress: Echo, task: dict[str, Any] | None) -> dict[str, Any]:
+        if engine == "flower":
+            return run_flower(n, rounds, train_size, test_size, workdir, progress, task)
+        return run_raftfl(n, rounds, train_size, test_size, workdir, progress,
+                          secure=engine == SECURED, task=task)
+
+
+VS_FLOWER = Comparison("flower", "raftfl", TARGET_RATIO, "raftfl / plain Flower")
+VS_PLAIN_TEXT = Comparison("raftfl", SECURED, SECURE_TARGET_RATIO,
+                           "raftfl mutual TLS + RBAC / plain text")
 
 
 COLUMNS = [Column("rep", "rep"), Column("engine", "engine"), Column("round_s", "s/round", "{:.3f}"),
@@ -206,25 +252,30 @@ COLUMNS = [Column("rep", "rep"), Column("engine", "engine"), Column("round_s", "
 
 
 def bench_overhead(nodes: int, rounds: int, reps: int, train_size: int, test_size: int,
-                   out: Path, echo: Echo = print, progress: Echo | None = None
-                   ) -> tuple[int, dict[str, Any]]:
+                   out: Path, echo: Echo = print, progress: Echo | None = None,
+                   secure: bool = False, demo_task: bool = False) -> tuple[int, dict[str, Any]]:
+    """`secure`: raftfl with mutual TLS and RBAC against raftfl in plain text, instead of
+    raftfl against plain Flower; `demo_task`: `raftfl demo`'s task (DEMO_TASK)."""
     progress = progress or echo
+    cmp = VS_PLAIN_TEXT if secure else VS_FLOWER
+    task = dict(DEMO_TASK) if demo_task else None
     if rounds < 3:
         raise RaftflError("--rounds must be at least 3 (round 1 is warm-up, and a period "
                           "needs two more round starts)")
-    if shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) is None:
+    if not secure and shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) \
+            is None:
         raise RaftflError("flower-superlink is not installed next to this Python")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for rep in range(1, reps + 1):
-        order = ("flower", "raftfl") if rep % 2 else ("raftfl", "flower")
+        order = (cmp.base, cmp.subject) if rep % 2 else (cmp.subject, cmp.base)
         for engine in order:
             progress(f"[{len(rows) + 1}/{2 * reps}] {engine}, {nodes} nodes, {rounds} rounds, "
                      f"load {os.getloadavg()[0]:.1f}")
             with tempfile.TemporaryDirectory(prefix=f"raftfl-overhead-{engine}-") as tmp:
-                runner = run_flower if engine == "flower" else run_raftfl
                 try:
-                    row = runner(nodes, rounds, train_size, test_size, Path(tmp), progress)
+                    row = cmp.run(engine, nodes, rounds, train_size, test_size, Path(tmp),
+                                  progress, task)
                 except RaftflError:
                     kept = out / f"overhead-failed-{engine}-{rep}"
                     shutil.copytree(tmp, kept, dirs_exist_ok=True,
@@ -236,33 +287,39 @@ def bench_overhead(nodes: int, rounds: int, reps: int, train_size: int, test_siz
                 row["mb_per_round"] = round(row["bytes_per_round"] / 1e6, 3)
                 row["copies_per_round"] = round(row["bytes_per_round"] / MODEL_BYTES, 2)
             rows.append(row)
-    by = {e: [r for r in rows if r["engine"] == e] for e in ("flower", "raftfl")}
+    by = {e: [r for r in rows if r["engine"] == e] for e in (cmp.base, cmp.subject)}
     mean = {e: statistics.fmean(r["round_s"] for r in rs) for e, rs in by.items()}
-    ratio = mean["raftfl"] / mean["flower"]
+    ratio = mean[cmp.subject] / mean[cmp.base]
     byte_rows = {e: [r["bytes_per_round"] for r in rs if "bytes_per_round" in r]
                  for e, rs in by.items()}
-    bytes_ratio = (statistics.fmean(byte_rows["raftfl"]) / statistics.fmean(byte_rows["flower"])
+    bytes_ratio = (statistics.fmean(byte_rows[cmp.subject]) / statistics.fmean(byte_rows[cmp.base])
                    if all(byte_rows.values()) else None)
     write_csv(out / "overhead.csv", [{k: v for k, v in r.items() if k != "round_s_each"}
                                      for r in rows])
     plot_bars(out / "overhead.png", f"round wall time, {nodes} nodes (rounds 2..{rounds})",
               [f"{r['engine']} {r['rep']}" for r in rows], [r["round_s"] for r in rows],
               "run", "seconds per round")
+    met = ratio <= cmp.target
     summary = {"bench": "overhead", "nodes": nodes, "rounds": rounds, "reps": reps,
-               "train_size": train_size, "test_size": test_size, "machine": machine(),
-               "baseline": "Flower Deployment Engine (flower-superlink + flower-supernode, "
+               "train_size": train_size, "test_size": test_size, "task": task,
+               "machine": machine(),
+               "baseline": "raftfl in plain text (the same app, data, seed and rounds)"
+                           if secure else
+                           "Flower Deployment Engine (flower-superlink + flower-supernode, "
                            "flwr run); the Simulation Engine needs Ray, not installed",
+               "compared": f"{cmp.subject} / {cmp.base}",
                "round_s": {e: round(v, 3) for e, v in mean.items()},
+               "round_s_each": {e: [p for r in rs for p in r["round_s_each"]]
+                                for e, rs in by.items()},
                "round_time_ratio": round(ratio, 3),
                "bytes_ratio": None if bytes_ratio is None else round(bytes_ratio, 3),
-               "target": {"round_time_ratio_at_most": TARGET_RATIO,
-                          "met": ratio <= TARGET_RATIO},
+               "target": {"round_time_ratio_at_most": cmp.target, "met": met},
                "rows": rows, "files": [str(out / "overhead.csv"), str(out / "overhead.png")]}
     echo(table(rows, COLUMNS))
-    echo(f"round wall time raftfl / plain Flower = {ratio:.3f} ({mean['raftfl']:.2f} s vs "
-         f"{mean['flower']:.2f} s; target <= {TARGET_RATIO}: "
-         f"{'met' if ratio <= TARGET_RATIO else 'MISSED'})"
-         + (f"; bytes raftfl / plain Flower = {bytes_ratio:.2f}" if bytes_ratio else ""))
+    echo(f"round wall time {cmp.label} = {ratio:.3f} ({mean[cmp.subject]:.2f} s vs "
+         f"{mean[cmp.base]:.2f} s per round; target <= {cmp.target}: "
+         f"{'met' if met else 'MISSED'})"
+         + (f"; bytes {cmp.label} = {bytes_ratio:.2f}" if bytes_ratio else ""))
     echo(f"baseline: {summary['baseline']}; load average now {summary['machine']['load_avg_1m']}")
     for note in {r["bytes_note"] for r in rows if r.get("bytes_note")}:
         echo(note)

@@ -5,7 +5,7 @@ random point of a round, on 3, 5, 7... real node processes.
 Why a timeline and not one number: early takeover (`core/evidence.py`) shortens one step of
 recovery and not the others, so each step is timed from the fault:
 
-    kill -> evidence   the first `suspects/<term>/` key (a follower saw the host gone)
+    kill -> evidence   the first `suspects/<node>/<term>` key (a follower saw the host gone)
          -> role free  the delete of the role key (evidence, or the lease expiring)
          -> elected    the successor's `aggregator_elected`
          -> server up  its "serving ..." log line (its ServerApp and Flower endpoint started)
@@ -91,7 +91,7 @@ class Observer:
                 self.vacancies.append(time.time())
 
     def _suspects(self) -> None:
-        for change in self._store.watch(self.keys.root + "suspects/", 1, self._stop):
+        for change in self._store.watch(self.keys.suspects, 1, self._stop):
             if isinstance(change, Change) and change.value is not None:
                 self.suspects.append((time.time(), change.key))
 
@@ -135,7 +135,8 @@ def timeline(c: LocalCluster, obs: Observer, old: AggregatorElected, killed_at: 
         e = _first(events, lambda e: isinstance(e, kind) and e.term == term)
         return e.ts if e else None
 
-    evidence = _first(obs.suspects, lambda s: s[0] >= killed_at and f"/{old.term}/" in s[1])
+    evidence = _first(obs.suspects, lambda s: s[0] >= killed_at
+                      and (obs.keys.parse_suspect(s[1]) or ("", 0))[1] == old.term)
     served = _first(obs.lines, lambda x: x[0] >= killed_at and new is not None
                     and x[1] == new.node and "] serving " in x[2])
     trained = _first(obs.lines, lambda x: x[0] >= killed_at and f"for term {term}" in x[2])

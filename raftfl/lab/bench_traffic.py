@@ -19,6 +19,10 @@ Two independent sources:
 
 The window is round 1's start to round R's commit, so start-up is excluded; etcd's
 metrics are scraped outside the kernel window so the scrapes are not counted.
+
+`--idle S` measures the background instead: the same cluster after its one-round run has
+completed (the nodes stay up, waiting for `raftfl run submit`), over S seconds, in bytes per
+second. It is what a federation costs between runs, and the floor under every round's figure.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from raftfl.core.address import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, MODELS_PORT_OFFSET
-from raftfl.core.events import RoundCommitted, RoundStarted
+from raftfl.core.events import RoundCommitted, RoundStarted, RunCompleted
 from raftfl.lab.bench import MODEL_BYTES, plot_bars
 from raftfl.lab.bench_report import Column, Echo, machine, table, write_csv
 from raftfl.lab.faults import Skip, at, first_term, netns_setup, netns_teardown
@@ -42,6 +46,7 @@ from raftfl.node.models import DEFAULT_REPLICAS  # the nodes' default --model-re
 
 CHANNELS = ("raft", "client", "flower", "models")
 RAFT_TARGET_COPIES, RAFT_TARGET_EXTRA = 0.1, 16 * 1024  # per round
+IDLE_SETTLE_S = 3.0  # after the run completes: the last chores and records land
 NFT_TABLE = "rflbench"
 
 _METRIC = re.compile(r'^(etcd_network_peer_sent_bytes_total|etcd_network_client_grpc_sent_bytes_total'
@@ -112,23 +117,37 @@ def _namespaces(n: int) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"{exc}: the kernel cross-check is skipped"
 
 
+def _cluster(n: int, rounds: int, ctx: dict[str, Any] | None) -> LocalCluster:
+    # The nodes stay up after the run (no --exit-on-complete): the members are scraped
+    # after the last commit.
+    return LocalCluster(n=n, rounds=rounds, cluster=f"traffic{n}", train_size=2000,
+                        test_size=500, exit_on_complete=False,
+                        ips=ctx["ips"] if ctx else None,
+                        wrappers=ctx["wrappers"] if ctx else None)
+
+
+def _etcd(c: LocalCluster) -> dict[str, dict[str, float]]:
+    return {x.name: etcd_bytes(x.client_endpoint) for x in c.voters}
+
+
+def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+           per: float) -> dict[str, float]:
+    """Raft and client bytes summed over the members, divided by `per`."""
+    return {ch: sum(after[k][ch] - before[k][ch] for k in after) / per for ch in ("raft", "client")}
+
+
 def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
     ctx, skipped = _namespaces(n)
     if skipped:
         progress(skipped)
     try:
-        # The nodes stay up after the run (no --exit-on-complete): the members are scraped
-        # after the last commit.
-        with LocalCluster(n=n, rounds=rounds, cluster=f"traffic{n}", train_size=2000,
-                          test_size=500, exit_on_complete=False,
-                          ips=ctx["ips"] if ctx else None,
-                          wrappers=ctx["wrappers"] if ctx else None) as c:
+        with _cluster(n, rounds, ctx) as c:
             kernel = Kernel(ctx) if ctx else None
             if kernel:
                 kernel.install(c.base, n)
             el = first_term(c)
             at(c, RoundStarted, 1, el.term)
-            etcd0 = {x.name: etcd_bytes(x.client_endpoint) for x in c.voters}
+            etcd0 = _etcd(c)
             k0 = kernel.read() if kernel else None
             t0 = time.time()
             progress(f"{n} nodes: round 1 started; measuring {rounds} rounds")
@@ -136,16 +155,15 @@ def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
                          "the last commit")
             k1 = kernel.read() if kernel else None
             elapsed = time.time() - t0
-            etcd1 = {x.name: etcd_bytes(x.client_endpoint) for x in c.voters}
+            etcd1 = _etcd(c)
             state = c.state()
-            ok = sorted(state.committed) == list(range(1, rounds + 1)) and not (
+            ok = list(state.committed_rounds) == list(range(1, rounds + 1)) and not (
                 state.duplicate_commits or state.stale_commits or state.chain_breaks
                 or state.rejected)
     finally:
         if ctx:
             netns_teardown(ctx)
-    per_round = {ch: sum(etcd1[k][ch] - etcd0[k][ch] for k in etcd1) / rounds
-                 for ch in ("raft", "client")}
+    per_round = _delta(etcd0, etcd1, rounds)
     row: dict[str, Any] = {
         "nodes": n, "rounds": rounds, "seconds_per_round": round(elapsed / rounds, 2),
         "raft_bytes": int(per_round["raft"]), "client_bytes": int(per_round["client"]),
@@ -176,6 +194,41 @@ def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
     return row
 
 
+def measure_idle(n: int, seconds: float, progress: Echo) -> dict[str, Any]:
+    """The background between runs: bytes per second once the cluster's run completed."""
+    ctx, skipped = _namespaces(n)
+    if skipped:
+        progress(skipped)
+    try:
+        with _cluster(n, 1, ctx) as c:
+            kernel = Kernel(ctx) if ctx else None
+            if kernel:
+                kernel.install(c.base, n)
+            c.wait_event(lambda e: isinstance(e, RunCompleted), 300, "run 1's completion")
+            time.sleep(IDLE_SETTLE_S)
+            progress(f"{n} nodes: run completed; measuring {seconds:.0f} s idle")
+            etcd0, k0, t0 = _etcd(c), kernel.read() if kernel else None, time.monotonic()
+            time.sleep(seconds)
+            k1, elapsed = kernel.read() if kernel else None, time.monotonic() - t0
+            etcd1 = _etcd(c)
+            ok = all(x.alive for x in c.nodes)
+    finally:
+        if ctx:
+            netns_teardown(ctx)
+    rate = _delta(etcd0, etcd1, elapsed)
+    row: dict[str, Any] = {"nodes": n, "seconds": round(elapsed, 1),
+                           "raft_bytes_per_s": int(rate["raft"]),
+                           "client_bytes_per_s": int(rate["client"]), "ok": ok}
+    if k0 is not None and k1 is not None:
+        row.update({"kernel_raft_bytes_per_s": int((k1["raft"] - k0["raft"]) / elapsed),
+                    "kernel_client_bytes_per_s": int((k1["client"] - k0["client"]) / elapsed)})
+    else:
+        row["crosscheck"] = skipped
+    progress(f"{n} nodes idle: Raft {row['raft_bytes_per_s'] / 1000:.1f} kB/s, etcd clients "
+             f"{row['client_bytes_per_s'] / 1000:.1f} kB/s")
+    return row
+
+
 COLUMNS = [Column("nodes", "nodes"), Column("seconds_per_round", "s/round", "{:.2f}"),
            Column("raft_copies", "Raft copies", "{:.2f}"),
            Column("client_copies", "etcd-client copies", "{:.2f}"),
@@ -188,9 +241,39 @@ COLUMNS = [Column("nodes", "nodes"), Column("seconds_per_round", "s/round", "{:.
            Column("veth_bytes", "veth B/round"), Column("ok", "ok")]
 
 
-def bench_traffic(nodes_list: list[int], rounds: int, out: Path, echo: Echo = print,
-                  progress: Echo | None = None) -> tuple[int, dict[str, Any]]:
+IDLE_COLUMNS = [Column("nodes", "nodes"), Column("seconds", "s", "{:.1f}"),
+                Column("raft_bytes_per_s", "Raft B/s (etcd)"),
+                Column("client_bytes_per_s", "etcd-client B/s (etcd)"),
+                Column("kernel_raft_bytes_per_s", "Raft B/s (kernel)"),
+                Column("kernel_client_bytes_per_s", "etcd-client B/s (kernel)"), Column("ok", "ok")]
+
+
+def bench_idle(nodes_list: list[int], seconds: float, out: Path, echo: Echo = print,
+               progress: Echo | None = None) -> tuple[int, dict[str, Any]]:
+    """`bench traffic --idle S`: the background per second between runs, at each size."""
     progress = progress or echo
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, n in enumerate(nodes_list, 1):
+        progress(f"[{i}/{len(nodes_list)}] {n} nodes, {seconds:.0f} s idle")
+        rows.append(measure_idle(n, seconds, progress))
+    write_csv(out / "traffic_idle.csv", rows)
+    summary = {"bench": "traffic", "idle_s": seconds, "machine": machine(), "rows": rows,
+               "files": [str(out / "traffic_idle.csv")]}
+    echo(table(rows, IDLE_COLUMNS))
+    echo(f"bytes per second over {seconds:.0f} s after run 1 completed (nodes up, no run)")
+    for reason in {r["crosscheck"] for r in rows if r.get("crosscheck")}:
+        echo(reason)
+    echo(f"wrote {out / 'traffic_idle.csv'}")
+    return (0 if all(r["ok"] for r in rows) else 1), summary
+
+
+def bench_traffic(nodes_list: list[int], rounds: int, out: Path, echo: Echo = print,
+                  progress: Echo | None = None, idle_s: float = 0.0) -> tuple[int, dict[str, Any]]:
+    """Bytes per round at each cluster size; with `idle_s`, bytes per second between runs."""
+    progress = progress or echo
+    if idle_s:
+        return bench_idle(nodes_list, idle_s, out, echo, progress)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, n in enumerate(nodes_list, 1):

@@ -438,7 +438,7 @@ class Run:
     def _evaluate(self) -> None:
         log = list(self.c.log)
         state = replay(log)
-        self.rec.commits = len(state.commit_order)
+        self.rec.commits = state.commits
         live = {n.name for n in self.c.nodes if n.name not in self.down | self.late}
         finals = {k: v for k, v in self.c.final_models().items() if k in live}
         verdict = check(state, self.plan.rounds, finals)

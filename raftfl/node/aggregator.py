@@ -105,8 +105,9 @@ class AggregatorRole:
                 if vacancy_seen else None), fence=fence)
         except FencedOut:
             return False
-        try:  # the evidence against our predecessors has served its purpose
-            shell.store.delete_prefix(shell.keys.root + "suspects/")
+        try:  # our evidence against our predecessors has served its purpose (the others'
+            # is theirs to delete under RBAC: each node clears its own as it publishes anew)
+            shell.store.delete_prefix(shell.keys.suspicions_of(shell.name))
             self._clear_handover(term)
         except RaftflError:
             pass

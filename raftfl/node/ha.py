@@ -47,7 +47,7 @@ from raftfl.core.role import RoleHolder, parse_role
 from raftfl.core.specs import ClusterConfig
 from raftfl.core.status import NodeStatus
 from raftfl.etcd.member import EtcdMember, wait_healthy
-from raftfl.etcd.store import EtcdNoSpace, EtcdUnavailable, LeaseGone, Store
+from raftfl.etcd.store import CreateResult, EtcdNoSpace, EtcdUnavailable, LeaseGone, Store
 from raftfl.node import lifecycle, runapp
 from raftfl.node.aggregator import AggregatorRole
 from raftfl.node.election import Election
@@ -296,6 +296,7 @@ class Node:
             cycled_at=time.monotonic(), cycles=self._cycles, revision=view.revision,
             lease=lease.lease, lease_deadline=lease.valid_until if lease.lease is not None else 0.0,
             holder=role.node if role else None, term=role.term if role else None,
+            holder_flower_address=role.flower_address if role else None,
             vacant_since=self.observer.vacancy_seen,
             serving_term=self.aggregator.serving_term, run=view.run,
             last_round=view.state.last_committed_round, rounds=view.state.rounds,
@@ -390,7 +391,12 @@ class Node:
         """Publish our evidence that the holder of `d.term` is gone (on our lease)."""
         assert d.holder is not None and d.term is not None
         ev = self.observer.holder_probe.latest
-        self.store.create(self.keys.suspect(d.term, self.opts.name), json.dumps(
+        created = self.store.create(self.keys.suspect(d.term, self.opts.name), json.dumps(
             {"node": self.opts.name, "holder": d.holder.node, "ts": time.time(),
              "refused": ev.refused if ev else 0, "failed": ev.failed if ev else 0}),
             lease=self.session.lease)
+        if created is CreateResult.CREATED:  # our suspicions of earlier terms: served
+            mine = self.keys.suspicions_of(self.opts.name)
+            for kv in self.store.range(mine, keys_only=True)[0]:
+                if kv.key != self.keys.suspect(d.term, self.opts.name):
+                    self.store.delete(kv.key)

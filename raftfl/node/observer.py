@@ -23,8 +23,8 @@ from raftfl.core.records import SKIPS, MalformedRecord
 from raftfl.core.replay import FLState
 from raftfl.core.role import MalformedRole, RoleHolder, parse_role
 from raftfl.core.specs import ClusterConfig
-from raftfl.etcd.context import read_members, read_samples
-from raftfl.etcd.store import Change, Compacted, Resync
+from raftfl.etcd.context import read_members, read_samples, read_suspecting
+from raftfl.etcd.store import KV, Change, Compacted, Resync
 from raftfl.node.holder_probe import HolderProbe
 from raftfl.node.runs import Runs
 from raftfl.node.shell import Shell
@@ -42,6 +42,9 @@ class Observer:
         self.ranked: tuple[tuple[Ranked, ...], int, float | None] | None = None
         self.holder_probe = HolderProbe(shell.opts.timings.evidence_s, shell.wake.set)
         self._events_watch: tuple[int, threading.Event] | None = None  # (run, its stop)
+        # The role's last linearizable read (monotonic) and the newest revision a cycle read.
+        self.recheck_s = shell.opts.timings.lease_ttl
+        self._linearized_at, self._last_rev, self._settled_before = float("-inf"), 0, False
 
     @property
     def malformed_seen(self) -> float | None:
@@ -49,11 +52,9 @@ class Observer:
 
     def observe(self) -> View:
         """Read everything a cycle needs at one revision (the vacancy's, for the ranking)."""
-        shell, opts = self.shell, self.shell.opts
+        opts = self.shell.opts
         self._drain_role_changes()
-        kvs, rev = shell.store.range(shell.keys.aggregator)
-        kv = next((k for k in kvs if k.key == shell.keys.aggregator), None)
-        role = parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision) if kv else None
+        role, rev = self._role()
         runs = self.runs.refresh(rev)
         state = runs.state
         now = time.monotonic()
@@ -89,6 +90,47 @@ class Observer:
         return View(rev, role, state, ranking, ranked_at, self.vacancy_rev, measured, max_rtt,
                     **at_run)
 
+    def _role(self) -> tuple[RoleHolder | MalformedRole | None, int]:
+        """The role key, and the revision this cycle reads everything else at.
+
+        A linearizable read costs a ReadIndex: a heartbeat round from the Raft leader to
+        every follower (350 bytes at 3 members), and every cycle of every node made one (1
+        of an idle 3-node cluster's 6 kB/s; more in rounds, whose events wake every loop).
+        The role's changes already arrive through the role watch, from the same member, so
+        the key is read serializably from that member; linearizably only where
+        the answer is acted on or may be stale: the role vacant or malformed (a campaign, a
+        deletion), its holder failing our probes (a suspicion, a takeover), an answer older
+        than the last cycle's (the client failed over to a member behind), and at least
+        every `recheck_s` (a member cut off from its peers answers, and its watches stay
+        silent, forever).
+        """
+        store, key = self.shell.store, self.shell.keys.aggregator
+        now = time.monotonic()
+        if self._settled_before and now - self._linearized_at < self.recheck_s:
+            role, rev = self._read_role(store.range(key, serializable=True))
+            if rev >= self._last_rev and self._settled(role):
+                self._last_rev = rev
+                return role, rev
+        role, rev = self._read_role(store.range(key))
+        self._linearized_at, self._last_rev = now, rev
+        self._settled_before = self._settled(role)  # if not, the next cycle reads exactly at once
+        return role, rev
+
+    def _read_role(self, read: tuple[list[KV], int]
+                   ) -> tuple[RoleHolder | MalformedRole | None, int]:
+        kvs, rev = read
+        kv = next((k for k in kvs if k.key == self.shell.keys.aggregator), None)
+        return (parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision)
+                if kv else None), rev
+
+    def _settled(self, role: RoleHolder | MalformedRole | None) -> bool:
+        """A held role nobody is about to act on: a serializable answer will do."""
+        if not isinstance(role, RoleHolder):
+            return False
+        ev = self.holder_probe.latest
+        return role.node == self.shell.opts.name or ev is None or ev.term != role.term \
+            or not ev.failed
+
     def _control(self, revision: int) -> dict[str, Any]:
         """The operator's requests at `revision` (View fields); a malformed one is skipped
         with one warning, as if absent."""
@@ -116,8 +158,7 @@ class Observer:
         if ev is None or ev.term != role.term or not gone(ev, time.monotonic(),
                                                           self.shell.opts.timings.evidence_s):
             return View(rev, role, state)
-        kvs, _ = store.range(keys.suspects(role.term), revision=rev)
-        suspecting = frozenset(kv.key.rsplit("/", 1)[-1] for kv in kvs)
+        suspecting = read_suspecting(store, keys, role.term, rev)
         members = frozenset(read_members(store, keys, rev))
         return View(rev, role, state, holder_gone=True, suspected_by=suspecting,
                     live_members=members)
@@ -164,8 +205,8 @@ class Observer:
         try:
             members = read_members(store, keys, revision)
             samples = read_samples(store, keys, revision)
-            suspected = last is not None and bool(
-                store.range(keys.suspects(last.term), revision, keys_only=True)[0])
+            suspected = last is not None and bool(read_suspecting(store, keys, last.term,
+                                                                  revision))
         except Compacted:
             log.warning("revision %d compacted; ranking at the current revision", revision)
             members, samples = read_members(store, keys), read_samples(store, keys)

@@ -93,7 +93,8 @@ class Runs:
 
     def refresh(self, revision: int | None = None) -> RunsView:
         """Find new runs and the active one (called by the HA loop only)."""
-        self._latest += len(stored.ids(self.store, self.keys, after=self._latest))
+        self._latest += len(stored.ids(self.store, self.keys, after=self._latest,
+                                       revision=revision))
         while self._floor <= self._latest:
             state, _ = self.log(self._floor).current(revision)
             if not state.finished:

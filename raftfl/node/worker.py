@@ -156,16 +156,12 @@ class WorkerRole:
     def _admit(self, stamp: Any, message: Any) -> str | None:
         """Refuse an instruction from a term that is not the current one, or whose arrays
         are not the model it says the round starts from."""
-        from raftfl.flower.codec import arrays_sha256
-
         kv = self.shell.store.get(self.shell.keys.aggregator)
         current = kv.create_revision if kv else None
         if stamp.term != current:
             return f"term {stamp.term} is not the current term ({current})"
-        if stamp.base:
-            arrays = message.content.array_records
-            if len(arrays) == 1 and arrays_sha256(next(iter(arrays.values()))) != stamp.base:
-                return f"the arrays are not base model {stamp.base[:12]}"
+        if (refused := base_refusal(stamp, message)) is not None:
+            return refused
         if stamp.round and message.metadata.message_type == "train":
             self.say(f"training round {stamp.round} for term {stamp.term}",
                      once=f"fit{stamp.term}:{stamp.round}")
@@ -173,6 +169,18 @@ class WorkerRole:
         if stamp.call:  # an own-loop ServerApp's grid call (flower/journal.py)
             self.shell.hooks.hold("call", stamp.call)
         return None
+
+
+def base_refusal(stamp: Any, message: Any) -> str | None:
+    """Why an instruction is refused when its arrays are not the base model its stamp names
+    (None: they are, or it names none). Full nodes and edge workers (edge.py) both check."""
+    from raftfl.flower.codec import arrays_sha256
+
+    if stamp.base:
+        arrays = message.content.array_records
+        if len(arrays) == 1 and arrays_sha256(next(iter(arrays.values()))) != stamp.base:
+            return f"the arrays are not base model {stamp.base[:12]}"
+    return None
 
 
 class _Unusable:

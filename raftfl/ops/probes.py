@@ -38,6 +38,7 @@ def node_json(st: NodeStatus | None, name: str, now: float) -> dict[str, Any]:
     return {
         "name": st.name, "cluster": st.cluster, "state": "running" if st.fresh(now) else "stalled",
         "ready": st.ready, "role": role(st, now), "holder": st.holder, "term": st.term,
+        "holder_flower_address": st.holder_flower_address,
         "serving_term": st.serving_term, "run": st.run, "last_round": st.last_round,
         "rounds": st.rounds, "paused": st.paused, "lease_ttl_s": st.lease_ttl,
         "lease_remaining_s": round(st.lease_remaining(now), 3),

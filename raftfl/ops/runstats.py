@@ -150,7 +150,7 @@ def totals(runs: Iterable[RunStats]) -> Totals:
     rounds = fits = 0
     recoveries: list[float] = []
     for stats in runs:
-        rounds += len(stats.state.commit_order)
+        rounds += stats.state.commits
         fits += stats.fit_failures
         for fo in stats.failovers:
             failovers[fo.cause] += 1

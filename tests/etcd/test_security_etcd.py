@@ -3,7 +3,8 @@
 Three members run with client and peer TLS and --client-cert-auth under cluster CA "A";
 RBAC is enabled by the admin (root) bundle. Outsiders (no certificate, plain text, or a
 certificate from another CA "B") get nothing: no get, no put, no member add, no fleet
-session. A node's certificate reads and writes /raftfl/<cluster>/ only; an operator's reads.
+session. A node's certificate reads and writes /raftfl/<cluster>/ only, and there its own
+member record and latency samples but no other node's (per-node roles); an operator's reads.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
+from etcd3 import etcdrpc
 
 from raftfl import tls
 from raftfl.core.errors import RaftflError
+from raftfl.core.keys import Keys
 from raftfl.etcd import rbac
 from raftfl.etcd.store import Store
 from raftfl.flower.fleet import FleetClient, FleetError, FleetServer
@@ -35,6 +39,7 @@ ETCDCTL = shutil.which("etcdctl")
 class Secured:
     cluster: EtcdCluster
     bundles: dict[str, tls.Identity]
+    base: Path | None = None  # the CA directories (A's holds every bundle of the cluster)
 
     @property
     def name(self) -> str:
@@ -56,6 +61,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     bundles = {
         "member": tls.load(tls.issue_bundle(base / "A", "member", "member", ["127.0.0.1"])),
         "node": tls.load(tls.issue_bundle(base / "A", "node", "127.0.0.1:5000", ["127.0.0.1"])),
+        "node2": tls.load(tls.issue_bundle(base / "A", "node2", "127.0.0.1:5001", ["127.0.0.1"])),
+        "joiner": tls.load(tls.issue_bundle(base / "A", "joiner", "127.0.0.1:5002",
+                                            ["127.0.0.1"])),
         "ops": tls.load(tls.issue_bundle(base / "A", "operator-ops", "operator-ops", [])),
         "root": tls.load(tls.issue_bundle(base / "A", "root", "root", [])),
         "other": tls.load(tls.issue_bundle(base / "B", "node", "127.0.0.1:5000", ["127.0.0.1"])),
@@ -70,11 +78,12 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             proc = subprocess.run(
                 [sys.executable, "-m", "raftfl", "certs", "rbac", "--certs", str(base / "A" / "root"),
                  "--endpoints", ",".join(cluster.endpoints), "--cluster", cluster.name,
-                 "-n", "127.0.0.1:5000", "--operator", "ops"],
+                 "-n", "127.0.0.1:5000", "127.0.0.1:5001", "--operator", "ops"],
                 capture_output=True, text=True, timeout=60)
             assert proc.returncode == 0, proc.stderr
             root.put(f"/raftfl/{cluster.name}/seed", "1")
             root.put("/elsewhere/seed", "1")
+            sec.base = base
             yield sec
     finally:
         tls.configure(None)
@@ -217,3 +226,91 @@ def test_the_peer_port_admits_node_bundles_only(secured: Secured, who: str,
     finally:
         conn.close()
     assert (status == 200) == admitted, (who, status)
+
+
+# -- per-node roles: a node writes its own records only ------------------------------------
+A, B, JOINER = "127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002"  # "node", "node2", "joiner"
+
+
+def _code(fn) -> grpc.StatusCode | None:  # noqa: ANN001
+    """The gRPC code etcd refused `fn` with, None if it succeeded."""
+    try:
+        fn()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return None
+
+
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_node_cannot_write_or_revoke_another_nodes_records(secured: Secured) -> None:
+    keys = Keys(secured.name)
+    a, b, root = secured.store("node"), secured.store("node2"), secured.store("root")
+    lease_a = a.grant(60)
+    a.put(keys.member(A), '{"node": "a"}', lease=lease_a)
+    a.create(keys.latency_sample(A, 1), '{"rtt_ms": {}}', lease=lease_a)
+    a.put(keys.aggregator, "a", lease=lease_a)  # the shared role's keys ride on it too
+
+    refused = {
+        "put A's member record": lambda: b.put(keys.member(A), '{"node": "b"}'),
+        "put a latency sample as A": lambda: b.put(keys.latency_sample(A, 2), "{}"),
+        "overwrite A's sample": lambda: b.put(keys.latency_sample(A, 1), "{}"),
+        "delete A's member record": lambda: b.delete(keys.member(A)),
+        "delete A's samples": lambda: b.delete_prefix(keys.latency_of(A)),
+        "revoke A's lease": lambda: b.call(lambda: b.client.revoke_lease(lease_a)),
+        "attach a key to A's lease": lambda: b.put(keys.member(B), "{}", lease=lease_a),
+    }
+    got = {what: _code(fn) for what, fn in refused.items()}
+    assert got == dict.fromkeys(refused, DENIED)
+    assert root.get(keys.member(A)).value == b'{"node": "a"}'
+    assert root.get(keys.latency_sample(A, 1)) is not None
+    assert root.get(keys.latency_sample(A, 2)) is None and root.get(keys.member(B)) is None
+    assert a.keepalive(lease_a) > 0  # A's lease, and the role on it, live on
+
+    # B's own records: written, rewritten, deleted, and its own lease revoked.
+    lease_b = b.grant(60)
+    b.put(keys.member(B), '{"node": "b"}', lease=lease_b)
+    b.create(keys.latency_sample(B, 1), "{}", lease=lease_b)
+    b.create(keys.latency_sample(B, 2), "{}", lease=lease_b)
+    assert b.delete(keys.latency_sample(B, 1))
+    b.call(lambda: b.client.revoke_lease(lease_b))
+    assert root.get(keys.member(B)) is None and root.get(keys.latency_sample(B, 2)) is None
+    a.call(lambda: a.client.revoke_lease(lease_a))
+    assert root.get(keys.member(A)) is None and root.get(keys.aggregator) is None
+
+
+def test_a_node_cannot_raise_a_suspicion_as_another(secured: Secured) -> None:
+    keys = Keys(secured.name)
+    b = secured.store("node2")
+    assert _code(lambda: b.put(keys.suspect(7, A), "{}")) == DENIED
+    assert _code(lambda: b.delete_prefix(keys.suspicions_of(A))) == DENIED
+    b.put(keys.suspect(7, B), "{}")
+    assert b.delete(keys.suspect(7, B))
+
+
+def test_a_node_added_later_gets_its_own_role(secured: Secured) -> None:
+    """`node join` needs root while auth is on; the operator then admits the new node with
+    `certs rbac --user HOST:PORT`, which gives it its own role as well."""
+    keys = Keys(secured.name)
+    joiner = secured.store("joiner")
+    assert _code(lambda: joiner.put(keys.member(JOINER), "{}")) is not None  # no user yet
+    assert secured.base is not None
+    proc = subprocess.run(
+        [sys.executable, "-m", "raftfl", "certs", "rbac", "--certs", str(secured.base / "A" / "root"),
+         "--endpoints", ",".join(secured.cluster.endpoints), "--cluster", secured.name,
+         "-n", A, B, "--user", JOINER, "--operator", "ops"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    joiner = secured.store("joiner")
+    joiner.put(keys.member(JOINER), "{}")
+    joiner.put(keys.latency_sample(JOINER, 1), "{}")
+    assert _code(lambda: joiner.put(keys.member(A), "{}")) == DENIED
+    assert _code(lambda: secured.store("node2").put(keys.member(JOINER), "{}")) == DENIED
+
+    # A second run leaves each role with exactly its grants: nothing piled up or left over.
+    root = secured.store("root")
+    for role, grants in rbac.permissions(secured.name, [A, B, JOINER]).items():
+        held = root.call(lambda r=role: root.client.authstub.RoleGet(
+            etcdrpc.AuthRoleGetRequest(role=r), 5)).perm
+        assert sorted((p.permType, p.key, p.range_end) for p in held) == sorted(grants), role

@@ -1,9 +1,10 @@
 """Issue 21, bounded restarts, on a real 3-member etcd cluster: the aggregator's recorder
 writes the run's snapshot every N events and at the run's end, fenced by its term (a
 deposed term's write is refused); a reader starts from it and reads only the events after
-it; a tampered or unparsable snapshot is ignored with one warning in favour of the full log,
-with the same state; a key written by hand below the snapshot is folded by the next sweep;
-the log is read in pages."""
+it; a tampered or unparsable snapshot, or one of an older version, is ignored with one
+warning in favour of the full log, with the same state; a long training run's snapshot stays
+small (the state keeps the newest rounds' records only); a key written by hand below the
+snapshot is folded by the next sweep; the log is read in pages."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import pytest
 from conftest import EtcdCluster
 
 from raftfl.core.errors import FencedOut
-from raftfl.core.events import AggregatorElected, NodeJoined, StepDown
+from raftfl.core.events import AggregatorElected, NodeJoined, RoundCommitted, RunStarted, StepDown
 from raftfl.core.keys import Keys, RunKeys
-from raftfl.core.replay import FLState, replay
+from raftfl.core.replay import WINDOW, FLState, replay
 from raftfl.core.snapshot import Snapshot
 from raftfl.etcd import eventlog, snapshots
 from raftfl.etcd.eventlog import EventLog
@@ -181,3 +182,50 @@ def test_a_state_too_big_for_a_snapshot_is_said_once_and_none_is_written(
     assert len(said) == 1 and "more than 300" in said[0]
     assert store.get(keys.snapshot) is None
     assert EventLog(store, keys).current()[0] == full_replay(store, keys)
+
+
+def test_a_long_training_runs_snapshot_stays_small_and_restarts_from_it(
+        etcd_cluster_module: EtcdCluster, decoded: list[int]) -> None:
+    """Every round committed with 1 KB of metrics: the state holds the newest WINDOW rounds'
+    records, so the snapshot of 4 x WINDOW rounds is the size of WINDOW rounds'."""
+    store, keys = etcd_cluster_module.store(), fresh_keys(etcd_cluster_module)
+    rec = aggregator(store, keys, every=50)
+    rec.events.append(RunStarted(node=NODE, term=rec.term, rounds=10**4, initial_model="m0"),
+                      fence=rec.fence)
+    sizes = []
+    for rnd in range(1, 4 * WINDOW + 1):
+        assert rec.round_started(rnd)
+        rec.events.append(RoundCommitted(node=NODE, term=rec.term, round=rnd, model_sha256=f"m{rnd}",
+                                         base_model=f"m{rnd - 1}", loss=1.0, accuracy=0.5,
+                                         results=3, metrics={"clients": "x" * 1000}),
+                          fence=rec.fence)
+        if rnd % WINDOW == 0:
+            kv = store.get(keys.snapshot)
+            assert kv is not None
+            sizes.append(len(kv.value))
+    assert sizes[-1] < 1.1 * sizes[1] and sizes[-1] < 200_000, sizes
+    decoded.clear()
+    state, _ = EventLog(store, keys).current()
+    assert 0 < len(decoded) < 50  # the snapshot, then the events after it
+    assert state == full_replay(store, keys)
+    assert state.committed_rounds.spans == [(1, 4 * WINDOW)] and len(state.committed) == WINDOW
+    assert state.last_model == f"m{4 * WINDOW}" and not state.chain_breaks
+
+
+def test_a_snapshot_of_an_older_version_falls_back_to_the_full_log(
+        etcd_cluster_module: EtcdCluster, decoded: list[int],
+        caplog: pytest.LogCaptureFixture) -> None:
+    store, keys = etcd_cluster_module.store(), fresh_keys(etcd_cluster_module)
+    rec = aggregator(store, keys, every=5)
+    for rnd in range(1, 8):
+        rec.round_started(rnd)
+    expected = full_replay(store, keys)
+    doc = json.loads(stored(store, keys).to_json())
+    store.put(keys.snapshot, json.dumps({**doc, "v": 1}))  # what the unbounded state wrote
+    decoded.clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            assert EventLog(store, keys).current()[0] == expected
+    assert len(decoded) == 2 * 8
+    warned = [r.getMessage() for r in caplog.records if "snapshot" in r.getMessage()]
+    assert len(warned) == 1 and "version 1, expected 2" in warned[0] and "full log" in warned[0]

@@ -91,7 +91,7 @@ def test_incremental_fold_equals_full_replay(seed: int) -> None:
         state = folded.add(batch)
         seen += batch
         assert state == replay(seen)
-        assert state.last_committed_round == max(state.committed, default=0)
+        assert state.last_committed_round == max(state.committed_rounds, default=0)
         handed.append((state, replay(seen)))
     # A state once handed out is never changed by later folds.
     for state, expected in handed:
@@ -131,7 +131,7 @@ def test_out_of_order_and_rewritten_events_refold(seed: int) -> None:
             seen[item.seq] = item
         state = folded.add(batch + extra)
         assert state == replay(seen[s] for s in sorted(seen))
-        assert state.last_committed_round == max(state.committed, default=0)
+        assert state.last_committed_round == max(state.committed_rounds, default=0)
 
 
 def test_repeated_events_are_folded_once() -> None:
