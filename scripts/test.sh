@@ -9,10 +9,11 @@ if [ "${1:-}" = "--all" ]; then tier=(); shift; fi
 scripts/setup.sh
 .venv/bin/ruff check raftfl tests
 .venv/bin/lint-imports
-# Two test files at a time (pytest-xdist): most of a test's time is waiting on leases, etcd
-# and sockets, not the CPU; each worker probes ports in its own range (localcluster.port_slice).
-# Two clusters starting at once on two cores can cost a node its 3 s lease before round 1, which
-# some end-to-end tests read as a failover they did not inject: a failed test runs once more
-# (shown as R in the summary); one that fails twice fails the run.
-exec .venv/bin/python -m pytest -q --durations=25 -n "${RAFTFL_TEST_WORKERS:-2}" --dist loadfile \
+# Three test files at a time (pytest-xdist): most of a test's time is waiting on leases, etcd
+# and sockets, not the CPU (two files at a time kept the 2 cores 65% busy); each worker probes
+# ports in its own range (localcluster.port_slice). Clusters starting at once on two cores can
+# cost a node its 3 s lease before round 1, which some end-to-end tests read as a failover they
+# did not inject: a failed test runs once more (shown as R in the summary); one that fails
+# twice fails the run. RAFTFL_TEST_WORKERS sets the number of workers.
+exec .venv/bin/python -m pytest -q --durations=25 -n "${RAFTFL_TEST_WORKERS:-3}" --dist loadfile \
   --reruns 1 --reruns-delay 2 "${tier[@]}" "$@"
