@@ -5,11 +5,13 @@ aggregator role must stop serving at once, and a worker must notice a vanished s
 about a second; both are one call here. It is stdlib only (`http.server` on the server,
 `http.client` on the workers) and knows nothing of Flower or etcd: payloads are bytes.
 
-Protocol (HTTP/1.0, one request per connection; `token` names a worker's session):
+Protocol (HTTP/1.1 with keep-alive; `token` names a worker's session):
 
-    POST /register?node=ID&name=N  -> 200 {"token": T}   (a re-registering node replaces its
+    POST /register?node=ID&name=N[&liveness=S]
+                                   -> 200 {"token": T}   (a re-registering node replaces its
                                                           old session; that session's pending
-                                                          messages are reported lost)
+                                                          messages are reported lost; 429
+                                                          past `max_sessions`)
     GET  /poll?token=T&hold=S      -> 200 payload (header X-Raftfl-Message: id), or 204 after
                                       holding the request up to S seconds with nothing to send
     POST /reply?token=T&msg=ID     -> 200; 409 when the message is not pending for this session;
@@ -18,8 +20,26 @@ Protocol (HTTP/1.0, one request per connection; `token` names a worker's session
     POST /heartbeat?token=T        -> 200
     410 = the session is gone (timed out or replaced); 503 = the server is stopping.
 
+Connections persist: a new TCP (and TLS) connection and a new server thread per request cost
+more than the request itself once a thousand workers poll and reply. A worker keeps one
+connection for its poll loop and its replies (they take turns in one thread) and one for its
+heartbeats. The server closes a connection after an error response (its body may be unread),
+and one idle for `IDLE_S` between requests, so that an idle connection holds no slot for
+long. The client checks a kept connection before reusing it and, should the server have
+closed it meanwhile, retries once on a fresh one: every request may be sent twice (a poll
+whose response was lost is requeued, a second copy of a reply is refused with 409, a
+heartbeat or register is idempotent for the session it names).
+
 Liveness: a worker heartbeats every `HEARTBEAT_S` from its own thread, also while its ClientApp
 runs; the server drops a worker silent for `node_timeout` and reports its pending messages lost.
+A poll the server holds counts as liveness too (the session is seen when the hold ends), so an
+edge worker (`FleetClient(idle_heartbeat=False)`) heartbeats only while its ClientApp runs:
+a thousand idle workers then cost the server one held poll each, not two heartbeat
+connections a second each. Such a worker notices a killed server at once (its held poll is
+reset); a frozen one within its poll's hold plus `silence_limit`. A worker may ask for a longer
+silence than `node_timeout` before it is dropped (`liveness`, at most `MAX_LIVENESS_S`): an
+edge device (or a thousand virtual workers sharing one CPU) may be slow to send its first
+heartbeat after an instruction; a dead one then costs its round up to that long.
 `FleetServer.stop()` wakes every held poll and shuts down every open connection.
 `FleetClient.abort()` cuts the session from any thread; a worker whose server refuses or resets
 connections fails at its next heartbeat (within `HEARTBEAT_S`), a silent one after
@@ -34,8 +54,11 @@ no fleet session); a session's requests must come over a connection of that same
 
 Limits, so that a peer cannot starve the heartbeats: at most `MAX_CONNECTIONS` open
 connections (more are closed at accept), `MAX_PER_PEER` per certificate, `HANDSHAKE_S` for a
-TLS handshake and `REQUEST_S` for a request's first line; at most `MAX_OUTBOX` messages
-queued per session. Refused connections are counted and said at most every `SAY_EVERY_S`.
+TLS handshake, `REQUEST_S` for a request's first line and `IDLE_S` for each next one; at most
+`MAX_OUTBOX` messages queued per session; at most `max_sessions` sessions (a peer that
+registers under ever new node ids is refused with 429 once they are taken, never grows the
+server). Refused connections
+and registrations are counted and said at most every `SAY_EVERY_S`.
 """
 
 from __future__ import annotations
@@ -44,6 +67,7 @@ import http.client
 import json
 import logging
 import secrets
+import select
 import socket
 import ssl
 import sys
@@ -75,7 +99,10 @@ MAX_CONNECTIONS = 4096
 MAX_PER_PEER = 16  # a worker needs three at once: its poll, a heartbeat and a reply
 HANDSHAKE_S = 5.0
 REQUEST_S = 5.0
+IDLE_S = 10.0  # a kept-alive connection idle this long between requests is closed
 MAX_OUTBOX = 256
+MAX_SESSIONS = 4096  # one per worker: a thousand edge workers and room to spare
+MAX_LIVENESS_S = 30.0  # the longest silence a worker may ask to be allowed
 SAY_EVERY_S = 10.0
 
 # A certificate's CN -> the node id it may register as (None: no fleet session at all).
@@ -108,6 +135,9 @@ class _Session:
     token: str
     last_seen: float
     peer: str  # the certificate CN it registered with ("" without TLS)
+    wake: threading.Condition  # on the server's lock: wakes only this session's held poll
+    timeout: float  # dropped after this long silent (not polling)
+    polls: int = 0  # polls held right now: each counts as liveness
     outbox: deque[tuple[str, bytes]] = field(default_factory=deque)
     pending: set[str] = field(default_factory=set)  # queued or delivered, not yet replied
 
@@ -129,10 +159,14 @@ class FleetServer:
     """
 
     def __init__(self, host: str, port: int, *, node_timeout: float = NODE_TIMEOUT_S,
-                 max_body: int = MAX_BODY, identify: Identify | None = None):
+                 max_body: int = MAX_BODY, identify: Identify | None = None,
+                 max_sessions: int = MAX_SESSIONS):
         self.node_timeout = node_timeout
         self.max_body = max_body
         self.identify = identify
+        self.max_sessions = max_sessions
+        # One lock; `_cond` wakes the grid's `collect`, each session's `wake` its own held
+        # poll: a push to one of a thousand workers must not wake the other 999 polls.
         self._cond = threading.Condition()
         self._sessions: dict[int, _Session] = {}
         self._by_token: dict[str, _Session] = {}
@@ -161,6 +195,8 @@ class FleetServer:
                 return
             self._stopped = True
             self._cond.notify_all()
+            for session in self._sessions.values():
+                session.wake.notify_all()
         if self._threads[0].is_alive():
             self._httpd.shutdown()
         self._httpd.cut_connections()
@@ -192,7 +228,7 @@ class FleetServer:
             session.outbox.append((msg_id, payload))
             session.pending.add(msg_id)
             self._owner[msg_id] = session
-            self._cond.notify_all()
+            session.wake.notify_all()
             return True
 
     def collect(self, msg_ids: Iterable[str], timeout: float = 0.0) -> dict[str, bytes | Lost]:
@@ -236,9 +272,12 @@ class FleetServer:
         session.last_seen = time.monotonic()
         return session
 
-    def register(self, node_id: int, name: str, peer: str = "") -> str:
+    def register(self, node_id: int, name: str, peer: str = "",
+                 liveness: float | None = None) -> str:
         """A session for `node_id`; `peer` is the CN of the connection's certificate ("" without
-        TLS), which must be allowed that id when the server has an `identify` policy."""
+        TLS), which must be allowed that id when the server has an `identify` policy.
+        `liveness`: the silence after which it is dropped, within [node_timeout,
+        MAX_LIVENESS_S] (node_timeout by default)."""
         if self.identify is not None and peer:
             allowed = self.identify(peer)
             if allowed is None:
@@ -252,7 +291,11 @@ class FleetServer:
             old = self._sessions.get(node_id)
             if old is not None:
                 self._drop(old, f"node {node_id} registered again")
-            session = _Session(node_id, name, secrets.token_hex(16), time.monotonic(), peer)
+            elif len(self._sessions) >= self.max_sessions:
+                raise _HttpError(429, f"{self.max_sessions} sessions open")
+            timeout = min(max(liveness or 0.0, self.node_timeout), MAX_LIVENESS_S)
+            session = _Session(node_id, name, secrets.token_hex(16), time.monotonic(), peer,
+                               threading.Condition(self._cond), timeout)
             self._sessions[node_id] = session
             self._by_token[session.token] = session
             self._cond.notify_all()
@@ -262,14 +305,20 @@ class FleetServer:
     def next_for(self, token: str, hold: float, peer: str = "") -> tuple[str, bytes] | None:
         deadline = time.monotonic() + min(max(hold, 0.0), MAX_POLL_HOLD_S)
         with self._cond:
-            while True:
-                session = self._session(token, peer)
-                if session.outbox:
-                    return session.outbox.popleft()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            session = self._session(token, peer)
+            session.polls += 1
+            try:
+                while True:
+                    if session.outbox:
+                        return session.outbox.popleft()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    session.wake.wait(remaining)
+                    session = self._session(token, peer)  # dropped or replaced meanwhile: 410
+            finally:
+                session.polls -= 1
+                session.last_seen = time.monotonic()
 
     def requeue(self, token: str, msg_id: str, payload: bytes) -> None:
         """A poll response was not delivered: send the message again on the next poll."""
@@ -301,6 +350,7 @@ class FleetServer:
             self._done[msg_id] = Lost(reason)
         session.pending.clear()
         session.outbox.clear()
+        session.wake.notify_all()
         self._cond.notify_all()
 
     def _reap(self) -> None:
@@ -318,12 +368,14 @@ class FleetServer:
                     for session in self._sessions.values():
                         session.last_seen = min(now, session.last_seen + stall)
                 for session in list(self._sessions.values()):
-                    if now - session.last_seen > self.node_timeout:
+                    if session.polls:  # a held poll: the worker is there
+                        continue
+                    if now - session.last_seen > session.timeout:
                         log.info("fleet %s: node %s (%d) silent for %.1f s, dropped",
                                  self.address, session.name or "?", session.node_id,
                                  now - session.last_seen)
                         self._drop(session, f"node {session.node_id} unavailable: no heartbeat "
-                                            f"for {self.node_timeout:g} s")
+                                            f"for {session.timeout:g} s")
                 self._cond.wait(REAP_EVERY_S)
 
 
@@ -333,8 +385,9 @@ class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     # socketserver's default backlog of 5 is small for a server that 15 workers poll and
     # heartbeat while as many followers probe it every 50 ms: a connection dropped on a full
-    # backlog waits for TCP's 1 s SYN retry.
-    request_queue_size = 128
+    # backlog waits for TCP's 1 s SYN retry. A thousand workers reconnect at once after a
+    # failover (the kernel caps this at net.core.somaxconn).
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], fleet: FleetServer):
         self.fleet = fleet
@@ -419,8 +472,9 @@ class _HttpServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _HttpServer
-    protocol_version = "HTTP/1.0"
+    protocol_version = "HTTP/1.1"  # keep-alive: every response says its Content-Length
     timeout = 30.0  # per socket operation: a stalled peer cannot pin a handler thread
+    disable_nagle_algorithm = True  # a kept connection: headers and body go out at once
 
     peer = ""  # the CN of the connection's certificate ("" without TLS)
 
@@ -441,6 +495,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.peer = peer
         super().setup()
         conn.settimeout(REQUEST_S)
+
+    def handle(self) -> None:
+        """Serve requests until the peer closes, an error response, or IDLE_S of silence."""
+        self.handle_one_request()
+        while not self.close_connection and not self.server.fleet.stopped:
+            self.connection.settimeout(IDLE_S)
+            try:
+                self.handle_one_request()
+            except OSError:  # the peer closed or reset its kept connection: routine
+                return
 
     def finish(self) -> None:
         try:
@@ -467,6 +531,11 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self._route()
             except _HttpError as exc:
+                if exc.status == 429:  # a flood of registrations: counted, said now and then
+                    self.server.refused(f"registration from {self.client_address[0]} refused: "
+                                        f"{exc}")
+                    self._send(exc.status, str(exc).encode())
+                    return
                 # Said where an operator sees it: a peer refused for who it is (403) or for
                 # its size (413); a late worker's expired session (410) is routine.
                 (log.warning if exc.status in (403, 413) else log.info)(
@@ -475,6 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
                     exc.status, exc)
                 self._send(exc.status, str(exc).encode())
         except OSError:
+            self.close_connection = True
             pass  # the peer went away, or stop() cut the connection
 
     def _route(self) -> None:
@@ -504,7 +574,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(400, "node must be an integer") from None
         if not 2 <= node_id <= MAX_NODE_ID:
             raise _HttpError(400, f"node id must be in [2, {MAX_NODE_ID}]")
-        token = fleet.register(node_id, query.get("name", "")[:200], self.peer)
+        try:
+            liveness = float(query.get("liveness", 0.0))
+        except ValueError:
+            raise _HttpError(400, "liveness must be a number") from None
+        if liveness != liveness:  # NaN
+            raise _HttpError(400, "liveness must be a number")
+        token = fleet.register(node_id, query.get("name", "")[:200], self.peer, liveness)
         self._send(200, json.dumps({"token": token}).encode())
 
     def _poll(self, fleet: FleetServer, query: dict[str, str]) -> None:
@@ -536,10 +612,14 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        if status >= 400 or self.server.fleet.stopped:  # a refused body may be unread
+            self.close_connection = True
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -549,7 +629,8 @@ class FleetClient:
 
     def __init__(self, address: str, node_id: int, name: str = "", *,
                  heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, heartbeat: float = HEARTBEAT_S,
-                 silence_limit: float = SILENCE_LIMIT_S, poll_hold: float = POLL_HOLD_S):
+                 silence_limit: float = SILENCE_LIMIT_S, poll_hold: float = POLL_HOLD_S,
+                 idle_heartbeat: bool = True, liveness: float | None = None):
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"fleet address must be host:port, got {address!r}")
@@ -561,22 +642,29 @@ class FleetClient:
         self.heartbeat = heartbeat
         self.silence_limit = silence_limit
         self.poll_hold = poll_hold
+        self.idle_heartbeat = idle_heartbeat  # False: beat only while `handle` runs
+        self.liveness = liveness  # the silence the server is asked to allow (None: its own)
+        self._busy = threading.Event()  # set while `handle` runs, and once the session ended
         self._token = ""
         self._lock = threading.Lock()
         self._conns: set[http.client.HTTPConnection] = set()
+        self._kept: dict[str, http.client.HTTPConnection] = {}  # purpose -> its connection
         self._ended: FleetError | None = None
         self._done = threading.Event()
 
-    def run(self, handle: Callable[[str, bytes], bytes]) -> None:
+    def run(self, handle: Callable[[str, bytes], bytes],
+            replied: Callable[[str], None] | None = None) -> None:
         """Register, then answer each instruction with `handle(message_id, payload)`. Returns
         only by raising FleetError (FleetAborted after `abort()`, FleetStopped when the server
-        stops).
+        stops). `replied(message_id)` is called once the server took a reply.
 
         `handle` runs in this thread and is never interrupted: an abort during it takes
         effect when it returns, and its reply is then dropped."""
         status, _, body = self._request("POST", f"/register?node={self.node_id}"
-                                                f"&name={quote(self.name)}", b"",
-                                        self.silence_limit)
+                                                f"&name={quote(self.name)}"
+                                                + (f"&liveness={self.liveness:g}"
+                                                   if self.liveness else ""), b"",
+                                        self.silence_limit, "run")
         self._expect(status, body, "register")
         try:
             self._token = json.loads(body)["token"]
@@ -589,22 +677,30 @@ class FleetClient:
             while True:
                 status, headers, body = self._request(
                     "GET", f"/poll?token={self._token}&hold={self.poll_hold:g}", None,
-                    self.poll_hold + self.silence_limit)
+                    self.poll_hold + self.silence_limit, "run")
                 if status == 204:
                     continue
                 self._expect(status, body, "poll")
                 msg_id = headers.get(MESSAGE_HEADER, "")
-                reply = handle(msg_id, body)
+                self._busy.set()
+                try:
+                    reply = handle(msg_id, body)
+                finally:
+                    self._busy.clear()
                 self._raise_if_ended()
                 status, _, answer = self._request("POST", f"/reply?token={self._token}"
                                                           f"&msg={quote(msg_id)}", reply,
-                                                  self.silence_limit)
+                                                  self.silence_limit, "run")
                 if status == 409:
                     log.info("fleet %s: reply to %s not wanted any more", self.address, msg_id)
                 else:
                     self._expect(status, answer, "reply")
+                    if replied is not None:
+                        replied(msg_id)
         finally:
             self._done.set()
+            self._busy.set()  # wakes an idle heartbeat thread, to end
+            self._drop("run")
 
     def abort(self) -> None:
         self._end(FleetAborted(f"fleet session with {self.address} aborted"))
@@ -615,6 +711,7 @@ class FleetClient:
                 self._ended = error
             conns = list(self._conns)
         self._done.set()
+        self._busy.set()
         for conn in conns:
             if conn.sock is not None:
                 try:
@@ -636,38 +733,78 @@ class FleetClient:
             raise FleetError(f"fleet {self.address}: session gone ({what}: {detail})")
         raise FleetError(f"fleet {self.address}: {what} failed with HTTP {status}: {detail}")
 
-    def _request(self, method: str, path: str, body: bytes | None,
-                 timeout: float) -> tuple[int, Any, bytes]:
-        """One request on its own connection. A refused or reset connection fails at once;
-        `timeout` bounds each socket operation (a busy server may be slow, not gone)."""
+    def _request(self, method: str, path: str, body: bytes | None, timeout: float,
+                 purpose: str) -> tuple[int, Any, bytes]:
+        """One request on the connection kept for `purpose` (one thread's). A refused or reset
+        fresh connection fails at once; a kept one the server closed meanwhile is retried
+        once on a fresh one (module docstring). `timeout` bounds each socket operation (a
+        busy server may be slow, not gone)."""
         self._raise_if_ended()
-        identity = tls.current()
-        conn = (http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
-                                            context=identity.client_context())
-                if identity else http.client.HTTPConnection(self._host, self._port, timeout=timeout))
-        with self._lock:
-            self._conns.add(conn)
+        conn = self._kept.get(purpose)
+        if conn is not None and not _reusable(conn):
+            self._drop(purpose)
+            conn = None
         try:
-            conn.connect()
-            self._raise_if_ended()  # abort() may have run before the socket existed
-            conn.request(method, path, body=body)
-            response = conn.getresponse()
-            return response.status, response.headers, response.read()
+            try:
+                return self._exchange(conn, method, path, body, timeout, purpose)
+            except (ConnectionError, http.client.BadStatusLine):
+                if conn is None:  # a fresh connection: the server is not there
+                    raise
+                self._raise_if_ended()
+                return self._exchange(None, method, path, body, timeout, purpose)
         except (OSError, http.client.HTTPException) as exc:
+            self._drop(purpose)
             self._raise_if_ended()
             raise FleetError(f"fleet {self.address}: {exc or type(exc).__name__}") from exc
-        finally:
+
+    def _exchange(self, conn: http.client.HTTPConnection | None, method: str, path: str,
+                  body: bytes | None, timeout: float, purpose: str) -> tuple[int, Any, bytes]:
+        if conn is None:
+            self._drop(purpose)
+            identity = tls.current()
+            conn = (http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                                context=identity.client_context())
+                    if identity else http.client.HTTPConnection(self._host, self._port,
+                                                                timeout=timeout))
+            with self._lock:
+                self._conns.add(conn)
+            self._kept[purpose] = conn
+            conn.connect()
+            self._raise_if_ended()  # abort() may have run before the socket existed
+        elif conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        data = response.read()
+        if response.will_close:
+            self._drop(purpose)
+        return response.status, response.headers, data
+
+    def _drop(self, purpose: str) -> None:
+        """Close the connection kept for `purpose` (by the thread that uses it)."""
+        conn = self._kept.pop(purpose, None)
+        if conn is not None:
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
 
     def _beat(self) -> None:
         """Heartbeat until the session ends; end it when the server is gone."""
+        try:
+            self._beats()
+        finally:
+            self._drop("beat")
+
+    def _beats(self) -> None:
         last_ok = time.monotonic()
         while not self._done.wait(self.heartbeat):
+            if not (self.idle_heartbeat or self._busy.is_set()):
+                self._busy.wait()  # polling: a dead server fails the poll itself
+                last_ok = time.monotonic()
+                continue
             try:
                 status, _, body = self._request("POST", f"/heartbeat?token={self._token}", b"",
-                                                self.heartbeat_timeout)
+                                                self.heartbeat_timeout, "beat")
                 self._expect(status, body, "heartbeat")
                 last_ok = time.monotonic()
             except FleetAborted:
@@ -677,3 +814,16 @@ class FleetClient:
                 if not timed_out or time.monotonic() - last_ok > self.silence_limit:
                     self._end(exc)
                     return
+
+
+def _reusable(conn: http.client.HTTPConnection) -> bool:
+    """Whether a kept, idle connection is still open: readable now means the server closed
+    it (or broke the protocol), so it must not carry the next request."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable

@@ -44,7 +44,7 @@ def test_a_stranger_is_refused_before_its_body_is_read(
         server: FleetServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="raftfl.flower.fleet")
     line, took = reply_head(server, "token=forged&msg=m1", MAX_BODY)  # 256 MiB, in bounds
-    assert line.startswith(b"HTTP/1.0 410"), line
+    assert line.startswith(b"HTTP/1.1 410"), line
     assert took < 2.0
     [logged] = refusals(caplog)
     assert "POST /reply" in logged and "HTTP 410" in logged and "forged" not in logged
@@ -57,7 +57,7 @@ def test_an_oversized_reply_is_refused_unread_and_the_message_stays_pending(
     assert server.push(7, "m1", b"instruction")
     assert server.next_for(token, 0) == ("m1", b"instruction")
     line, took = reply_head(server, f"token={token}&msg=m1", MAX_BODY + 1)
-    assert line.startswith(b"HTTP/1.0 413"), line
+    assert line.startswith(b"HTTP/1.1 413"), line
     assert took < 2.0
     assert len(refusals(caplog)) == 1
     assert server.collect(["m1"]) == {}  # still pending: the real reply is taken

@@ -1,0 +1,177 @@
+"""Edge workers: nodes that train but are never aggregator candidates (Flower's SuperNodes).
+
+Why they keep nothing in etcd: a full node's worker follows the role key through its own
+etcd session (a lease, a member record, a watch). A thousand of those would make etcd's
+work grow with the federation. An edge worker knows only some nodes' API URLs: it asks one
+of them (`GET /node`, answered from that node's last HA snapshot, no etcd request) who holds
+the aggregator role and for which term, and connects to that holder's fleet port. Its fleet
+session heartbeats only while its ClientApp runs (a held poll is its liveness, fleet.py).
+
+When the session ends (the aggregator died, stepped down or dropped it) the worker asks
+again after a jittered, growing wait ("full jitter": uniform in [0, min(cap, base * 2^k)]),
+so a thousand workers losing their server at once do not stampede the node APIs or the
+successor's fleet port.
+
+Its instructions are admitted without etcd: a term older than the newest this worker has
+seen (from a node API or an instruction) is refused, as are arrays that are not the base
+model the stamp names. A deposed aggregator cannot commit anyway (its writes are fenced);
+this only saves the training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from raftfl import tls
+from raftfl.core.address import FLOWER_PORT_OFFSET
+from raftfl.core.errors import RaftflError
+from raftfl.node.worker import base_refusal
+
+log = logging.getLogger(__name__)
+
+MAX_API_BODY = 64 << 10
+
+
+@dataclass(frozen=True)
+class EdgeOptions:
+    apis: tuple[str, ...]  # node API base URLs, e.g. http://10.0.0.1:5400
+    poll_hold: float = 5.0  # the fleet's longest hold: one idle request per 5 s per worker
+    backoff_base: float = 0.1  # the first wait after a lost session is uniform in [0, this]
+    backoff_cap: float = 1.0  # a resumed round waits for its workers: keep the last one near
+    ask_timeout: float = 2.0
+    # The silence the aggregator allows before dropping the worker, and its heartbeat while
+    # the ClientApp runs: an edge device may be slow to answer, and a thousand of them must
+    # not cost the aggregator two heartbeat connections a second each.
+    liveness: float = 10.0
+    heartbeat: float = 2.0
+    # How long a request may go unanswered: a successor that a thousand workers register with
+    # at once answers late, and a register given up on but taken is registered again, which
+    # replaces the session (and loses what was already sent to it).
+    silence_limit: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.apis:
+            raise RaftflError("an edge worker needs at least one node API URL")
+        for url in self.apis:
+            if not url.startswith(("http://", "https://")):
+                raise RaftflError(f"node API URL must start with http:// or https://: {url!r}")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The aggregator as a node API reported it."""
+
+    node: str
+    term: int
+    fleet: str  # its fleet (Flower) address, host:port
+
+
+def holder_from(body: Any) -> Holder | None:
+    """The role holder in a node API's `GET /node` answer (None: vacant, or not a node's
+    answer). Its fleet address is the one the API names, else the port rule's (raft + 200)."""
+    if not isinstance(body, dict):
+        return None
+    node, term = body.get("holder"), body.get("term")
+    if not isinstance(node, str) or type(term) is not int or term <= 0:
+        return None
+    fleet = body.get("holder_flower_address")
+    if not isinstance(fleet, str) or not fleet:
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit():
+            return None
+        fleet = f"{host}:{int(port) + FLOWER_PORT_OFFSET}"
+    return Holder(node, term, fleet)
+
+
+def backoff(attempt: int, opts: EdgeOptions, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
+    return rng.uniform(0.0, min(opts.backoff_cap, opts.backoff_base * 2 ** min(attempt, 16)))
+
+
+class Locator:
+    """Asks the node APIs, in turn, who holds the aggregator role."""
+
+    def __init__(self, opts: EdgeOptions, rng: random.Random):
+        self.opts = opts
+        self._next = rng.randrange(len(opts.apis))  # workers start on different nodes
+        identity = tls.current()
+        self._context: ssl.SSLContext | None = identity.client_context() if identity else None
+
+    def ask(self) -> Holder | None:
+        url = self.opts.apis[self._next % len(self.opts.apis)].rstrip("/") + "/node"
+        self._next += 1
+        try:
+            with urllib.request.urlopen(url, timeout=self.opts.ask_timeout,  # noqa: S310 - ours
+                                        context=self._context) as resp:
+                return holder_from(json.loads(resp.read(MAX_API_BODY)))
+        except (OSError, ValueError) as exc:
+            log.debug("edge: %s: %s", url, exc)
+            return None
+
+
+class EdgeWorker:
+    """One edge worker's fleet session with whichever node holds the role, kept up by
+    `run(stop)` until `stop` is set."""
+
+    def __init__(self, node_id: int, name: str, handle: Callable[[str, bytes], bytes],
+                 opts: EdgeOptions, rng: random.Random | None = None,
+                 replied: Callable[[str], None] | None = None):
+        self.node_id, self.name, self.handle, self.opts = node_id, name, handle, opts
+        self.replied = replied
+        self.rng = rng or random.Random()
+        self.locator = Locator(opts, self.rng)
+        self.term = 0  # the newest term seen
+        self.sessions = 0  # fleet sessions started (registrations attempted)
+        self._client: Any = None
+
+    def admit(self, stamp: Any, message: Any) -> str | None:
+        """The ClientAppHost's `admit`: no etcd, only what this worker has seen."""
+        if stamp.term < self.term:
+            return f"term {stamp.term} is older than term {self.term}"
+        self.term = stamp.term
+        return base_refusal(stamp, message)
+
+    def stop(self) -> None:
+        client = self._client
+        if client is not None:
+            client.abort()
+
+    def run(self, stop: threading.Event) -> None:
+        from raftfl.flower.fleet import FleetClient, FleetError
+
+        attempt = 0
+        while not stop.is_set():
+            holder = self.locator.ask()
+            if holder is None or holder.term < self.term:
+                attempt += 1
+                stop.wait(backoff(attempt, self.opts, self.rng))
+                continue
+            self.term = holder.term
+            client = self._client = FleetClient(holder.fleet, self.node_id, self.name,
+                                                poll_hold=self.opts.poll_hold,
+                                                heartbeat=self.opts.heartbeat,
+                                                idle_heartbeat=False,
+                                                silence_limit=self.opts.silence_limit,
+                                                liveness=self.opts.liveness)
+            if stop.is_set():
+                break
+            began = time.monotonic()
+            self.sessions += 1
+            try:
+                client.run(self.handle, self.replied)
+            except FleetError as exc:
+                log.debug("edge %s: %s", self.name, str(exc).splitlines()[0][:160])
+            finally:
+                self._client = None
+            # A session that lasted is a fresh loss: start the waits over.
+            attempt = 0 if time.monotonic() - began > self.opts.backoff_cap else attempt + 1
+            stop.wait(backoff(attempt, self.opts, self.rng))

@@ -1,0 +1,27 @@
+"""End to end: 3 real nodes (etcd members + Flower) and 20 edge workers in one vworkers
+process (raftfl/lab/vworkers.py), the examples/scale app, SIGKILL of the aggregator's whole
+process group mid-run: the figures of `raftfl bench scale`, asserted as outcomes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raftfl.lab.bench_scale import one_size
+
+pytestmark = pytest.mark.slow
+WORKERS = 20
+
+
+def test_twenty_edge_workers_train_every_round_and_come_back_after_a_kill(
+        tmp_path: Path) -> None:
+    lines: list[str] = []
+    row = one_size(WORKERS, 5, tmp_path, lines.append)
+    assert row.get("violations") == "", "\n".join(lines)  # every round committed once
+    assert row["every_worker_every_round"]  # each worker replied in each round before the kill
+    assert row["term_held"]  # no unintended failover while 20 workers polled
+    assert row["workers_back"] == WORKERS  # every worker replied in the resumed round
+    assert row["failover_p100_s"] is not None and row["failover_p100_s"] < 20
+    assert row["etcd_writes_per_round"] > 0 and row["aggregator_rss_mb"] > 0
+    assert row["ok"]
