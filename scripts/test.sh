@@ -15,5 +15,7 @@ scripts/setup.sh
 # cost a node its 3 s lease before round 1, which some end-to-end tests read as a failover they
 # did not inject: a failed test runs once more (shown as R in the summary); one that fails
 # twice fails the run. RAFTFL_TEST_WORKERS sets the number of workers.
+# Files are handed out longest first (tests/conftest.py, LONGEST_FIRST), so that the
+# workers end together.
 exec .venv/bin/python -m pytest -q --durations=25 -n "${RAFTFL_TEST_WORKERS:-3}" --dist loadfile \
-  --reruns 1 --reruns-delay 2 "${tier[@]}" "$@"
+  --no-loadscope-reorder --reruns 1 --reruns-delay 2 "${tier[@]}" "$@"
