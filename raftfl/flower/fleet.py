@@ -76,12 +76,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from raftfl import tls
+from raftfl.net.http import CappedHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -379,10 +379,12 @@ class FleetServer:
                 self._cond.wait(REAP_EVERY_S)
 
 
-class _HttpServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer that tracks open connections so `stop()` can cut them all."""
+class _HttpServer(CappedHTTPServer):
+    """The fleet's HTTP server: a node's capped server (net/http.py) whose refusals are
+    counted and said at most every SAY_EVERY_S, and which holds each certificate to
+    MAX_PER_PEER connections."""
 
-    daemon_threads = True
+    max_connections = MAX_CONNECTIONS
     # socketserver's default backlog of 5 is small for a server that 15 workers poll and
     # heartbeat while as many followers probe it every 50 ms: a connection dropped on a full
     # backlog waits for TCP's 1 s SYN retry. A thousand workers reconnect at once after a
@@ -391,22 +393,10 @@ class _HttpServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], fleet: FleetServer):
         self.fleet = fleet
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
         self._peers: dict[str, int] = {}  # certificate CN -> its open connections
         self._refused = 0  # connections refused since the last line that said so
         self._said = 0.0
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves our own name (a reverse DNS lookup that can stall
-        # offline); the handler needs neither server_name nor the lookup.
-        TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-        identity = tls.current()
-        if identity is not None:  # only holders of a cluster certificate get an HTTP exchange
-            self.socket = identity.server_context().wrap_socket(
-                self.socket, server_side=True, do_handshake_on_connect=False)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -428,18 +418,6 @@ class _HttpServer(ThreadingHTTPServer):
         log.warning("fleet %s: %s%s", self.fleet.address, why,
                     f" (and {count - 1} more refused)" if count > 1 else "")
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._conns_lock:
-            full = len(self._conns) >= MAX_CONNECTIONS
-            if not full:
-                self._conns.add(request)
-        if full:
-            self.refused(f"connection from {client_address[0]} refused: {MAX_CONNECTIONS} "
-                         "connections open")
-            TCPServer.shutdown_request(self, request)
-            return
-        super().process_request(request, client_address)
-
     def admit_peer(self, peer: str) -> bool:
         with self._conns_lock:
             if self._peers.get(peer, 0) >= MAX_PER_PEER:
@@ -454,20 +432,6 @@ class _HttpServer(ThreadingHTTPServer):
                 self._peers[peer] = left
             else:
                 self._peers.pop(peer, None)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    def cut_connections(self) -> None:
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by its handler
 
 
 class _Handler(BaseHTTPRequestHandler):
