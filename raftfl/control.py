@@ -17,15 +17,17 @@ from raftfl.core.events import Event, FailoverPaused, FailoverResumed
 from raftfl.core.keys import Keys
 from raftfl.core.maintenance import HandoverRequest, Pause
 from raftfl.core.records import MalformedRecord
-from raftfl.core.role import RoleHolder, parse_role
+from raftfl.core.role import RoleHolder
 from raftfl.core.run_order import active
-from raftfl.etcd import run_store
+from raftfl.etcd import run_store, signers
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Store
 
 
 def _record(store: Store, keys: Keys, event: Event) -> None:
-    """Append to the active run's log (else the newest run's); no run yet: nothing to log."""
+    """Append to the active run's log (else the newest run's); no run yet: nothing to log.
+    In a secured cluster the event is signed, so it names the signer (the certificate's CN),
+    not the user (raftfl/etcd/eventlog.py): the request key itself keeps `by`."""
     ids = run_store.ids(store, keys)
     if not ids:
         return
@@ -37,9 +39,9 @@ def _holder_line(store: Store, keys: Keys) -> str:
     kv = store.get(keys.aggregator)
     if kv is None:
         return "no aggregator holds the role now"
-    role = parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision)
+    role = signers.read_role(store, keys, kv)
     if not isinstance(role, RoleHolder):
-        return "the role key is malformed"
+        return f"the role key is malformed ({role.reason})"
     return f"aggregator {role.node} (term {role.term}) keeps serving"
 
 

@@ -2,7 +2,10 @@
 
 Every event carries the envelope `v` (schema version), `type`, `id` (unique, so a retried
 append that actually landed is recognised instead of written twice), `ts` (epoch seconds),
-`node` (writer) and `term` (the aggregator term it was written under; 0 when unfenced).
+`node` (writer) and `term` (the aggregator term it was written under; 0 when unfenced). In a
+secured cluster it also carries `sig`, its writer's signature over its key and the rest of the
+value (raftfl/core/seal.py); an unsigned event stores no `sig` field at all, so the schema
+version is unchanged and older events still decode.
 Decoding (`Event.from_json`, also `decode`) checks every field's type and range, so a
 hand-written value is skipped as malformed instead of breaking the fold.
 """
@@ -15,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from raftfl.core.records import MalformedRecord, Record, from_fields, loads_bounded, require
+from raftfl.core.seal import SIG_CHARS
 
 SCHEMA_VERSION = 1
 MAX_NAME = 255  # a node name (host:port)
@@ -40,16 +44,21 @@ class Event(Record):
     ts: float = field(default_factory=time.time)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     v: int = SCHEMA_VERSION
+    sig: str = ""  # the writer's signature (core/seal.py), in a secured cluster
 
     def check(self) -> None:
         require(0 < len(self.node) <= MAX_NAME, f"node name of {len(self.node)} characters")
+        require(len(self.sig) <= SIG_CHARS, f"a signature of {len(self.sig)} characters")
         for f in fields(self):
             if f.name in _NON_NEGATIVE:
                 value = getattr(self, f.name)
                 require(value >= 0, f"{f.name} {value} is negative")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **asdict(self)}
+        out = {"type": self.type, **asdict(self)}
+        if not self.sig:
+            del out["sig"]
+        return out
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Event:  # type: ignore[override]

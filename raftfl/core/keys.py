@@ -12,6 +12,8 @@ The cluster's own keys (`Keys`):
     control/paused             present while automatic failover is paused (maintenance)
     membership/upgrade/<node>  the aggregator asks a node without an etcd member to become a
                                voter (core/replacement.py); on the aggregator's lease
+    certs/<name>               the certificate (PEM) of a party that signs what it writes
+                               (raftfl/etcd/signers.py); only <name> writes it (RBAC)
 
 and each run's (`RunKeys`, from `keys.run(id)`). What its submitter writes is under
 `submissions/<id>/`, apart from what the nodes write, so etcd RBAC (raftfl/etcd/rbac.py) can
@@ -136,6 +138,14 @@ class Keys:
 
     def upgrade(self, node: str) -> str:
         return self.upgrades + node
+
+    @property
+    def certs(self) -> str:
+        return self.root + "certs/"
+
+    def cert(self, name: str) -> str:
+        """Where `name` publishes the certificate its signatures verify against."""
+        return self.certs + name
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ revision of its own key (terms are create revisions of the role key, and an even
 after its term began), so a larger one is forged and rejected: accepted, it would make every
 later real commit look stale. And the state-changing events an aggregator writes (commits,
 fallbacks, completion) count only from a term whose `aggregator_elected` is in the log.
+A third holds in a secured cluster, where every event is signed by its `node` (the reader
+checks the signature: raftfl/etcd/eventlog.py): a signed event of term T counts only from
+T's holder, the node of T's `aggregator_elected` (a member may sign as itself, never claim
+another's term). A term older than the newest `WINDOW` elections is not checked.
 Rejected events are recorded in `rejected`, never folded, never fatal.
 
 `fold(state, more)` is the same fold continued from a state already folded over the events
@@ -220,6 +224,10 @@ def _rejection(state: FLState, item: Logged) -> str | None:
         return "aggregator_elected without a term"
     if isinstance(ev, _NEEDS_ELECTION) and ev.term not in state.elected_terms:
         return f"{ev.type} from term {ev.term}, which has no aggregator_elected"
+    if ev.sig and ev.term:
+        holder = next((e.node for e in reversed(state.elections) if e.term == ev.term), None)
+        if holder is not None and holder != ev.node:
+            return f"{ev.type}: signer {ev.node} does not hold term {ev.term} ({holder} does)"
     return None
 
 

@@ -19,6 +19,11 @@ that had not read the newest) is picked up by a sweep of the whole log every `SW
 reads every key changed since the previous sweep (or since the snapshot was taken). One below
 the snapshot's seq makes it fold the whole log again. Readers get a copy of the state that
 later folds leave alone.
+
+In a secured cluster (a process with a TLS identity) every append is signed by its writer for
+its key (raftfl/etcd/signers.py), and a reader skips, with one warning each, an event that is
+not signed by the node it names; replay then refuses a signed event from a node that does not
+hold its term (raftfl/core/replay.py), and the fold says each such refusal once too.
 """
 
 from __future__ import annotations
@@ -27,16 +32,17 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
+from raftfl.core import seal
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.events import Event, MalformedEvent, decode
 from raftfl.core.keys import RunKeys, seq_of
 from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
 from raftfl.core.replay import FLState, Logged, fold
-from raftfl.etcd import snapshots
+from raftfl.etcd import signers, snapshots
 from raftfl.etcd.store import KV, CreateResult, Fence, Resync, Store
 
 log = logging.getLogger(__name__)
@@ -108,14 +114,15 @@ class EventLog:
         self._swept_rev = 0  # every key of the log at this revision is folded, below the newest too
         self._next_seq = 0  # after the newest key current() has read (0: nothing read yet)
         self._swept = 0.0  # when current() last read the whole log
+        self._said = 0  # replay's refusals said so far (in the order it made them)
         self._lock = threading.Lock()
 
     def append(self, event: Event, fence: Fence | None = None) -> int:
         """Append at the next free sequence number; returns it. Raises FencedOut if fenced."""
         with self._lock:
             seq = max(self._next_hint, self._next_seq) or self._last_seq() + 1
-            value = event.to_json()
             for _ in range(MAX_APPEND_ATTEMPTS):
+                value = self._value(seq, event)  # a signature names its key: one per attempt
                 result = self.store.create(self.keys.event(seq), value, fence=fence)
                 if result is CreateResult.CREATED:
                     self._next_hint = seq + 1
@@ -129,6 +136,16 @@ class EventLog:
                     return seq
                 seq = max(seq + 1, self._last_seq() + 1)
             raise RaftflError(f"could not append {event.type} after {MAX_APPEND_ATTEMPTS} attempts")
+
+    def _value(self, seq: int, event: Event) -> str:
+        """The stored event: signed by this process's party, which it then names (a CLI's
+        `run stop` or `pause` records the certificate's CN, not user@host)."""
+        me = signers.signer()
+        if me is None:
+            return event.to_json()
+        signers.publish(self.store, self.keys)
+        event = replace(event, node=me.name)
+        return replace(event, sig=me.seal(self.keys.event(seq), event.to_dict())[seal.SIG]).to_json()
 
     def _last_seq(self) -> int:
         kvs, _ = self.store.range(self.keys.events, limit=1, descending=True, keys_only=True)
@@ -222,6 +239,9 @@ class EventLog:
         seqs = [item.seq for item in result.events]
         seqs += [s for key, _ in result.skipped if (s := seq_of(key)) is not None]
         state = self._folded.add(result.events)
+        for seq, why in state.rejected[self._said:]:  # each refusal once per reader
+            log.warning("ignoring event %s: %s", self.keys.event(seq), why)
+        self._said = len(state.rejected)
         self._next_seq = max([self._next_seq, *(s + 1 for s in seqs)])
         self._seen_rev = revision or result.revision  # a pinned read: the header says "now"
         return state
@@ -250,6 +270,9 @@ class EventLog:
         try:
             if seq is None:
                 raise MalformedEvent("key is not a sequence number")
+            forged = signers.check_raw(self.store, self.keys, kv.key, kv.value, kv.create_revision)
+            if forged is not None:  # first: an unsigned value is a forgery, whatever else it is
+                raise MalformedEvent(f"forged: {forged}")
             return Logged(seq, kv.create_revision, decode(kv.value))
         except MalformedEvent as exc:
             SKIPS.skip("event", kv.key, str(exc))

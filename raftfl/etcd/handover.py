@@ -19,8 +19,9 @@ from raftfl.core.keys import Keys
 from raftfl.core.maintenance import HandoverRequest, handover_target
 from raftfl.core.ranking import Weights, candidates, rank
 from raftfl.core.records import MalformedRecord
-from raftfl.core.role import RoleHolder, parse_role
+from raftfl.core.role import RoleHolder
 from raftfl.core.specs import ClusterConfig
+from raftfl.etcd import signers
 from raftfl.etcd.context import read_members, read_samples
 from raftfl.etcd.store import Store
 
@@ -46,7 +47,7 @@ def holder(store: Store, keys: Keys) -> RoleHolder:
     kv = store.get(keys.aggregator)
     if kv is None:
         raise RaftflError("no aggregator holds the role: nothing to hand over")
-    role = parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision)
+    role = signers.read_role(store, keys, kv)
     if not isinstance(role, RoleHolder):
         raise RaftflError(f"the aggregator role key is malformed ({role.reason}): nothing to "
                           "hand over")
@@ -113,7 +114,7 @@ def wait_handover(store: Store, keys: Keys, req: Requested, timeout: float,
     while time.monotonic() < deadline:
         kv = store.get(keys.aggregator)
         if kv is not None and kv.create_revision > req.request.term:
-            role = parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision)
+            role = signers.read_role(store, keys, kv)
             name = role.node if isinstance(role, RoleHolder) else "(malformed)"
             return Outcome(name, kv.create_revision, time.monotonic() - req.started)
         poll()

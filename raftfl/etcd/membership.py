@@ -27,8 +27,8 @@ from raftfl.core.address import NodeAddress, parse_address
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys
 from raftfl.core.quorum import leave_refusal, may_promote, tolerates
-from raftfl.core.role import RoleHolder, parse_role
-from raftfl.etcd import cluster_api
+from raftfl.core.role import RoleHolder
+from raftfl.etcd import cluster_api, signers
 from raftfl.etcd.cluster_api import Member, NotInSync, list_members
 from raftfl.etcd.handover import request_handover, wait_handover
 from raftfl.etcd.member import (
@@ -279,8 +279,7 @@ def remove_member(leaving: NodeAddress, endpoints: list[str], cluster: str = "de
         if refusal:
             raise RaftflError(f"leave refused: {refusal}")
         role = store.get(keys.aggregator)
-        holder = None if role is None else parse_role(role.value, role.create_revision,
-                                                      role.lease, role.mod_revision)
+        holder = None if role is None else signers.read_role(store, keys, role)
         if isinstance(holder, RoleHolder) and holder.node == leaving.name:
             req = request_handover(store, keys, None, by or "node leave")
             emit(f"{leaving.name} is the aggregator (term {req.request.term}): handing over to "

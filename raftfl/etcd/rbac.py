@@ -6,13 +6,15 @@ issues CN = node name). `enable` creates, idempotently:
 
 - role `raftfl-<cluster>-node`, granted to every node user: read on `/raftfl/<cluster>/`,
   write on all of it but `submissions/` (run specs and app packages: raftfl/core/keys.py),
-  `members/`, `latency/` and `suspects/`. A node's certificate therefore cannot submit code
-  for its peers to import;
+  `members/`, `latency/`, `suspects/` and `certs/`. A node's certificate therefore cannot
+  submit code for its peers to import;
 - role `raftfl-<cluster>-node-<name>`, granted to node `<name>` only: write on its own member
-  record (`members/<name>`), latency samples (`latency/<name>/`) and suspicions
-  (`suspects/<name>/`). etcd unions a user's roles, so a node writes its own records and
+  record (`members/<name>`), latency samples (`latency/<name>/`), suspicions
+  (`suspects/<name>/`) and certificate (`certs/<name>`, what its signatures verify against:
+  raftfl/etcd/signers.py). etcd unions a user's roles, so a node writes its own records and
   nobody else's: it cannot fake a peer's liveness, context or RTTs (which rank the
-  candidates for the aggregator role) or a peer's evidence against the holder, delete them,
+  candidates for the aggregator role) or a peer's evidence against the holder, delete them
+  (nor a peer's certificate, which would make its signed writes unverifiable),
   or revoke a peer's lease or attach keys to it (etcd 3.4 allows both only to a user that may
   write every key on the lease, and a node's lease carries its member record from its grant
   on: `node/session.py`);
@@ -94,13 +96,13 @@ def without(start: bytes, end: bytes, holes: Iterable[tuple[bytes, bytes]]
 def permissions(cluster: str, nodes: Iterable[str] = ()) -> dict[str, list[Grant]]:
     """Each role's grants, the per-node roles of `nodes` included. etcd unions a user's roles'
     grants, so the shared node role's write is the cluster's prefix as ranges around
-    `submissions/`, `members/`, `latency/` and `suspects/`, and each node's own role adds its
-    share of the last three."""
+    `submissions/`, `members/`, `latency/`, `suspects/` and `certs/`, and each node's own role
+    adds its share of the last four."""
     keys = Keys(cluster)
     prefix, end = _prefix(keys.root)
     submissions = _prefix(keys.submissions)
     shared = without(prefix, end, [submissions, _prefix(keys.members), _prefix(keys.latency),
-                                   _prefix(keys.suspects)])
+                                   _prefix(keys.suspects), _prefix(keys.certs)])
     probe = (READ, REVISION_PROBE, b"")
     out = {node_role(cluster): [(READ, prefix, end), *((WRITE, lo, hi) for lo, hi in shared),
                                 probe],
@@ -108,7 +110,8 @@ def permissions(cluster: str, nodes: Iterable[str] = ()) -> dict[str, list[Grant
     for node in nodes:
         out[own_role(cluster, node)] = [(WRITE, keys.member(node).encode(), b""),
                                         (WRITE, *_prefix(keys.latency_of(node))),
-                                        (WRITE, *_prefix(keys.suspicions_of(node)))]
+                                        (WRITE, *_prefix(keys.suspicions_of(node))),
+                                        (WRITE, keys.cert(node).encode(), b"")]
     return out
 
 

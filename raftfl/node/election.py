@@ -8,11 +8,16 @@ checkpoints): once the key is gone or re-created, each of them fails instead of 
 No caller writes the fence: `step_down()` forgets the term locally, `resign()` deletes our
 key, `free(term)` deletes another node's key of that term (a takeover on evidence), and
 `clear_malformed(rev)` deletes an unreadable key that has not changed since `rev`.
+
+In a secured cluster the claim is signed for the role key and names this node's lease
+(raftfl/core/role.py), so nobody else can write it in our name, nor copy it to another term.
 """
 
 from __future__ import annotations
 
-from raftfl.core.role import role_value
+from raftfl.core.keys import Keys
+from raftfl.core.role import role_record
+from raftfl.etcd import signers
 from raftfl.etcd.store import Fence, Store
 
 
@@ -20,6 +25,8 @@ class Election:
     def __init__(self, store: Store, key: str, node: str, flower_address: str):
         self.store = store
         self.key = key
+        # the cluster's keys (where our certificate is published): key is `<root>aggregator`
+        self.keys = Keys(key.removeprefix("/raftfl/").rpartition("/")[0])
         self.node = node
         self.flower_address = flower_address
         self.fence: Fence | None = None
@@ -31,8 +38,7 @@ class Election:
 
     def campaign(self, lease: int) -> int | None:
         """Create the role key on `lease` if it is absent; returns the term won, or None."""
-        term = self.store.create_revision(self.key, role_value(self.node, self.flower_address, 0),
-                                          lease=lease)
+        term = self.store.create_revision(self.key, self._claim(0, lease), lease=lease)
         if term is None:
             # A retried create that had landed answers "exists": the lease says whose key it is.
             kv = self.store.get(self.key)
@@ -51,9 +57,14 @@ class Election:
         """Write the term into the role value; False when the term is no longer ours."""
         if self.fence is None:
             return False
-        return self.store.put_fenced(
-            self.key, role_value(self.node, self.flower_address, self.fence.create_revision),
-            self.fence, lease=self.lease)
+        return self.store.put_fenced(self.key, self._claim(self.fence.create_revision, self.lease),
+                                     self.fence, lease=self.lease)
+
+    def _claim(self, term: int, lease: int | None) -> str:
+        """The role value: signed, with our lease, when this node has a TLS identity."""
+        signed = signers.signer() is not None
+        record = role_record(self.node, self.flower_address, term, lease if signed else None)
+        return signers.seal_json(self.store, self.keys, self.key, record)
 
     def resign(self) -> bool:
         """Give the role up at once (planned handover, shutdown); guarded by the term."""

@@ -43,9 +43,10 @@ from raftfl.core.errors import FencedOut, NodeFatal, RaftflError
 from raftfl.core.events import NodeJoined, NodeLeft
 from raftfl.core.keys import Keys
 from raftfl.core.member_record import MemberInfo
-from raftfl.core.role import RoleHolder, parse_role
+from raftfl.core.role import RoleHolder
 from raftfl.core.specs import ClusterConfig
 from raftfl.core.status import NodeStatus
+from raftfl.etcd import signers
 from raftfl.etcd.member import EtcdMember, wait_healthy
 from raftfl.etcd.store import CreateResult, EtcdNoSpace, EtcdUnavailable, LeaseGone, Store
 from raftfl.node import lifecycle, runapp
@@ -161,6 +162,7 @@ class Node:
             wait_healthy(self.member, lambda: lifecycle.healthy(store, keys), opts.start_timeout,
                          say, self.stop)
         say(f"etcd healthy; client endpoints {','.join(endpoints)}")
+        lifecycle.publish_certificate(store, keys)
         runs = Runs(store, keys, opts.dir, models)
         if not runs.trust:
             say(signing.UNSIGNED_WARNING)
@@ -195,7 +197,7 @@ class Node:
             kv = self.store.get(self.keys.aggregator)
         except RaftflError as exc:
             return f"the aggregator is unknown: {exc}"
-        role = parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision) if kv else None
+        role = signers.read_role(self.store, self.keys, kv) if kv else None
         if isinstance(role, RoleHolder) and role.node == common_name:
             return None
         return (f"{common_name or 'a peer without a certificate'} is not the aggregator "

@@ -20,6 +20,7 @@ from raftfl.core.quorum import initial_voters
 from raftfl.core.ranking import Ranked
 from raftfl.core.specs import ClusterConfig, RunSpec, spec_rounds
 from raftfl.etcd import run_store as stored_runs
+from raftfl.etcd import signers
 from raftfl.etcd.clusterconfig import ensure
 from raftfl.etcd.context import read_members
 from raftfl.etcd.member import (
@@ -81,6 +82,12 @@ def start_member(o: NodeOptions, say: Voice) -> tuple[EtcdMember | None, list[st
         f"{'reusing' if reused else 'new'} data dir {o.dir})")
     peers = [client_endpoint(a) for n, a in sorted(everyone.items()) if n != o.name]
     return member, [spec.client_endpoint, *peers]
+
+
+def publish_certificate(store: Store, keys: Keys) -> None:
+    """In a secured cluster, publish this node's certificate (`certs/<name>`) before it
+    signs anything: its peers check its events and role claims against it."""
+    signers.publish(store, keys)
 
 
 def serve_models(opts: NodeOptions, say: Voice, peers: Callable[[], list[str]],

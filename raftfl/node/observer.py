@@ -3,6 +3,12 @@
 It reads and remembers (when a vacancy or a malformed key was first seen, the ranking at a
 vacancy's revision); it acts on nothing. Its watch threads only queue changes and wake the
 loop; `HolderProbe` probes the holder's host in a thread of its own.
+
+In a secured cluster it also says, once each, what is forged: a role claim that is not signed
+by the node it names, or names another node than its term's election record (a member that
+overwrites the key with a claim of its own), and any event written to a run's log that the
+node does not read otherwise (a finished run's): its guard watch queues the run, and the cycle
+reads that log, which skips and says each forged event (raftfl/etcd/eventlog.py).
 """
 
 from __future__ import annotations
@@ -17,19 +23,24 @@ from typing import Any
 
 from raftfl.core.decide import View
 from raftfl.core.evidence import gone
+from raftfl.core.keys import MAX_RUN_ID
 from raftfl.core.maintenance import HandoverRequest, Pause
 from raftfl.core.ranking import Ranked, candidates, rank
 from raftfl.core.records import SKIPS, MalformedRecord
 from raftfl.core.replay import FLState
-from raftfl.core.role import MalformedRole, RoleHolder, parse_role
+from raftfl.core.role import MalformedRole, RoleHolder
 from raftfl.core.specs import ClusterConfig
+from raftfl.etcd import signers
 from raftfl.etcd.context import read_members, read_samples, read_suspecting
+from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import KV, Change, Compacted, Resync
 from raftfl.node.holder_probe import HolderProbe
 from raftfl.node.runs import Runs
 from raftfl.node.shell import Shell
 
 log = logging.getLogger(__name__)
+
+GUARDED_LOGS = 8  # finished runs' logs the guard keeps folded (written to lately)
 
 
 class Observer:
@@ -45,6 +56,9 @@ class Observer:
         # The role's last linearizable read (monotonic) and the newest revision a cycle read.
         self.recheck_s = shell.opts.timings.lease_ttl
         self._linearized_at, self._last_rev, self._settled_before = float("-inf"), 0, False
+        self._said_forged = 0  # the mod revision of the last forged role key said
+        self.guarded: queue.Queue[int] = queue.Queue()  # runs whose logs were written to
+        self._guard_logs: dict[int, EventLog] = {}
 
     @property
     def malformed_seen(self) -> float | None:
@@ -57,6 +71,8 @@ class Observer:
         role, rev = self._role()
         runs = self.runs.refresh(rev)
         state = runs.state
+        role = self._forged(role, state)
+        self._guard(runs.active)
         now = time.monotonic()
         if role is None and runs.active is not None:  # no run, no election: nor a rank clock
             self.vacancy_seen = self.vacancy_seen or now
@@ -120,8 +136,41 @@ class Observer:
                    ) -> tuple[RoleHolder | MalformedRole | None, int]:
         kvs, rev = read
         kv = next((k for k in kvs if k.key == self.shell.keys.aggregator), None)
-        return (parse_role(kv.value, kv.create_revision, kv.lease, kv.mod_revision)
-                if kv else None), rev
+        return (signers.read_role(self.shell.store, self.shell.keys, kv) if kv else None), rev
+
+    def _forged(self, role: RoleHolder | MalformedRole | None, state: FLState
+                ) -> RoleHolder | MalformedRole | None:
+        """In a secured cluster, a claim naming another node than its term's election record
+        is forged too (a member overwrote the key with a claim of its own); each forged key
+        is said once."""
+        if isinstance(role, RoleHolder) and signers.signer() is not None:
+            won = next((e.node for e in reversed(state.elections) if e.term == role.term), None)
+            if won is not None and won != role.node:
+                role = MalformedRole(f"forged: term {role.term} was won by {won}, the key "
+                                     f"names {role.node}", role.term, role.lease,
+                                     role.mod_revision)
+        if isinstance(role, MalformedRole) and role.reason.startswith("forged") \
+                and role.mod_revision != self._said_forged:
+            self._said_forged = role.mod_revision
+            log.warning("ignoring the aggregator role key written at revision %d: %s",
+                        role.mod_revision, role.reason)
+        return role
+
+    def _guard(self, active: int | None) -> None:
+        """Read the logs of the runs the guard watch saw written to, but the active one's
+        (read anyway): a forged event there is skipped and said like any other."""
+        while True:
+            try:
+                run = self.guarded.get_nowait()
+            except queue.Empty:
+                return
+            if run == active:
+                continue
+            if run not in self._guard_logs and len(self._guard_logs) >= GUARDED_LOGS:
+                del self._guard_logs[next(iter(self._guard_logs))]
+            events = self._guard_logs.setdefault(
+                run, EventLog(self.shell.store, self.shell.keys.run(run)))
+            events.current(sweep=True)
 
     def _settled(self, role: RoleHolder | MalformedRole | None) -> bool:
         """A held role nobody is about to act on: a serializable answer will do."""
@@ -242,8 +291,20 @@ class Observer:
             for _ in shell.store.watch(shell.keys.control, rev + 1, shell.stop):
                 shell.wake.set()
 
+        def guard() -> None:  # an event written to any run's log: its run, to be read
+            prefix = shell.keys.runs
+            for change in shell.store.watch(prefix, rev + 1, shell.stop):
+                if isinstance(change, Resync) or change.value is None:
+                    continue
+                run, _, rest = change.key.removeprefix(prefix).partition("/")
+                if rest.startswith("events/") and run.isdigit() and 0 < int(run) <= MAX_RUN_ID:
+                    self.guarded.put(int(run))
+                    shell.wake.set()
+
         self._thread(role, "role")
         self._thread(control, "control")
+        if signers.signer() is not None:
+            self._thread(guard, "guard")
 
     def watch_events(self, run_id: int, revision: int) -> None:
         """Wake the loop on each new event of the active run (a new watch when it changes)."""

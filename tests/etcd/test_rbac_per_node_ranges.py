@@ -33,6 +33,9 @@ def may(user: str, key: str, write: bool = True) -> bool:
     (A, KEYS.member(A), True),
     (B, KEYS.member(A), False),
     (AB, KEYS.member(A), False),  # one key, not a prefix: A's name prefixes AB's
+    (A, KEYS.cert(A), True),  # the certificate its signatures are checked with
+    (B, KEYS.cert(A), False),
+    (AB, KEYS.cert(A), False),
     (A, KEYS.member(AB), False),
     (A, KEYS.latency_sample(A, 7), True),
     (B, KEYS.latency_sample(A, 7), False),
@@ -75,8 +78,8 @@ def test_the_shared_ranges_leave_out_exactly_the_per_node_and_operator_prefixes(
     assert all(a_hi <= b_lo for (_, a_hi), (b_lo, _) in zip(writes, writes[1:], strict=False))
     assert writes[0][0] == KEYS.root.encode() and writes[-1][1] == b"/raftfl/c10"
     holes = {hi for _, hi in writes[:-1]}
-    assert holes == {KEYS.latency.encode(), KEYS.members.encode(), KEYS.submissions.encode(),
-                     KEYS.suspects.encode()}
+    assert holes == {KEYS.certs.encode(), KEYS.latency.encode(), KEYS.members.encode(),
+                     KEYS.submissions.encode(), KEYS.suspects.encode()}
 
 
 @pytest.mark.parametrize("start,end,holes,out", [
