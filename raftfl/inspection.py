@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from raftfl import tls
 from raftfl.control import control_status
 from raftfl.core.keys import Keys
 from raftfl.core.latency import summarize
@@ -166,8 +167,17 @@ def format_status(info: dict[str, Any]) -> str:
             f"{m['name']:<22} {m['role']:<8} {health:<8} "
             f"{'leader' if m['leader'] else '':<7} {'' if rtt is None else f'{rtt:.2f}':>7} "
             f"{ctx.get('cpu_free', ''):>5} {ctx.get('priority', ''):>5}  {m['client_endpoint']}")
-    lines.append(f"etcdctl --endpoints={info['endpoints']} get --prefix /raftfl/{info['cluster']}/")
+    lines.append(f"etcdctl --endpoints={info['endpoints']}{_etcdctl_certs()} "
+                 f"get --prefix /raftfl/{info['cluster']}/")
     return "\n".join(lines)
+
+
+def _etcdctl_certs() -> str:
+    """etcdctl's TLS flags for the bundle this process uses ("" in plain text)."""
+    identity = tls.current()
+    if identity is None:
+        return ""
+    return f" --cacert {identity.ca} --cert {identity.cert} --key {identity.key}"
 
 
 def quorum_line(info: dict[str, Any]) -> str:

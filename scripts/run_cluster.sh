@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the seed's convenience cluster in the background: 1 aggregator + 3 workers on
-# localhost:5000..5003, logs and PIDs in runs/cluster/. Kill nodes by hand, e.g.
+# localhost:5000..5003, logs and PIDs in runs/cluster/, data and the quick start's own CA (mutual
+# TLS, no flags needed) in .raftfl/cluster/, where `raftfl status` finds it. Kill nodes by hand, e.g.
 #   kill -9 "$(cat runs/cluster/node0.pid)"
 # and stop everything with: scripts/run_cluster.sh stop
 set -euo pipefail
@@ -23,7 +24,7 @@ for i in "${!nodes[@]}"; do
   peers=("${nodes[@]/$me}")
   if [ "$i" = 0 ]; then agg=(-a self -r "$rounds"); else agg=(-a "${nodes[0]}"); fi
   nohup .venv/bin/raftfl node start "${agg[@]}" -s "$me" -n ${peers[@]} \
-    --cluster cluster --data-dir "$dir/node$i" > "$dir/node$i.log" 2>&1 &
+    --cluster cluster > "$dir/node$i.log" 2>&1 &
   echo $! > "$dir/node$i.pid"
   echo "node$i $me pid $(cat "$dir/node$i.pid") log $dir/node$i.log"
 done

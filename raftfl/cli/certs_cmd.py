@@ -46,19 +46,16 @@ def certs_issue(directory: Path, node_address: str | None, operator: str | None,
     Hand a node its bundle directory (scp -r DIR/HOST_PORT node:~/raftfl-certs) and start it
     with --certs ~/raftfl-certs."""
     from raftfl import tls
+    from raftfl.cli.quickstart import node_hosts
     from raftfl.core.address import check_node_name
     from raftfl.core.certs import OPERATOR_PREFIX, ROOT_CN
-    from raftfl.net.address import resolve
 
     if sum(x is not None and x is not False for x in (node_address, operator, admin)) != 1:
         raise click.UsageError("give exactly one of --node HOST:PORT, --operator NAME, --admin")
     if node_address is not None:
         me = addresses((node_address,))[0]
-        try:
-            hosts = [me.host, resolve(me.host)]
-        except RaftflError:
-            hosts = [me.host]  # not resolvable here: the name alone
-        path = tls.issue_bundle(directory, f"{me.host}_{me.port}", me.name, hosts, force)
+        path = tls.issue_bundle(directory, f"{me.host}_{me.port}", me.name, node_hosts(me),
+                                force)
     elif operator is not None:
         try:
             check_node_name(operator)

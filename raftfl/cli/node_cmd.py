@@ -60,6 +60,19 @@ def _run(node: Node, opts: NodeOptions) -> int:
             api.stop()
 
 
+def _options(join: bool, kw: dict[str, Any]) -> NodeOptions:
+    """The node's options; a loopback node without --certs gets the quick start's identity
+    (raftfl/cli/quickstart.py) before anything connects, and says so once."""
+    from raftfl.cli.quickstart import secure_node
+    from raftfl.node.shell import Voice
+
+    opts = build_options(join, **kw)
+    line = secure_node(opts, kw["insecure"])
+    if line:
+        Voice(opts.name)(line)
+    return opts
+
+
 def _exit_node(code: int) -> None:
     """Leave at once once the node has shut down (member stopped, files written).
 
@@ -87,7 +100,7 @@ def node_start(**kw: Any) -> None:
     _share_cores()
     from raftfl.node.ha import Node
 
-    opts = build_options(False, **kw)
+    opts = _options(False, kw)
     _exit_node(_run(Node(opts, hooks=_fault_hooks()), opts))
 
 
@@ -109,7 +122,7 @@ def node_join(join_timeout: float, fresh: bool, **kw: Any) -> None:
     from raftfl.node.ha import Node
     from raftfl.node.shell import Voice
 
-    opts = build_options(True, **kw)
+    opts = _options(True, kw)
     if opts.etcd_endpoints is not None:  # an external cluster: nothing to add
         _exit_node(_run(Node(opts, hooks=_fault_hooks()), opts))
     member, peers = add_learner(opts, local_checks(opts), fresh, Voice(opts.name))

@@ -61,8 +61,10 @@ _OPTIONS = [
                  help="With -r: sign run 1 with this operator's Ed25519 key (as `raftfl run "
                       "submit --sign-key`)."),
     click.option("--insecure", is_flag=True,
-                 help="Serve without TLS on a non-loopback address (anyone who reaches "
-                      "the ports can read, write and train)."),
+                 help="Serve without TLS: anyone who reaches the ports (on loopback: every "
+                      "local user) can read, write and train [default on loopback without "
+                      "--certs: mutual TLS from the quick start's own CA, made in the cluster's "
+                      "folder, the data dir's parent]."),
     click.option("--client-port", type=click.IntRange(1, 65535), default=None,
                  help="etcd client port [default: raft port + 100]."),
     click.option("--flower-port", type=click.IntRange(1, 65535), default=None,

@@ -92,7 +92,8 @@ def certs_option(expose_value: bool = False) -> Decorator:
         "--certs", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
         expose_value=expose_value, is_eager=True, callback=_certs, metavar="DIR",
         help="Certificate bundle (ca.crt, tls.crt, tls.key from `raftfl certs issue`): mutual "
-             "TLS to etcd and the fleet.")
+             "TLS to etcd and the fleet [default on loopback: the quick start's own CA in "
+             ".raftfl/<cluster>/ca].")
 
 
 endpoints_option = click.option("--endpoints", default=None,
@@ -137,13 +138,30 @@ class Target:
             store.close()
 
 
+def _quick_start_identity(target: Target) -> None:
+    """Without --certs, a command to loopback nodes whose quick start made its own CA here
+    (.raftfl/<cluster>/ca) speaks mutual TLS as that CA's `root` (raftfl/cli/quickstart.py)."""
+    from raftfl.cli.quickstart import use_client_identity
+
+    try:
+        eps = target.endpoints()
+    except (click.UsageError, RaftflError):
+        return  # the command says what is missing
+    try:
+        use_client_identity(target.cluster, eps)
+    except RaftflError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def target_options(fn: Any) -> Any:
     """-n HOST:PORT... (or --endpoints), --cluster and --certs, passed on as `target`."""
 
     @functools.wraps(fn)
     def command(*args: Any, nodes: tuple[str, ...], more_nodes: tuple[str, ...],
                 endpoints: str | None, cluster: str, **kw: Any) -> Any:
-        return fn(*args, target=Target(nodes + more_nodes, endpoints, cluster), **kw)
+        target = Target(nodes + more_nodes, endpoints, cluster)
+        _quick_start_identity(target)
+        return fn(*args, target=target, **kw)
 
     for option in (cluster_option, certs_option(), endpoints_option, more_nodes_argument,
                    peers_option):

@@ -45,17 +45,24 @@ def register(group: click.Group) -> None:
 @click.option("--run-config", default=None, metavar='"KEY=VALUE ..."',
               help="Override the app's run config (Flower's syntax).")
 @click.option("--secure", is_flag=True,
-              help="Mutual TLS and etcd RBAC: a throwaway cluster CA, one bundle per node.")
+              help="Mutual TLS and etcd RBAC: a throwaway cluster CA, one bundle per node "
+                   "(--certs) [default: as the quick start, mutual TLS from the CA the nodes "
+                   "make in their folder, no RBAC].")
+@click.option("--insecure", is_flag=True,
+              help="Plain text on loopback (every local user can reach the nodes).")
 def demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, summary_json: Path | None,
          out: Path, lease_ttl: int | None, keep: bool, app: Path | None, run_config: str | None,
-         secure: bool) -> None:
+         secure: bool, insecure: bool) -> None:
     """Run a local cluster, kill the aggregator mid-round, verify the outcome."""
     from raftfl.lab.demo import run_demo
 
+    if secure and insecure:
+        raise click.UsageError("give --secure or --insecure, not both")
     lease_ttl = lease_ttl or 3 + max(0, nodes - 5 + 1) // 2
 
     sys.exit(run_demo(nodes, rounds, kill_at, dataset, out, summary_json, lease_ttl, keep,
-                      echo=click.echo, app=app, run_config=run_config, secure=secure))
+                      echo=click.echo, app=app, run_config=run_config, secure=secure,
+                      insecure=insecure))
 
 
 @click.command()

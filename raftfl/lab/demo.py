@@ -42,7 +42,10 @@ GRID_EXCHANGE = "grid_exchange"  # a ServerApp's own-loop grid call, journaled (
 def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir: Path,
              summary_json: Path | None, lease_ttl: int = 3, keep: bool = False,
              echo: Any = print, timeout: float | None = None, app: Path | None = None,
-             run_config: str | None = None, secure: bool = False) -> int:
+             run_config: str | None = None, secure: bool = False,
+             insecure: bool = False) -> int:
+    """The demo; by default as the quick start runs (mutual TLS from the cluster's own CA, no
+    RBAC), `secure`: --certs bundles and etcd RBAC, `insecure`: plain text."""
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = timeout or 120 + 40 * rounds
     from raftfl.task.data import resolve_kind
@@ -53,7 +56,7 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
                            lease_ttl=lease_ttl, keep=keep,
                            extra_args=["--app", str(app)] if app else [],
                            node_args={0: ["--run-config", run_config]} if run_config else {},
-                           secure=secure)
+                           secure=secure, quickstart=not secure and not insecure)
     try:
         cluster.start()
         echo(f"demo: {nodes} nodes on 127.0.0.1 ports {cluster.base}..{cluster.base + nodes - 1}"
@@ -61,7 +64,7 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
              f"{lease_ttl} s"
              + (f", run config {run_config}" if run_config else "")
              + (f", killing the aggregator in round {kill_at}" if kill_at else "")
-             + ("; mutual TLS and etcd RBAC (CA in the logs dir)" if secure else ""))
+             + f"; {_security(cluster, secure, insecure)}")
         started = time.monotonic()
         shown = 0
         killed = done = False
@@ -117,6 +120,7 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
             "dataset": dataset,
             "nodes": nodes,
             "secure": secure,
+            "security": "secure" if secure else "insecure" if insecure else "quickstart",
             "round_s": _round_seconds(log),
             # A ServerApp with its own loop commits no rounds: its recorded grid calls, in log
             # order (each once, unless a successor diverged from the record), and completions.
@@ -132,6 +136,14 @@ def run_demo(nodes: int, rounds: int, kill_at: int | None, dataset: str, out_dir
         return 0 if verdict.ok else 1
     finally:
         cluster.close()
+
+
+def _security(cluster: LocalCluster, secure: bool, insecure: bool) -> str:
+    if secure:
+        return "mutual TLS and etcd RBAC (CA in the logs dir)"
+    if insecure:
+        return "plain text (--insecure: every local user can reach the nodes)"
+    return f"mutual TLS from the quick start's own CA ({cluster.quick_start_ca})"
 
 
 def kill_point(event: Any, kill_at: int) -> bool:

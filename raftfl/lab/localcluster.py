@@ -136,6 +136,10 @@ class LocalCluster:
     ips: list[str] | None = None  # one address per node (network-namespace clusters)
     wrappers: list[list[str]] | None = None  # command prefix per node, e.g. ip netns exec
     secure: bool = False  # a cluster CA, one bundle per node (--certs), etcd RBAC; we are root
+    # No security flag at all, as a user types the quick start: the nodes make their own CA
+    # (workdir/ca, raftfl/cli/quickstart.py) and speak mutual TLS; we are that CA's root.
+    # Otherwise loopback nodes get --insecure: the harness runs plain text, as it always did.
+    quickstart: bool = False
     max_voters: int = DEFAULT_MAX_VOTERS  # the nodes' --max-voters: the rest are etcd clients
     nodes: list[NodeProc] = field(default_factory=list)
     kills: dict[str, float] = field(default_factory=dict)
@@ -159,8 +163,9 @@ class LocalCluster:
                     "--max-voters", str(self.max_voters),
                     *(["--exit-on-complete"] if self.exit_on_complete else []),
                     *(["--certs", str(bundles[i])] if bundles
+                      else [] if self.quickstart and is_loopback(ips[i])
                       # the lab's own network namespaces: non-loopback, never reachable outside
-                      else [] if is_loopback(ips[i]) else ["--insecure"]),
+                      else ["--insecure"]),
                     *self.extra_args, *self.node_args.get(i, [])]
             if first:
                 args += ["-r", str(self.rounds), "--dataset", self.dataset,
@@ -169,7 +174,7 @@ class LocalCluster:
                                        self.workdir / f"node{i}.log", args,
                                        self.node_env.get(i, {}),
                                        self.wrappers[i] if self.wrappers else [],
-                                       api_scheme="https" if self.secure else "http"))
+                                       api_scheme="https" if self.tls else "http"))
         self._store: Store | None = None
 
     def _make_certs(self, names: list[str], ips: list[str]) -> list[Path]:
@@ -183,10 +188,32 @@ class LocalCluster:
         tls.configure(tls.load(tls.issue_bundle(certs, "root", "root", [])))
         return bundles
 
+    @property
+    def tls(self) -> bool:
+        """Whether the nodes speak mutual TLS (--certs, or the quick start's own CA)."""
+        return self.secure or self.quickstart
+
+    @property
+    def quick_start_ca(self) -> Path:
+        """Where the quick-start nodes make their CA: the parent of their data dirs."""
+        return self.workdir / "ca"  # type: ignore[operator]
+
+    def _use_quick_start_ca(self, timeout: float = 60) -> None:
+        """Once the first node has made the CA, this process (the collector) becomes its
+        root, as `raftfl status` run beside the nodes does."""
+        from raftfl import tls
+        from raftfl.cli.quickstart import client_identity
+
+        self.wait_for(lambda: (self.quick_start_ca / tls.CA_CERT).is_file(), timeout,
+                      "the first node to make the quick start's CA")
+        tls.configure(client_identity(self.quick_start_ca))
+
     # -- processes --------------------------------------------------------------------------
     def start(self) -> LocalCluster:
         for node in self.nodes:
             self.start_node(node)
+        if self.quickstart:
+            self._use_quick_start_ca()
         self._collect()
         if self.secure:
             from raftfl.etcd import rbac
@@ -288,7 +315,7 @@ class LocalCluster:
                     node.proc.kill()
                     node.proc.wait()
         self._reap_members()
-        if self.secure:
+        if self.tls:
             from raftfl import tls
 
             tls.configure(None)

@@ -5,8 +5,8 @@ committed once and the nodes in agreement (core/invariants.py `check`).
 
 One federation serves the attacks, in file order: the attacks in the middle of the run, then
 the run's outcome, then what can only be judged once the run is over (queued runs refused,
-hostile replies counted, and the two gaps not defended yet, which are strict xfails so that
-they flip when fixed). Each attack has a held-out variation of the same kind beside it. The
+hostile replies counted, forged writes in another node's name, and a second local user of
+the quick start). Each attack has a held-out variation of the same kind beside it. The
 nodes run with `-v`: the fleet says its 403s at INFO (see the suite's report).
 """
 
@@ -377,51 +377,96 @@ def test_every_node_refuses_the_untrusted_runs(fed: Federation) -> None:
             assert not (node.data_dir / "apps" / str(run)).exists()
 
 
-# -- not defended yet: strict xfails, so that they flip when fixed -------------------------
+# -- forged writes with another node's certificate (issue 18, item 7) ----------------------
 FORGED_CLAIM = re.compile(r"(forged|not signed|signature|signer)", re.IGNORECASE)
 
 
-def _refused_or_ignored(fed: Federation, written: str, since: dict[str, int]) -> None:
+def _refused_or_ignored(fed: Federation, written: str, since: dict[str, int],
+                        reason: str = "") -> None:
     """The desired outcome of a forged write: etcd refuses it, or every node ignores it and
-    says so in one line."""
+    says so in one line (that holds `reason`, when given)."""
     if "permission denied" in written:
         return
     if written.strip():
         pytest.fail(f"the forged write failed for another reason: {written.strip()}")
+
+    def said(node: NodeProc) -> bool:
+        lines = [ln for ln in log_of(node, since[node.name]).splitlines()
+                 if FORGED_CLAIM.search(ln)]
+        return any(reason in ln for ln in lines)
     try:
-        fed.c.wait_for(lambda: all(FORGED_CLAIM.search(log_of(n, since[n.name]))
-                                   for n in fed.c.nodes), 5, "every node to refuse it")
+        fed.c.wait_for(lambda: all(said(n) for n in fed.c.nodes), 5, "every node to refuse it")
     except RaftflError as exc:
         raise AssertionError(f"a forged write was accepted and followed: {exc}") from None
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 18 (7): any node's certificate may write the aggregator key "
-                   "and events; per-node RBAC and signed events are future work")
-@pytest.mark.parametrize("target", ["aggregator", "event"])
+def _next_event_key(fed: Federation) -> str:
+    events = fed.c.keys.run(1).events
+    kvs, _ = fed.c.store().range(events, keys_only=True)
+    return f"{events}{max(int(kv.key.rsplit('/', 1)[1]) for kv in kvs) + 1:012d}"
+
+
+def _signed_by(fed: Federation, node: NodeProc, key: str, value: dict[str, object]) -> str:
+    """`value` for `key`, signed with `node`'s own node key (its bundle's tls.key)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from raftfl.core import seal
+
+    bundle = fed.bundle(f"node{fed.c.nodes.index(node)}")
+    private = serialization.load_pem_private_key((bundle / tls.KEY).read_bytes(), None)
+    return json.dumps(seal.signed(key, value, private))  # type: ignore[arg-type]
+
+
+def _forgery(fed: Federation, target: str, forger: NodeProc, holder: str, term: int
+             ) -> tuple[str, str, str]:
+    """(key, value, part of the reason every node gives) of a forgery of `target`, in the
+    name of `holder`, who holds the run's last term, `term`."""
+    keys = fed.c.keys
+    if target == "aggregator":  # the role in the holder's name, pointing at the forger
+        return keys.aggregator, json.dumps({
+            "node": holder,
+            "flower_address": f"{forger.ip}:{forger.port + FLOWER_PORT_OFFSET}"}), "not signed"
+    if target == "event":  # a complete run_completed, in the holder's name, unsigned
+        return _next_event_key(fed), json.dumps({
+            "type": "run_completed", "node": holder, "term": term, "rounds": ROUNDS,
+            "model_sha256": "0" * 64, "v": 1, "id": "f" * 32, "ts": time.time()}), "not signed"
+    if target == "event-own-key":  # held out: signed as itself, claiming the holder's term
+        key = _next_event_key(fed)
+        return key, _signed_by(fed, forger, key, {
+            "type": "round_committed", "node": forger.name, "term": term,
+            "round": ROUNDS + 1, "model_sha256": "0" * 64, "base_model": "0" * 64,
+            "loss": None, "accuracy": None, "results": 3, "v": 1, "id": "e" * 32,
+            "ts": time.time()}), f"signer {forger.name} does not hold term {term}"
+    # held out: the holder's own signed claim, put back after the key was deleted (its term
+    # is an older create revision) and off its lease
+    honest = fed.c.store().get(keys.aggregator)
+    assert honest is not None and b'"sig"' in honest.value, "the holder's claim is not signed"
+    return keys.aggregator, honest.value.decode(), "forged: its term"
+
+
+@pytest.mark.parametrize("target", ["aggregator-copied", "aggregator", "event",
+                                    "event-own-key"])
 def test_a_forged_write_with_another_nodes_certificate_is_refused(fed: Federation,
                                                                   target: str) -> None:
+    """Every node ignores it and says why; held out: an event signed with the forger's own
+    key for the holder's term, and the holder's own signed claim copied to a new key."""
     fed.finished()  # after the run: a forgery that is accepted cannot break the suite
-    victim, forger = fed.c.nodes[2], fed.c.nodes[1]
-    keys = fed.c.keys
-    if target == "aggregator":
-        key, value = keys.aggregator, json.dumps({"node": victim.name, "flower_address":
-                                                  f"{forger.ip}:{forger.port + FLOWER_PORT_OFFSET}"})
-    else:
-        seq = max(item.seq for item in fed.c.log) + 1
-        key = f"{keys.run(1).events}{seq:012d}"
-        value = json.dumps({"type": "run_completed", "node": victim.name, "term": 1,
-                            "model_sha256": "0" * 64})
+    last = fed.c.state().elections[-1]  # the run's last term and its holder
+    forger = next(n for n in fed.c.nodes if n.name != last.node)
+    key, value, reason = _forgery(fed, target, forger, last.node, last.term)
+    bundle = fed.bundle(f"node{fed.c.nodes.index(forger)}")
+    if target == "aggregator-copied":  # the forger deletes the key first (RBAC lets it)
+        code = ("import sys\nfrom raftfl import tls\nfrom raftfl.etcd.store import Store\n"
+                "tls.configure(tls.load(__import__('pathlib').Path(sys.argv[1])))\n"
+                "Store(sys.argv[2].split(','), retry_for=5).delete(sys.argv[3])\n")
+        subprocess.run([sys.executable, "-c", code, str(bundle), ",".join(fed.c.endpoints),
+                        key], check=True, capture_output=True, timeout=60)
     since = {n.name: log_size(n) for n in fed.c.nodes}
-    proc = etcd_put(fed.bundle(f"node{fed.c.nodes.index(forger)}"), fed.c.endpoints, key,
-                    value)
-    _refused_or_ignored(fed, proc.stderr if proc.returncode else "", since)
+    proc = etcd_put(bundle, fed.c.endpoints, key, value)
+    _refused_or_ignored(fed, proc.stderr if proc.returncode else "", since, reason)
 
 
 # -- the loopback quick start and a second local user -------------------------------------
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 18 (2): the loopback quick start serves etcd, the fleet and "
-                   "the model service in plain text to every local user")
 def test_a_second_local_user_cannot_reach_the_quick_start() -> None:
     why = can_switch_user()
     if why:
@@ -442,11 +487,16 @@ def test_a_second_local_user_cannot_reach_the_quick_start() -> None:
 
 
 def _reach_quick_start_as_second_user() -> dict[str, subprocess.CompletedProcess[str]]:
-    """A plain-text two-node quick start, held in round 1's fit (so its fleet serves), and
-    what another local user gets from each of its ports."""
+    """A two-node quick start with no security flag (mutual TLS from the CA it makes in its
+    folder), held in round 1's fit (so its fleet serves), and what another local user gets
+    from each of its ports and from the CA's folder (the cluster's folder itself is open to
+    them, as a project folder in a home directory often is: only the CA's 0700 shuts them
+    out)."""
     with LocalCluster(n=2, rounds=1, cluster="t-local-user", train_size=300, test_size=100,
-                      exit_on_complete=False, node_env={1: {HOLD_ENV: "fit:1:60"}}) as c:
+                      exit_on_complete=False, node_env={1: {HOLD_ENV: "fit:1:60"}},
+                      quickstart=True) as c:
         node = c.nodes[0]
+        c.workdir.chmod(0o755)  # type: ignore[union-attr]
         c.wait_event(lambda e: e.type == "round_started", WAIT, "round 1 to start")
         return {
             "etcd write": as_second_user(
@@ -460,4 +510,10 @@ def _reach_quick_start_as_second_user() -> dict[str, subprocess.CompletedProcess
                 "curl", "-sSf", "-m", "5", "-X", "PUT", "--data-binary", "x",
                 f"http://{node.ip}:{node.port + MODELS_PORT_OFFSET}/models/"
                 + hashlib.sha256(b"x").hexdigest()),
+            # held out: TLS without a certificate, and the CA's folder itself
+            "fleet session over https, no certificate": as_second_user(
+                "curl", "-sSfk", "-m", "5", "-X", "POST",
+                f"https://{node.ip}:{node.port + FLOWER_PORT_OFFSET}/register?node=12345"),
+            "CA key read": as_second_user("cat", str(c.quick_start_ca / tls.CA_KEY)),
+            "CA folder listed": as_second_user("ls", str(c.quick_start_ca)),
         }

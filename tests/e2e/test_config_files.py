@@ -40,6 +40,7 @@ lease-ttl = {cluster.lease_ttl}
 start-timeout = 120
 max-voters = {cluster.max_voters}
 exit-on-complete = true
+insecure = true
 """
     if i == 0:
         text += f"""rounds = {cluster.rounds}

@@ -41,7 +41,7 @@ def _join(c: LocalCluster, port: int, outcome: str) -> NodeProc:
     data = c.workdir / f"joiner-{port}"  # type: ignore[operator]
     args = ["node", "join", "-s", name, "-n", *[n.name for n in c.nodes[:2]],
             "--cluster", c.cluster, "--data-dir", str(data), "--lease-ttl", str(c.lease_ttl),
-            "--start-timeout", "120", "--exit-on-complete"]
+            "--start-timeout", "120", "--exit-on-complete", "--insecure"]
     node = NodeProc(name, "127.0.0.1", port, data, c.workdir / f"joiner-{port}.log",  # type: ignore[operator]
                     args, dict(SLOW_FIT))
     c.nodes.append(node)

@@ -81,7 +81,8 @@ class Nodes:
         data_dir = self.workdir / f"node{i}"
         log_path = self.workdir / f"node{i}.log"
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen([*RAFTFL, *args, "--data-dir", str(data_dir)], cwd=self.workdir,
+            proc = subprocess.Popen([*RAFTFL, *args, "--data-dir", str(data_dir), "--insecure"],
+                                    cwd=self.workdir,
                                     env=_env(), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append((proc, data_dir, log_path))

@@ -73,7 +73,8 @@ class Lab:
         log = open(self.dir / f"join-{i}-{len(self.procs)}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(
             [*RAFTFL, "node", "join", "-s", self.addr(i), "-n", self.addr(0), self.addr(1),
-             "--cluster", self.cluster, "--data-dir", str(self.dir / f"node{i}"), *extra],
+             "--cluster", self.cluster, "--data-dir", str(self.dir / f"node{i}"), *extra,
+             *([] if "--certs" in extra else ["--insecure"])],
             stdout=log, stderr=subprocess.STDOUT, text=True, env=env(), cwd=self.dir,
             start_new_session=True)
         log.close()

@@ -70,7 +70,7 @@ def test_node_start_builds_its_options_once_and_passes_the_hooks(
     hooks = EnvFaultHooks({HOLD_ENV: "fit:1:1"})
     result = CliRunner().invoke(
         cli, ["node", "start", "-a", "self", "-r", "2", "-s", "127.0.0.1:5000", "--exit-on-complete",
-              "--max-voters", "3", "--voter-grace", "7"],
+              "--insecure", "--max-voters", "3", "--voter-grace", "7"],
         obj={FAULT_HOOKS: hooks} if obj else None)
     assert isinstance(result.exception, _Started), result.output
     assert seen["hooks"] is (hooks if obj else NO_FAULTS)

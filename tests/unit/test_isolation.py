@@ -285,7 +285,8 @@ def test_the_flags_reach_the_nodes_options(flags: list[str], isolation: str,
             raise _Started
 
     monkeypatch.setattr(raftfl.node.ha, "Node", FakeNode)
-    result = CliRunner().invoke(cli, ["node", "start", "-s", "127.0.0.1:5000", *flags])
+    result = CliRunner().invoke(cli, ["node", "start", "-s", "127.0.0.1:5000", "--insecure",
+                                      *flags])
     assert isinstance(result.exception, _Started), result.output
     assert (seen["opts"].isolation, seen["opts"].isolation_memory_mb) == (isolation, memory_mb)
 
