@@ -147,9 +147,10 @@ def load(store: Store, keys: RunKeys, digest: str,
     return blob
 
 
-def named(store: Store, keys: RunKeys) -> set[str]:
-    """The sha256 of every model this run's manifests name (committed, not pruned yet)."""
-    kvs, _ = store.range(keys.checkpoints, keys_only=True)
+def named(store: Store, keys: RunKeys, revision: int | None = None) -> set[str]:
+    """The sha256 of every model this run's manifests name (committed, not pruned yet; as of
+    `revision`, a serializable read where the member has applied it)."""
+    kvs, _ = store.range(keys.checkpoints, keys_only=True, revision=revision)
     return {kv.key[len(keys.checkpoints):-len("/meta")] for kv in kvs if kv.key.endswith("/meta")}
 
 

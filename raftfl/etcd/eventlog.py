@@ -204,6 +204,9 @@ class EventLog:
         """
         with self._lock:
             if revision is not None and revision <= self._seen_rev:
+                due = sweep or time.monotonic() - self._swept >= SWEEP_S
+                if self._folded is not None and not due:
+                    return self._folded.add(()), self._seen_rev  # folded that far already
                 revision = None  # never older than what we already folded
             if self._folded is None:
                 return self._rebuild(revision, from_snapshot=True)

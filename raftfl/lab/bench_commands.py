@@ -153,15 +153,26 @@ def bench_overhead(nodes: int, rounds: int, reps: int, train_size: int, test_siz
 @bench.command("replay")
 @click.option("--events", "counts", multiple=True, default=("1000,10000,100000",),
               show_default=True, callback=_int_list(1, 10_000_000),
-              help="Log lengths, comma-separated.")
+              help="Log lengths, comma-separated (with --restart: 1000000 unless given).")
+@click.option("--restart", is_flag=True,
+              help="Instead: a real 3-node federation trains, one worker is killed, the run's "
+                   "log grows to N events, and the worker is restarted: seconds from its "
+                   "process start until its API says it caught up, and until it trains.")
 @_OUT
 @_JSON
-def bench_replay(counts: list[int], out: Path, as_json: bool) -> None:
+def bench_replay(counts: list[int], restart: bool, out: Path, as_json: bool) -> None:
     """Time to rebuild the FL state from N events (decode + replay, and from etcd), and the
-    cost of one HA cycle afterwards."""
+    cost of one HA cycle afterwards; with --restart, a real node restarted into such a log."""
+    echo = _echo(as_json)
+    if restart:
+        from raftfl.lab.bench_restart import DEFAULT_EVENTS, bench_restart
+
+        source = click.get_current_context().get_parameter_source("counts")
+        given = source is not click.core.ParameterSource.DEFAULT
+        _bench_exit(bench_restart(counts if given else [DEFAULT_EVENTS], out, echo=echo,
+                                  progress=echo), as_json)
     from raftfl.lab.bench_replay import bench_replay as run
 
-    echo = _echo(as_json)
     _bench_exit(run(counts, out, echo=echo, progress=echo), as_json)
 
 

@@ -186,7 +186,8 @@ class Node:
         answers nobody knows them, and retention then deletes nothing."""
         if self.shell is None:
             raise RaftflError("etcd not reached yet")
-        return committed_models(self.store, self.keys)
+        seen = self.status  # the last cycle's revision: no linearizable read needed
+        return committed_models(self.store, self.keys, seen.revision if seen else None)
 
     def _may_put(self, common_name: str) -> str | None:
         """Only the current aggregator stores models on its peers (what it commits next): a

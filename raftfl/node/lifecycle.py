@@ -108,9 +108,10 @@ def serve_models(opts: NodeOptions, say: Voice, peers: Callable[[], list[str]],
 
 def model_peers(store: Store, keys: Keys, me: str, ranking: tuple[Ranked, ...]) -> list[str]:
     """Live peers' model services, best-ranked first: the likely next aggregator then
-    resumes from its own copy."""
+    resumes from its own copy. A member-local read: a stale list only costs a push that fails
+    and moves on to the next peer."""
     order = {r.node: i for i, r in enumerate(ranking)}
-    peers = [m for n, m in read_members(store, keys).items()
+    peers = [m for n, m in read_members(store, keys, serializable=True).items()
              if n != me and m.models_address and not m.finished]
     peers.sort(key=lambda m: (order.get(m.node, len(order)), m.node))
     return [m.models_address for m in peers]

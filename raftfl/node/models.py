@@ -61,9 +61,19 @@ STALL_TIMEOUT_S = 10.0  # per socket operation once connected (a frozen holder),
 _SHA = re.compile(r"/models/([0-9a-f]{64})")
 
 
-def committed_models(store: Store, keys: Keys) -> set[str]:
-    """Every model a manifest of any of the cluster's runs names (what `ModelFiles` keeps)."""
-    return set().union(*(checkpoint.named(store, keys.run(i)) for i in run_store.ids(store, keys)))
+def committed_models(store: Store, keys: Keys, revision: int | None = None) -> set[str]:
+    """Every model a manifest of any of the cluster's runs names (what `ModelFiles` keeps).
+
+    The run ids are read as of `revision` (a revision the caller has observed; else the
+    cluster's current one, one linearizable read): pinned, the reads are serializable, and
+    a member that has not applied it answers linearizably instead (Store.range), so a
+    member far behind (restarted, or a new learner) can never hide a run and with it the
+    models retention must keep. A run created after `revision` is missed; its models are
+    the newest files, which retention keeps anyway. Probing the ids linearizably cost one
+    ReadIndex per run, plus one, at every model a node stored."""
+    revision = revision or store.revision()
+    ids = run_store.ids(store, keys, revision=revision)
+    return set().union(*(checkpoint.named(store, keys.run(i), revision) for i in ids))
 
 
 class ModelFiles:

@@ -28,7 +28,9 @@ from raftfl.net.probe import Prober
 log = logging.getLogger(__name__)
 
 SAMPLES_KEPT = 30  # per node; older samples are deleted by their writer
-PUBLISH_EVERY = 10  # probe cycles between refreshes of the member record's resources
+# Probe cycles between refreshes of the member record's resources (free CPU and memory, a
+# ranking input read only at a campaign): each refresh is a write every member applies.
+PUBLISH_EVERY = 30
 
 
 def local_resources() -> tuple[float, float]:

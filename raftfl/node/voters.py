@@ -127,9 +127,16 @@ class Keeper:
         for endpoint in _endpoints(members):
             store.add_endpoint(endpoint)
         named = {m.name for m in members}
-        records = read_members(store, keys)
+        # Serializable while no request is in flight: what this reads decides only which
+        # step to try next, and every step goes through Raft (remove, promote: Raft's own
+        # changes; ask: create-only, fenced by the term), so a member answering a little
+        # behind costs at most a step tried a second late or refused. Linearizable, the two
+        # reads were two ReadIndex rounds a second, two thirds of an idle federation's. A
+        # request in flight is read linearizably: one that vanished is taken as failed
+        # (`avoid`), which a stale answer must not decide.
+        records = read_members(store, keys, serializable=True)
         clients = sorted(n for n, r in records.items() if n not in named and not r.finished)
-        kvs, _ = store.range(keys.upgrades, keys_only=True)
+        kvs, _ = store.range(keys.upgrades, keys_only=True, serializable=not self.asked)
         requests = sorted(kv.key[len(keys.upgrades):] for kv in kvs)
         if not clients and not requests and all(not m.learner for m in members):
             self.down_since.clear()

@@ -156,9 +156,7 @@ class WorkerRole:
     def _admit(self, stamp: Any, message: Any) -> str | None:
         """Refuse an instruction from a term that is not the current one, or whose arrays
         are not the model it says the round starts from."""
-        kv = self.shell.store.get(self.shell.keys.aggregator)
-        current = kv.create_revision if kv else None
-        if stamp.term != current:
+        if (current := self._term(stamp.term)) != stamp.term:
             return f"term {stamp.term} is not the current term ({current})"
         if (refused := base_refusal(stamp, message)) is not None:
             return refused
@@ -169,6 +167,27 @@ class WorkerRole:
         if stamp.call:  # an own-loop ServerApp's grid call (flower/journal.py)
             self.shell.hooks.hold("call", stamp.call)
         return None
+
+    def _term(self, expected: int) -> int | None:
+        store, key = self.shell.store, self.shell.keys.aggregator
+
+        def read(serializable: bool) -> int | None:
+            kvs, _ = store.range(key, serializable=serializable)
+            kv = next((k for k in kvs if k.key == key), None)
+            return kv.create_revision if kv else None
+
+        return current_term(read, expected)
+
+
+def current_term(read: Callable[[bool], int | None], expected: int) -> int | None:
+    """The current term as `read(serializable)` gives it: from this node's member
+    (serializable), and linearizably only when that answer would refuse `expected`. A member
+    behind must not refuse a new term's first instruction (it has not applied the role key
+    naming it yet); admitting on a stale answer costs at most a fit for a term that has
+    ended, whose commit its fence refuses (a linearizable answer can be as stale a moment
+    later). Each instruction used to cost a ReadIndex: a heartbeat round to every member."""
+    current = read(True)
+    return current if current == expected else read(False)
 
 
 def base_refusal(stamp: Any, message: Any) -> str | None:

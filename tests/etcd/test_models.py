@@ -250,3 +250,19 @@ def test_small_models_stay_inline_and_manifests_are_fenced(
     stored = store.get(keys.checkpoint_meta(again.sha256))
     assert stored is not None
     assert Manifest.from_json(stored.value).holders == [services[2].address, services[0].address]
+
+
+def test_committed_models_as_of_a_revision_the_node_has_seen(
+        etcd_cluster_module: EtcdCluster) -> None:
+    """The run ids are read at a revision (serializable, no ReadIndex): a run created after
+    it is not probed; without one, the cluster's current revision is taken."""
+    store = etcd_cluster_module.store()
+    root = fresh_keys(etcd_cluster_module)
+    spec = RunSpec(app="a", app_sha256=hashlib.sha256(b"p").hexdigest(), run_config={})
+    run_store.submit(store, root, spec, b"p", run_id=1)
+    store.put(root.run(1).checkpoint_meta("1" * 64), "{}")
+    seen = store.revision()
+    run_store.submit(store, root, spec, b"p", run_id=2)
+    store.put(root.run(2).checkpoint_meta("2" * 64), "{}")
+    assert committed_models(store, root, seen) == {"1" * 64}
+    assert committed_models(store, root) == {"1" * 64, "2" * 64}

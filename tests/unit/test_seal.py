@@ -21,11 +21,17 @@ VALUE = {"type": "node_joined", "node": "a:1", "term": 0, "ts": 1.5, "id": "x", 
 SIGNED = seal.signed(KEY, VALUE, ALICE)
 
 
+def stable(cases: list[tuple[Any, ...]]) -> list[Any]:
+    """Cases with ids by position: ECDSA signatures are random, and xdist's workers must
+    collect the same test ids."""
+    return [pytest.param(*case, id=str(i)) for i, case in enumerate(cases)]
+
+
 def _flip(sig: str) -> str:
     return ("B" if sig[0] == "A" else "A") + sig[1:]
 
 
-@pytest.mark.parametrize("key,value,sig,public,ok", [
+@pytest.mark.parametrize("key,value,sig,public,ok", stable([
     (KEY, VALUE, SIGNED["sig"], ALICE.public_key(), True),
     (KEY, {**VALUE, "sig": "ignored"}, SIGNED["sig"], ALICE.public_key(), True),  # sig excluded
     (KEY, dict(reversed(VALUE.items())), SIGNED["sig"], ALICE.public_key(), True),  # key order
@@ -39,7 +45,7 @@ def _flip(sig: str) -> str:
     (KEY, VALUE, 12, ALICE.public_key(), False),
     (KEY, VALUE, "!" * seal.SIG_CHARS, ALICE.public_key(), False),  # not base64url
     (KEY, VALUE, "A" * seal.SIG_CHARS, ALICE.public_key(), False),  # r = s = 0
-])
+]))
 def test_verify(key: str, value: dict[str, Any], sig: object, public: ec.EllipticCurvePublicKey,
                 ok: bool) -> None:
     assert seal.verify(seal.message(key, value), sig, public) is ok
@@ -82,7 +88,7 @@ def claim(term: int, lease: int | None = 5, key: ec.EllipticCurvePrivateKey | No
     return json.dumps(seal.signed(ROLE_KEY, record, key) if key else record).encode()
 
 
-@pytest.mark.parametrize("raw,lease,reason", [
+@pytest.mark.parametrize("raw,lease,reason", stable([
     (claim(42), 5, None),  # proclaimed: term = the key's create revision
     (claim(0), 5, None),  # the campaign's first value, before the term is known
     (claim(42), 0, "forged: its lease 5 is not the key's 0"),  # put again without a lease
@@ -93,7 +99,7 @@ def claim(term: int, lease: int | None = 5, key: ec.EllipticCurvePrivateKey | No
     (claim(42, key=BOB, node="bob"), 5, "forged: signer bob has no certificate"),
     (claim(42, lease=None), 5, "forged: its lease None"),  # signed, but names no lease
     (claim(42, key=None, lease=None), 0, "forged:"),  # the forgery comes before the lease check
-])
+]))
 def test_parse_role_with_a_signature_check(raw: bytes, lease: int, reason: str | None) -> None:
     role = parse_role(raw, create_revision=42, lease=lease, mod_revision=43, check=check)
     if reason is None:
