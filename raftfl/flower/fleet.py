@@ -17,8 +17,18 @@ Protocol (HTTP/1.1 with keep-alive; `token` names a worker's session):
     POST /reply?token=T&msg=ID     -> 200; 409 when the message is not pending for this session;
                                       the token and Content-Length (at most `max_body`: 413)
                                       are checked before the body is read
+    ...&hold=S on /register or /reply: then a poll on the same request (200 with a message, or
+                                      204), its token in header X-Raftfl-Token (register), the
+                                      server's clock when it took the reply in X-Raftfl-Taken
+                                      (also on a 410/503 that ends the poll part)
     POST /heartbeat?token=T        -> 200
     410 = the session is gone (timed out or replaced); 503 = the server is stopping.
+
+Why register and reply carry the next poll (`FleetClient` always asks so): each request costs
+the server a parse and a thread's turn at the GIL, and a thousand workers made two per round
+(the reply, then the next poll) and two per failover (register, then poll); now one. A
+worker learns that its reply was taken when that poll is answered (the next instruction, or
+the end of the hold).
 
 Connections persist: a new TCP (and TLS) connection and a new server thread per request cost
 more than the request itself once a thousand workers poll and reply. A worker keeps one
@@ -95,6 +105,8 @@ REAP_EVERY_S = 0.2
 MAX_BODY = 256 << 20
 MAX_NODE_ID = (1 << 63) - 1  # node ids are positive int64; 1 is the server's own id
 MESSAGE_HEADER = "X-Raftfl-Message"
+TOKEN_HEADER = "X-Raftfl-Token"
+TAKEN_HEADER = "X-Raftfl-Taken"  # the server's wall clock when it took a reply (lab figures)
 MAX_CONNECTIONS = 4096
 MAX_PER_PEER = 16  # a worker needs three at once: its poll, a heartbeat and a reply
 HANDSHAKE_S = 5.0
@@ -333,6 +345,8 @@ class FleetServer:
             if msg_id not in session.pending:
                 raise _HttpError(409, f"message {msg_id} is not pending for this session")
             session.pending.discard(msg_id)
+            if session.outbox:  # requeued (its poll's answer was lost) yet answered
+                session.outbox = deque(m for m in session.outbox if m[0] != msg_id)
             self._owner.pop(msg_id, None)
             self._done[msg_id] = payload
             self._cond.notify_all()
@@ -517,21 +531,34 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         route = (self.command, url.path)
         if route == ("POST", "/register"):
-            self._register(fleet, query)
+            hold = _hold(query) if "hold" in query else None
+            token = self._register(fleet, query)
+            if hold is not None:
+                self._poll(fleet, hold, token, {TOKEN_HEADER: token})
+            else:
+                self._send(200, json.dumps({"token": token}).encode())
         elif route == ("GET", "/poll"):
-            self._poll(fleet, query)
+            self._poll(fleet, _hold(query), query.get("token", ""))
         elif route == ("POST", "/reply"):
+            hold = _hold(query) if "hold" in query else None
             token = query.get("token", "")
             fleet.touch(token, self.peer)  # a stranger is refused before its body is read
             fleet.reply(token, query.get("msg", ""), self._body(), self.peer)
-            self._send(200)
+            if hold is None:
+                self._send(200)
+                return
+            taken = {TAKEN_HEADER: f"{time.time():.4f}"}
+            try:
+                self._poll(fleet, hold, token, taken)
+            except _HttpError as exc:  # the reply was taken; the poll ended (server stopping)
+                self._send(exc.status, str(exc).encode(), taken)
         elif route == ("POST", "/heartbeat"):
             fleet.touch(query.get("token", ""), self.peer)
             self._send(200)
         else:
             raise _HttpError(404, "no such endpoint")
 
-    def _register(self, fleet: FleetServer, query: dict[str, str]) -> None:
+    def _register(self, fleet: FleetServer, query: dict[str, str]) -> str:
         try:
             node_id = int(query.get("node", ""))
         except ValueError:
@@ -544,22 +571,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(400, "liveness must be a number") from None
         if liveness != liveness:  # NaN
             raise _HttpError(400, "liveness must be a number")
-        token = fleet.register(node_id, query.get("name", "")[:200], self.peer, liveness)
-        self._send(200, json.dumps({"token": token}).encode())
+        return fleet.register(node_id, query.get("name", "")[:200], self.peer, liveness)
 
-    def _poll(self, fleet: FleetServer, query: dict[str, str]) -> None:
-        try:
-            hold = float(query.get("hold", POLL_HOLD_S))
-        except ValueError:
-            raise _HttpError(400, "hold must be a number") from None
-        token = query.get("token", "")
+    def _poll(self, fleet: FleetServer, hold: float, token: str,
+              headers: dict[str, str] | None = None) -> None:
+        """Hold the request for the session's next message (`headers` go with the answer)."""
         item = fleet.next_for(token, hold, self.peer)
         if item is None:
-            self._send(204)
+            self._send(204, headers=headers)
             return
         msg_id, payload = item
         try:
-            self._send(200, payload, {MESSAGE_HEADER: msg_id})
+            self._send(200, payload, {**(headers or {}), MESSAGE_HEADER: msg_id})
         except OSError:
             fleet.requeue(token, msg_id, payload)
 
@@ -586,6 +609,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+
+
+def _hold(query: dict[str, str]) -> float:
+    try:
+        hold = float(query.get("hold", POLL_HOLD_S))
+    except ValueError:
+        raise _HttpError(400, "hold must be a number") from None
+    if hold != hold:  # NaN
+        raise _HttpError(400, "hold must be a number")
+    return hold
 
 
 class FleetClient:
@@ -615,36 +648,44 @@ class FleetClient:
         self._kept: dict[str, http.client.HTTPConnection] = {}  # purpose -> its connection
         self._ended: FleetError | None = None
         self._done = threading.Event()
+        self._reached = False
 
     def run(self, handle: Callable[[str, bytes], bytes],
-            replied: Callable[[str], None] | None = None) -> None:
+            replied: Callable[[str, float], None] | None = None) -> None:
         """Register, then answer each instruction with `handle(message_id, payload)`. Returns
         only by raising FleetError (FleetAborted after `abort()`, FleetStopped when the server
-        stops). `replied(message_id)` is called once the server took a reply.
+        stops). `replied(message_id, taken_at)` is called once the server took a reply;
+        `taken_at` is the server's wall clock then (this host's if it did not say).
 
         `handle` runs in this thread and is never interrupted: an abort during it takes
-        effect when it returns, and its reply is then dropped."""
-        status, _, body = self._request("POST", f"/register?node={self.node_id}"
-                                                f"&name={quote(self.name)}"
-                                                + (f"&liveness={self.liveness:g}"
-                                                   if self.liveness else ""), b"",
-                                        self.silence_limit, "run")
+        effect when it returns, and its reply is then dropped.
+
+        Registering and replying each carry the next poll (`hold`, module docstring): one
+        request per instruction and one per registration."""
+        hold = f"&hold={self.poll_hold:g}"
+        wait = self.poll_hold + self.silence_limit
+        status, headers, body = self._request("POST", f"/register?node={self.node_id}"
+                                                      f"&name={quote(self.name)}"
+                                                      + (f"&liveness={self.liveness:g}"
+                                                         if self.liveness else "") + hold,
+                                              b"", wait, "run")
         self._expect(status, body, "register")
-        try:
-            self._token = json.loads(body)["token"]
-        except (ValueError, KeyError, TypeError):
-            raise FleetError(f"fleet {self.address}: malformed register reply") from None
+        self._token = headers.get(TOKEN_HEADER, "")
+        if not self._token:  # a server that answers a register with its token alone
+            try:
+                self._token = str(json.loads(body)["token"])
+            except (ValueError, KeyError, TypeError):
+                raise FleetError(f"fleet {self.address}: malformed register reply") from None
         beat = threading.Thread(target=self._beat, name=f"fleet-heartbeat-{self.node_id}",
                                 daemon=True)
         beat.start()
         try:
             while True:
-                status, headers, body = self._request(
-                    "GET", f"/poll?token={self._token}&hold={self.poll_hold:g}", None,
-                    self.poll_hold + self.silence_limit, "run")
-                if status == 204:
+                if status == 204 or MESSAGE_HEADER not in headers:  # nothing to do yet
+                    status, headers, body = self._request(
+                        "GET", f"/poll?token={self._token}{hold}", None, wait, "run")
+                    self._expect(status, body, "poll")
                     continue
-                self._expect(status, body, "poll")
                 msg_id = headers.get(MESSAGE_HEADER, "")
                 self._busy.set()
                 try:
@@ -652,19 +693,27 @@ class FleetClient:
                 finally:
                     self._busy.clear()
                 self._raise_if_ended()
-                status, _, answer = self._request("POST", f"/reply?token={self._token}"
-                                                          f"&msg={quote(msg_id)}", reply,
-                                                  self.silence_limit, "run")
+                status, headers, body = self._request(
+                    "POST", f"/reply?token={self._token}&msg={quote(msg_id)}{hold}", reply,
+                    wait, "run")
                 if status == 409:
                     log.info("fleet %s: reply to %s not wanted any more", self.address, msg_id)
-                else:
-                    self._expect(status, answer, "reply")
-                    if replied is not None:
-                        replied(msg_id)
+                    status, headers = 204, {}
+                    continue
+                if replied is not None and (status in (200, 204) or TAKEN_HEADER in headers):
+                    replied(msg_id, _taken_at(headers))
+                self._expect(status, body, "reply")
         finally:
             self._done.set()
             self._busy.set()  # wakes an idle heartbeat thread, to end
             self._drop("run")
+
+    @property
+    def reached(self) -> bool:
+        """Whether the server ever accepted a connection of this client: a port that refused
+        it is not up (yet), one that took it is (a register may be held a poll long before
+        its answer says so)."""
+        return self._reached
 
     def abort(self) -> None:
         self._end(FleetAborted(f"fleet session with {self.address} aborted"))
@@ -688,7 +737,7 @@ class FleetClient:
             raise self._ended
 
     def _expect(self, status: int, body: bytes, what: str) -> None:
-        if status == 200:
+        if status in (200, 204):
             return
         detail = body.decode(errors="replace")[:200]
         if status == 503:
@@ -734,6 +783,7 @@ class FleetClient:
                 self._conns.add(conn)
             self._kept[purpose] = conn
             conn.connect()
+            self._reached = True
             self._raise_if_ended()  # abort() may have run before the socket existed
         elif conn.sock is not None:
             conn.sock.settimeout(timeout)
@@ -778,6 +828,13 @@ class FleetClient:
                 if not timed_out or time.monotonic() - last_ok > self.silence_limit:
                     self._end(exc)
                     return
+
+
+def _taken_at(headers: Any) -> float:
+    try:
+        return float(headers.get(TAKEN_HEADER, ""))
+    except ValueError:
+        return time.time()
 
 
 def _reusable(conn: http.client.HTTPConnection) -> bool:

@@ -8,7 +8,8 @@ node-API lookups and backoff) answering with the app's real ClientApp through it
 and so the GIL and the imported app, is shared.
 
 It records, per instruction answered, one JSON line in `--out`: worker, term, round, kind,
-when the ClientApp started and ended and when the reply was sent (wall clock), so the bench
+when the ClientApp started and ended and when the server took the reply (wall clock; null
+when the answer saying so never came: a reply carries the next poll, fleet.py), so the bench
 can tell each worker's first reply in a resumed round and the ClientApps' own time.
 SIGTERM (or SIGINT) stops every worker and flushes the file.
 
@@ -94,9 +95,10 @@ class Virtual:
 
     def handle(self, msg_id: str, payload: bytes) -> bytes:
         """The ClientApp, timed; the row is recorded when the server took the reply."""
+        self.settle()
         with self.busy:
             began = time.time()
-            self._stamp = self._row = None
+            self._stamp = None
             reply = self.host.handle(msg_id, payload)
             ended = time.time()
         if self._stamp is not None:
@@ -106,10 +108,18 @@ class Virtual:
                          "began": round(began, 4), "ended": round(ended, 4)}
         return reply
 
-    def replied(self, msg_id: str) -> None:
+    def settle(self) -> None:
+        """Record the answer in flight without the time the server took it: the reply carried
+        the next poll, whose answer never came (its server died or the run ended)."""
+        row, self._row = self._row, None
+        if row is not None:
+            self.journal.add({**row, "sent": None})
+
+    def replied(self, msg_id: str, taken_at: float) -> None:
+        """`taken_at`: when the server took the reply, by its clock (the same host's)."""
         row, self._row = self._row, None
         if row is not None and row["msg"] == msg_id:
-            row["sent"] = round(time.time(), 4)
+            row["sent"] = round(taken_at, 4)
             self.journal.add(row)
 
 
@@ -166,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                   "threads", flush=True)
     for worker in workers:
         worker.edge.stop()
+        worker.settle()
     journal.flush()
     return 0
 

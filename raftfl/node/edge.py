@@ -7,10 +7,16 @@ of them (`GET /node`, answered from that node's last HA snapshot, no etcd reques
 the aggregator role and for which term, and connects to that holder's fleet port. Its fleet
 session heartbeats only while its ClientApp runs (a held poll is its liveness, fleet.py).
 
-When the session ends (the aggregator died, stepped down or dropped it) the worker asks
-again after a jittered, growing wait ("full jitter": uniform in [0, min(cap, base * 2^k)]),
-so a thousand workers losing their server at once do not stampede the node APIs or the
-successor's fleet port.
+When the session ends (the aggregator died, stepped down or dropped it) the worker waits
+`settle` (no cluster elects a successor sooner, so asking at once would only learn of the
+server just lost), then asks; while the answer still names the server it lost it asks again
+every `recheck` (uniform in a range: a thousand workers spread their asks) for up to
+`recheck_for`, and connects at once to the first other holder named: a worker's delay after
+the nodes learn of the successor is about half a `recheck`, not a growing backoff's. A
+successor named before its fleet port is up is retried `connect_retries` times, every
+`connect_retry` (a refused connection costs the node nothing but the kernel's reset).
+Anything else (no API answers, the role vacant, a long outage) waits a jittered, growing
+wait ("full jitter": uniform in [0, min(cap, base * 2^k)]).
 
 Its instructions are admitted without etcd: a term older than the newest this worker has
 seen (from a node API or an instruction) is refused, as are arrays that are not the base
@@ -45,8 +51,13 @@ MAX_API_BODY = 64 << 10
 class EdgeOptions:
     apis: tuple[str, ...]  # node API base URLs, e.g. http://10.0.0.1:5400
     poll_hold: float = 5.0  # the fleet's longest hold: one idle request per 5 s per worker
-    backoff_base: float = 0.1  # the first wait after a lost session is uniform in [0, this]
-    backoff_cap: float = 1.0  # a resumed round waits for its workers: keep the last one near
+    backoff_base: float = 0.1  # growing waits (role vacant, no API answers) from [0, this]
+    backoff_cap: float = 1.0
+    settle: tuple[float, float] = (0.2, 0.5)  # after a lost session, before the first ask
+    recheck: tuple[float, float] = (0.2, 0.4)  # between asks while the lost server is named
+    recheck_for: float = 5.0  # then the growing backoff
+    connect_retry: tuple[float, float] = (0.05, 0.2)  # a named holder whose port refused
+    connect_retries: int = 5
     ask_timeout: float = 2.0
     # The silence the aggregator allows before dropping the worker, and its heartbeat while
     # the ClientApp runs: an edge device may be slow to answer, and a thousand of them must
@@ -124,13 +135,14 @@ class EdgeWorker:
 
     def __init__(self, node_id: int, name: str, handle: Callable[[str, bytes], bytes],
                  opts: EdgeOptions, rng: random.Random | None = None,
-                 replied: Callable[[str], None] | None = None):
+                 replied: Callable[[str, float], None] | None = None):
         self.node_id, self.name, self.handle, self.opts = node_id, name, handle, opts
         self.replied = replied
         self.rng = rng or random.Random()
         self.locator = Locator(opts, self.rng)
         self.term = 0  # the newest term seen
         self.sessions = 0  # fleet sessions started (registrations attempted)
+        self.asks = 0  # node API asks
         self._client: Any = None
 
     def admit(self, stamp: Any, message: Any) -> str | None:
@@ -146,32 +158,58 @@ class EdgeWorker:
             client.abort()
 
     def run(self, stop: threading.Event) -> None:
-        from raftfl.flower.fleet import FleetClient, FleetError
+        from raftfl.flower.fleet import FleetError
 
         attempt = 0
+        lost: Holder | None = None  # the server of the session that ended last
+        lost_at = 0.0
         while not stop.is_set():
+            self.asks += 1
             holder = self.locator.ask()
             if holder is None or holder.term < self.term:
                 attempt += 1
                 stop.wait(backoff(attempt, self.opts, self.rng))
                 continue
             self.term = holder.term
-            client = self._client = FleetClient(holder.fleet, self.node_id, self.name,
-                                                poll_hold=self.opts.poll_hold,
-                                                heartbeat=self.opts.heartbeat,
-                                                idle_heartbeat=False,
-                                                silence_limit=self.opts.silence_limit,
-                                                liveness=self.opts.liveness)
+            tries = 1 if holder == lost else 1 + self.opts.connect_retries
+            for _ in range(tries):
+                began = time.monotonic()
+                reached = self._session(holder, stop, FleetError)
+                if reached or stop.is_set():
+                    break
+                if tries > 1:  # a new holder's port may not be up yet: it will be soon
+                    stop.wait(self.rng.uniform(*self.opts.connect_retry))
             if stop.is_set():
                 break
-            began = time.monotonic()
-            self.sessions += 1
-            try:
-                client.run(self.handle, self.replied)
-            except FleetError as exc:
-                log.debug("edge %s: %s", self.name, str(exc).splitlines()[0][:160])
-            finally:
-                self._client = None
-            # A session that lasted is a fresh loss: start the waits over.
-            attempt = 0 if time.monotonic() - began > self.opts.backoff_cap else attempt + 1
-            stop.wait(backoff(attempt, self.opts, self.rng))
+            if reached:
+                lost, lost_at = holder, time.monotonic()
+                # A session that lasted is a fresh loss: the successor is asked for soon.
+                attempt = 0 if time.monotonic() - began > self.opts.backoff_cap else attempt + 1
+                stop.wait(self.rng.uniform(*self.opts.settle))
+            elif holder == lost and time.monotonic() - lost_at < self.opts.recheck_for:
+                stop.wait(self.rng.uniform(*self.opts.recheck))  # not elected yet
+            else:
+                attempt += 1
+                stop.wait(backoff(attempt, self.opts, self.rng))
+
+    def _session(self, holder: Holder, stop: threading.Event, error: type[Exception]) -> bool:
+        """One fleet session with `holder` until it ends; whether its port took the
+        connection."""
+        from raftfl.flower.fleet import FleetClient
+
+        client = self._client = FleetClient(holder.fleet, self.node_id, self.name,
+                                            poll_hold=self.opts.poll_hold,
+                                            heartbeat=self.opts.heartbeat,
+                                            idle_heartbeat=False,
+                                            silence_limit=self.opts.silence_limit,
+                                            liveness=self.opts.liveness)
+        if stop.is_set():
+            return False
+        self.sessions += 1
+        try:
+            client.run(self.handle, self.replied)
+        except error as exc:
+            log.debug("edge %s: %s", self.name, str(exc).splitlines()[0][:160])
+        finally:
+            self._client = None
+        return client.reached

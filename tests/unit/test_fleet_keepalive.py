@@ -78,7 +78,7 @@ def serve(client: FleetClient, handle: Callable[[str, bytes], bytes],
           replied: list[str]) -> threading.Thread:
     def run() -> None:
         try:
-            client.run(handle, replied.append)
+            client.run(handle, lambda msg_id, _taken_at: replied.append(msg_id))
         except FleetError:
             pass
 

@@ -68,7 +68,7 @@ def test_an_edge_client_heartbeats_only_while_its_clientapp_runs(server: FleetSe
     server.touch = lambda token, peer="": (beats.append(time.monotonic()), real(token, peer))  # type: ignore[method-assign]
     client = FleetClient(server.address, 9, "edge", poll_hold=1.0, heartbeat=0.1,
                          idle_heartbeat=False)
-    replied: list[str] = []
+    replied: list[tuple[str, float]] = []
 
     def handle(msg_id: str, payload: bytes) -> bytes:
         time.sleep(1.0)  # a ClientApp longer than node_timeout: heartbeats keep it
@@ -78,7 +78,7 @@ def test_an_edge_client_heartbeats_only_while_its_clientapp_runs(server: FleetSe
 
     def run() -> None:
         try:
-            client.run(handle, replied.append)
+            client.run(handle, lambda msg_id, taken_at: replied.append((msg_id, taken_at)))
         except FleetError:
             done.set()
 
@@ -91,11 +91,13 @@ def test_an_edge_client_heartbeats_only_while_its_clientapp_runs(server: FleetSe
     assert server.node_ids() == [9]
     assert server.push(9, "m1", b"work")
     assert server.collect(["m1"], timeout=5) == {"m1": b"work!"}
+    collected = time.time()
     trained_beats = len(beats) - idle_beats
     assert idle_beats == 0
     assert trained_beats >= 5  # ~10 in the ClientApp's second, plus the reply's own touch
-    time.sleep(0.2)
-    assert replied == ["m1"]
+    time.sleep(1.3)  # the reply carried the next poll: its answer comes after that hold
+    assert [m for m, _ in replied] == ["m1"]
+    assert collected - 0.5 < replied[0][1] <= collected  # when the server took it
     server.stop()
     assert done.wait(5)  # the held poll fails at once
 
