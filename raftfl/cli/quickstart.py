@@ -128,6 +128,10 @@ def secure_node(opts: NodeOptions, insecure: bool) -> str | None:
         return ("--insecure: plain text on loopback; every local user of this host can read "
                 "and write this cluster (etcd, the fleet, the model service, the API)")
     directory = opts.dir.parent / CA_DIR
-    tls.configure(node_identity(directory, opts.cluster, opts.address))
+    try:
+        tls.configure(node_identity(directory, opts.cluster, opts.address))
+    except OSError as exc:  # e.g. a data dir under a file: one line, naming the data dir
+        raise RaftflError(f"data dir {opts.dir}: cannot keep the quick start's CA in "
+                          f"{directory}: {exc.strerror or exc}") from exc
     return (f"quick start: mutual TLS under the cluster's own CA in {directory} (0700, keys "
             "0600); other local users are shut out (--insecure: plain text)")
