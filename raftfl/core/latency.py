@@ -8,7 +8,11 @@ Unreachable peers are recorded as `null`, never as 0 ms.
 A sample goes through Raft to every voter, so one per cycle from every node was most of the
 Raft traffic of a round once models moved out of etcd (3 nodes idle: 7.3 of 12.9 kB/s). A
 cycle whose RTTs match the last written sample (`worth_writing`) writes nothing, but a sample
-is rewritten at least every `REFRESH_S`, well inside the ranking's `fresh_s` (10 s).
+is rewritten at least every `REFRESH_S`, inside the ranking's `fresh_s` (10 s) by more than a
+slow probe cycle. "Match" is judged on what the ranking reads, the mean over the reachable
+peers: one peer's RTT spiking on a busy host moved the score by a fraction of a point but
+wrote a sample (16 nodes at load 12: a sample every 2 s from every node, 62% of the Raft
+bytes of a round).
 """
 
 from __future__ import annotations
@@ -21,24 +25,29 @@ from typing import Any, ClassVar
 from raftfl.core.records import MalformedRecord, Record, from_fields, loads_bounded, require
 
 MAX_RTT_MS = 600_000.0
-REFRESH_S = 5.0  # the longest a node goes without writing a sample
-CHANGE_RATIO = 0.25  # an RTT this much off the written one is news ...
+REFRESH_S = 7.0  # the longest a node goes without writing a sample
+CHANGE_RATIO = 0.25  # a mean RTT this much off the written one is news ...
 CHANGE_MIN_MS = 5.0  # ... and moved by this much (5 points of score; LAN jitter is not news)
 
 
 def worth_writing(last: dict[str, float | None] | None, last_ts: float,
                   rtts: dict[str, float | None], now: float) -> bool:
-    """Pure: does this cycle's `rtts` say something the last written sample does not?"""
+    """Pure: does this cycle's `rtts` say something the last written sample does not? A peer
+    gained, lost, turned unreachable or reachable is news; RTTs are news only when their mean
+    (the score: one point per ms) moved, so one peer's jitter is not."""
     if last is None or now - last_ts >= REFRESH_S or last.keys() != rtts.keys():
         return True
-    for peer, rtt in rtts.items():
-        old = last[peer]
-        if (rtt is None) != (old is None):
-            return True
-        if rtt is not None and old is not None and abs(rtt - old) >= max(
-                CHANGE_MIN_MS, CHANGE_RATIO * old):
-            return True
-    return False
+    if any((rtt is None) != (last[peer] is None) for peer, rtt in rtts.items()):
+        return True
+    old, new = _mean(last.values()), _mean(rtts.values())
+    if old is None or new is None:
+        return False
+    return abs(new - old) >= max(CHANGE_MIN_MS, CHANGE_RATIO * old)
+
+
+def _mean(rtts: Iterable[float | None]) -> float | None:
+    values = [v for v in rtts if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,5 @@ def summarize(samples: Iterable[Sample], live: set[str], window: int) -> dict[st
                     unreachable += 1
                 else:
                     values.append(rtt)
-        mean = sum(values) / len(values) if values else None
-        out[node] = RttSummary(mean, len(recent), unreachable, recent[-1].ts if recent else None)
+        out[node] = RttSummary(_mean(values), len(recent), unreachable, recent[-1].ts if recent else None)
     return out

@@ -8,7 +8,10 @@ carries the training traffic itself.
 
 Two independent sources:
 * etcd's own `/metrics` on every member: `etcd_network_peer_sent_bytes_total` (Raft) and
-  the client gRPC bytes sent and received (every etcd client: nodes, probes, watches);
+  the client gRPC bytes sent and received (every etcd client: nodes, probes, watches), and
+  `etcd_server_proposals_committed_total` (entries in the log: each costs its bytes to every
+  follower plus the appends and acknowledgements around it, so the entries per round say
+  whether a figure moved with the writes or with the background);
 * the kernel (root only): every node runs in its own network namespace (`netns_setup`,
   veth links to a bridge), where nftables counters split the bytes each node sends by port
   (peer ports: Raft; client ports: etcd clients; Flower ports: Flower; model-service ports:
@@ -50,17 +53,21 @@ IDLE_SETTLE_S = 3.0  # after the run completes: the last chores and records land
 NFT_TABLE = "rflbench"
 
 _METRIC = re.compile(r'^(etcd_network_peer_sent_bytes_total|etcd_network_client_grpc_sent_bytes_total'
-                     r'|etcd_network_client_grpc_received_bytes_total)(\{[^}]*\})? ([0-9.e+]+)$')
+                     r'|etcd_network_client_grpc_received_bytes_total'
+                     r'|etcd_server_proposals_committed_total)(\{[^}]*\})? ([0-9.e+]+)$')
 
 
 def etcd_bytes(endpoint: str) -> dict[str, float]:
-    """Peer (Raft) and client gRPC byte counters of one member, from its /metrics."""
-    out = {"raft": 0.0, "client": 0.0}
+    """Peer (Raft) and client gRPC byte counters of one member, and the entries it has seen
+    committed, from its /metrics."""
+    out = {"raft": 0.0, "client": 0.0, "entries": 0.0}
     with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
             m = _METRIC.match(line)
             if m:
-                out["raft" if "peer" in m.group(1) else "client"] += float(m.group(3))
+                kind = ("entries" if "proposals" in m.group(1) else "raft" if "peer" in m.group(1)
+                        else "client")
+                out[kind] += float(m.group(3))
     return out
 
 
@@ -132,8 +139,11 @@ def _etcd(c: LocalCluster) -> dict[str, dict[str, float]]:
 
 def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
            per: float) -> dict[str, float]:
-    """Raft and client bytes summed over the members, divided by `per`."""
-    return {ch: sum(after[k][ch] - before[k][ch] for k in after) / per for ch in ("raft", "client")}
+    """Raft and client bytes summed over the members, and the entries committed (one log: the
+    member that saw the most), divided by `per`."""
+    out = {ch: sum(after[k][ch] - before[k][ch] for k in after) / per for ch in ("raft", "client")}
+    out["entries"] = max((after[k]["entries"] - before[k]["entries"] for k in after), default=0) / per
+    return out
 
 
 def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
@@ -167,6 +177,7 @@ def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
     row: dict[str, Any] = {
         "nodes": n, "rounds": rounds, "seconds_per_round": round(elapsed / rounds, 2),
         "raft_bytes": int(per_round["raft"]), "client_bytes": int(per_round["client"]),
+        "raft_entries": round(per_round["entries"], 1),
         "raft_copies": round(per_round["raft"] / MODEL_BYTES, 2),
         "client_copies": round(per_round["client"] / MODEL_BYTES, 2),
         "raft_target_met": per_round["raft"] <= RAFT_TARGET_COPIES * MODEL_BYTES
@@ -218,6 +229,7 @@ def measure_idle(n: int, seconds: float, progress: Echo) -> dict[str, Any]:
     rate = _delta(etcd0, etcd1, elapsed)
     row: dict[str, Any] = {"nodes": n, "seconds": round(elapsed, 1),
                            "raft_bytes_per_s": int(rate["raft"]),
+                           "raft_entries_per_s": round(rate["entries"], 2),
                            "client_bytes_per_s": int(rate["client"]), "ok": ok}
     if k0 is not None and k1 is not None:
         row.update({"kernel_raft_bytes_per_s": int((k1["raft"] - k0["raft"]) / elapsed),
@@ -235,6 +247,7 @@ COLUMNS = [Column("nodes", "nodes"), Column("seconds_per_round", "s/round", "{:.
            Column("flower_copies", "Flower copies (kernel)", "{:.2f}"),
            Column("model_service_copies", "model-service copies (kernel)", "{:.2f}"),
            Column("raft_bytes", "Raft B/round (etcd)"),
+           Column("raft_entries", "Raft entries/round", "{:.1f}"),
            Column("raft_target_met", "Raft <= 0.1 copy + 16 KiB"),
            Column("kernel_raft_vs_etcd", "Raft kernel/etcd", "{:.3f}"),
            Column("kernel_client_vs_etcd", "client kernel/etcd", "{:.3f}"),
@@ -243,6 +256,7 @@ COLUMNS = [Column("nodes", "nodes"), Column("seconds_per_round", "s/round", "{:.
 
 IDLE_COLUMNS = [Column("nodes", "nodes"), Column("seconds", "s", "{:.1f}"),
                 Column("raft_bytes_per_s", "Raft B/s (etcd)"),
+                Column("raft_entries_per_s", "Raft entries/s", "{:.2f}"),
                 Column("client_bytes_per_s", "etcd-client B/s (etcd)"),
                 Column("kernel_raft_bytes_per_s", "Raft B/s (kernel)"),
                 Column("kernel_client_bytes_per_s", "etcd-client B/s (kernel)"), Column("ok", "ok")]
