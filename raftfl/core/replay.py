@@ -166,6 +166,11 @@ class FLState:
     def last_committed_round(self) -> int:
         return self.committed_rounds.top
 
+    def holder(self, term: int) -> str | None:
+        """The node that won `term` (its newest `aggregator_elected`), None if not recorded
+        in the window."""
+        return next((e.node for e in reversed(self.elections) if e.term == term), None)
+
     @property
     def last_model(self) -> str | None:
         """Hash of the newest committed global model (the initial model before round 1).
@@ -225,7 +230,7 @@ def _rejection(state: FLState, item: Logged) -> str | None:
     if isinstance(ev, _NEEDS_ELECTION) and ev.term not in state.elected_terms:
         return f"{ev.type} from term {ev.term}, which has no aggregator_elected"
     if ev.sig and ev.term:
-        holder = next((e.node for e in reversed(state.elections) if e.term == ev.term), None)
+        holder = state.holder(ev.term)
         if holder is not None and holder != ev.node:
             return f"{ev.type}: signer {ev.node} does not hold term {ev.term} ({holder} does)"
     return None

@@ -35,7 +35,7 @@ def load(store: Store, keys: RunKeys, revision: int | None = None) -> tuple[Snap
     if loaded is None:
         return None
     snap, state = loaded
-    holder = next((e.node for e in reversed(state.elections) if e.term == snap.term), None)
+    holder = state.holder(snap.term)
     forged = signers.check_raw(store, keys, kv.key, kv.value, kv.mod_revision, (holder,))
     if forged is not None:
         SKIPS.skip("snapshot", kv.key, f"forged: {forged}; folding the full log instead")

@@ -22,11 +22,10 @@ from raftfl.etcd.store import Fence, Store
 
 
 class Election:
-    def __init__(self, store: Store, key: str, node: str, flower_address: str):
+    def __init__(self, store: Store, keys: Keys, node: str, flower_address: str):
         self.store = store
-        self.key = key
-        # the cluster's keys (where our certificate is published): key is `<root>aggregator`
-        self.keys = Keys(key.removeprefix("/raftfl/").rpartition("/")[0])
+        self.keys = keys  # the cluster's: its role key, and where our certificate is published
+        self.key = keys.aggregator
         self.node = node
         self.flower_address = flower_address
         self.fence: Fence | None = None

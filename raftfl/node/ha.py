@@ -110,7 +110,7 @@ class Node:
                                    self.hooks)
         self.store, self.models, self.runs, self.config, self.session = \
             store, models, runs, config, session
-        self.election = Election(store, self.keys.aggregator, self.opts.name,
+        self.election = Election(store, self.keys, self.opts.name,
                                  self.opts.flower_address)
         self.worker_role = WorkerRole(shell, runs, config, lambda: self.run_id)
         self.worker = WorkerRunner(runapp.node_id(self.opts.name), self.opts.name,

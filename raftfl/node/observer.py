@@ -144,7 +144,7 @@ class Observer:
         is forged too (a member overwrote the key with a claim of its own); each forged key
         is said once."""
         if isinstance(role, RoleHolder) and signers.signer() is not None:
-            won = next((e.node for e in reversed(state.elections) if e.term == role.term), None)
+            won = state.holder(role.term)
             if won is not None and won != role.node:
                 role = MalformedRole(f"forged: term {role.term} was won by {won}, the key "
                                      f"names {role.node}", role.term, role.lease,

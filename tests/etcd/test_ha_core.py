@@ -90,7 +90,7 @@ def nodes() -> Iterator[list[Node]]:
 def test_election_term_is_the_create_revision_and_fences(etcd_cluster_module: EtcdCluster,
                                                          keys: RunKeys) -> None:
     store = etcd_cluster_module.store()
-    a, b = Election(store, keys.aggregator, "a", "h:1"), Election(store, keys.aggregator, "b", "h:2")
+    a, b = Election(store, keys, "a", "h:1"), Election(store, keys, "b", "h:2")
     la, lb = store.grant(30), store.grant(30)
     term = a.campaign(la)
     kv = store.get(keys.aggregator)
@@ -102,7 +102,7 @@ def test_election_term_is_the_create_revision_and_fences(etcd_cluster_module: Et
     assert not a.proclaim()  # resigned: nothing more lands
     term_b = b.campaign(lb)
     assert term_b is not None and term_b > term
-    stale = Election(store, keys.aggregator, "a", "h:1")
+    stale = Election(store, keys, "a", "h:1")
     stale.adopt(term, la)
     assert not stale.proclaim() and not stale.resign()  # the old term is fenced out
     assert store.get(keys.aggregator).create_revision == term_b  # type: ignore[union-attr]
@@ -257,7 +257,7 @@ def test_a_campaign_on_a_lease_etcd_expired_is_a_lost_lease(
     gone = session.lease
     assert gone is not None
     store.client.revoke_lease(gone)  # behind the session's back, as an expiry in etcd is
-    election = Election(store, keys.aggregator, "g", "h:1")
+    election = Election(store, keys, "g", "h:1")
     with pytest.raises(LeaseGone):
         election.campaign(gone)
     assert election.term is None and store.get(keys.aggregator) is None
@@ -377,11 +377,11 @@ def test_malformed_role_key_is_cleared_after_one_ttl(etcd_cluster_module: EtcdCl
 
 def test_fence_rejects_a_deposed_term(etcd_cluster_module: EtcdCluster, keys: RunKeys) -> None:
     store = etcd_cluster_module.store()
-    old = Election(store, keys.aggregator, "a", "h:1")
+    old = Election(store, keys, "a", "h:1")
     term = old.campaign(store.grant(30))
     assert term is not None
     store.delete(keys.aggregator)
-    new = Election(store, keys.aggregator, "b", "h:2")
+    new = Election(store, keys, "b", "h:2")
     assert new.campaign(store.grant(30))
     log = EventLog(store, keys)
     from raftfl.core.errors import FencedOut

@@ -60,7 +60,7 @@ def federation(store: Store, keys: Keys) -> Election:
     blob = b"app"
     run_store.submit(store, keys, RunSpec(app="a", app_sha256=hashlib.sha256(blob).hexdigest(),
                                      run_config={}), blob)
-    election = Election(store, keys.aggregator, A, "127.0.0.1:21200")
+    election = Election(store, keys, A, "127.0.0.1:21200")
     assert election.campaign(store.grant(60)) is not None
     return election
 
@@ -100,7 +100,7 @@ def test_handover_request_refusals_and_the_new_term(etcd_cluster) -> None:
     requested = handover.Requested(req, 0, time.monotonic())
     assert handover.wait_handover(store, keys, requested, 0.2) is None
     assert election.resign()
-    new = Election(store, keys.aggregator, C, "127.0.0.1:21200")
+    new = Election(store, keys, C, "127.0.0.1:21200")
     new_term = new.campaign(store.grant(60))
     done = handover.wait_handover(store, keys, requested, 5.0)
     assert done is not None and (done.node, done.term) == (C, new_term)

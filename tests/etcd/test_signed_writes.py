@@ -101,7 +101,7 @@ def test_forged_events_are_skipped_and_honest_ones_pass(signed: Signed,
     keys = signed.keys
     rk = keys.run(1)
     a = signed.act_as("a")
-    election = Election(a, keys.aggregator, A, "127.0.0.1:5300")
+    election = Election(a, keys, A, "127.0.0.1:5300")
     lease = a.grant(30)
     term = election.campaign(lease)
     assert term is not None
@@ -154,7 +154,7 @@ def test_forged_events_are_skipped_and_honest_ones_pass(signed: Signed,
 def test_a_forged_role_claim_is_refused(signed: Signed) -> None:
     keys = signed.keys
     a = signed.act_as("a")
-    election = Election(a, keys.aggregator, A, "127.0.0.1:5300")
+    election = Election(a, keys, A, "127.0.0.1:5300")
     term = election.campaign(a.grant(30))
     kv = a.get(keys.aggregator)
     assert signers.read_role(a, keys, kv) == RoleHolder(A, "127.0.0.1:5300", term, kv.lease,
@@ -189,7 +189,7 @@ def test_a_snapshot_counts_only_from_the_holder_of_its_term(signed: Signed,
     keys = signed.keys
     rk = keys.run(2)
     a = signed.act_as("a")
-    election = Election(a, keys.aggregator, A, "127.0.0.1:5300")
+    election = Election(a, keys, A, "127.0.0.1:5300")
     term = election.campaign(a.grant(30))
     assert term is not None and election.fence is not None
     events = EventLog(a, rk)
@@ -231,7 +231,7 @@ def test_values_written_before_signing_began_are_read_as_before(
         rk = keys.run(1)
         tls.configure(None)  # an earlier version: writes unsigned
         EventLog(store, rk).append(NodeJoined(node=A))
-        old_claim = Election(store, keys.aggregator, A, "127.0.0.1:5300")
+        old_claim = Election(store, keys, A, "127.0.0.1:5300")
         assert old_claim.campaign(store.grant(30)) is not None
         tls.configure(a_bundle)  # upgraded: publishes its certificate, signs
         assert isinstance(signers.read_role(store, keys, store.get(keys.aggregator)), RoleHolder)
