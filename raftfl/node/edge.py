@@ -158,8 +158,6 @@ class EdgeWorker:
             client.abort()
 
     def run(self, stop: threading.Event) -> None:
-        from raftfl.flower.fleet import FleetError
-
         attempt = 0
         lost: Holder | None = None  # the server of the session that ended last
         lost_at = 0.0
@@ -174,7 +172,7 @@ class EdgeWorker:
             tries = 1 if holder == lost else 1 + self.opts.connect_retries
             for _ in range(tries):
                 began = time.monotonic()
-                reached = self._session(holder, stop, FleetError)
+                reached = self._session(holder, stop)
                 if reached or stop.is_set():
                     break
                 if tries > 1:  # a new holder's port may not be up yet: it will be soon
@@ -192,10 +190,10 @@ class EdgeWorker:
                 attempt += 1
                 stop.wait(backoff(attempt, self.opts, self.rng))
 
-    def _session(self, holder: Holder, stop: threading.Event, error: type[Exception]) -> bool:
+    def _session(self, holder: Holder, stop: threading.Event) -> bool:
         """One fleet session with `holder` until it ends; whether its port took the
         connection."""
-        from raftfl.flower.fleet import FleetClient
+        from raftfl.flower.fleet import FleetClient, FleetError
 
         client = self._client = FleetClient(holder.fleet, self.node_id, self.name,
                                             poll_hold=self.opts.poll_hold,
@@ -208,7 +206,7 @@ class EdgeWorker:
         self.sessions += 1
         try:
             client.run(self.handle, self.replied)
-        except error as exc:
+        except FleetError as exc:
             log.debug("edge %s: %s", self.name, str(exc).splitlines()[0][:160])
         finally:
             self._client = None
