@@ -272,13 +272,17 @@ def bench_idle(nodes_list: list[int], seconds: float, out: Path, echo: Echo = pr
         progress(f"[{i}/{len(nodes_list)}] {n} nodes, {seconds:.0f} s idle")
         rows.append(measure_idle(n, seconds, progress))
     write_csv(out / "traffic_idle.csv", rows)
+    plot_bars(out / "traffic_idle.png", "Raft traffic of an idle cluster",
+              [r["nodes"] for r in rows], [r["raft_bytes_per_s"] / 1000 for r in rows], "nodes",
+              "kB/s (etcd peer bytes)", hline=3.0)
+    files = [str(out / "traffic_idle.csv"), str(out / "traffic_idle.png")]
     summary = {"bench": "traffic", "idle_s": seconds, "machine": machine(), "rows": rows,
-               "files": [str(out / "traffic_idle.csv")]}
+               "files": files}
     echo(table(rows, IDLE_COLUMNS))
     echo(f"bytes per second over {seconds:.0f} s after run 1 completed (nodes up, no run)")
     for reason in {r["crosscheck"] for r in rows if r.get("crosscheck")}:
         echo(reason)
-    echo(f"wrote {out / 'traffic_idle.csv'}")
+    echo(f"wrote {', '.join(files)}")
     return (0 if all(r["ok"] for r in rows) else 1), summary
 
 
