@@ -19,6 +19,7 @@ from raftfl.cli.control_cmd import aggregator_group, pause, resume
 from raftfl.cli.inspect_cmd import history, status
 from raftfl.cli.node_cmd import FAULT_HOOKS, node_group
 from raftfl.cli.run_cmd import run_group
+from raftfl.cli.worker_cmd import worker
 from raftfl.core.errors import RaftflError
 from raftfl.node.faults import NO_FAULTS, FaultHooks
 
@@ -61,7 +62,7 @@ def cli(verbose: int) -> None:
 
 
 for _command in (node_group, status, history, run_group, aggregator_group, pause, resume,
-                 certs_group):
+                 certs_group, worker):
     cli.add_command(_command)
 
 

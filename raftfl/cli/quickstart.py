@@ -135,3 +135,12 @@ def secure_node(opts: NodeOptions, insecure: bool) -> str | None:
                           f"{directory}: {exc.strerror or exc}") from exc
     return (f"quick start: mutual TLS under the cluster's own CA in {directory} (0700, keys "
             "0600); other local users are shut out (--insecure: plain text)")
+
+
+def worker_identity(cluster: str, name: str) -> tls.Identity | None:
+    """An edge worker's identity (CN `name`) under the quick start's CA of `cluster`, issued
+    once; None when there is no such CA here."""
+    directory = cluster_ca(cluster)
+    if not (directory / tls.CA_CERT).is_file():
+        return None
+    return tls.load(_bundle(directory, None, f"worker_{name}", name, []))

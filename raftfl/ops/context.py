@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys
+from raftfl.core.specs import RunSpec
 from raftfl.core.status import NodeStatus
+from raftfl.etcd import run_store
 from raftfl.etcd.store import Store
 from raftfl.ops.ledger import Ledger
 from raftfl.ops.stream import EventStream
@@ -21,6 +23,7 @@ from raftfl.ops.stream import EventStream
 ETCD_TIMEOUT_S = 2.0  # one etcd call
 ETCD_RETRY_S = 5.0  # one request's etcd retries, in all
 MAX_STREAMS = 8  # concurrent event streams (each holds an etcd watch)
+MAX_SPECS = 256  # run specs kept
 
 
 class NotReady(RaftflError):
@@ -41,6 +44,7 @@ class OpsContext:
         self._open = 0  # slots taken (a stream takes its slot before it reads the log)
         self._store: Store | None = None
         self._ledger: Ledger | None = None
+        self._specs: dict[int, RunSpec] = {}  # a submitted run's spec never changes
         self._lock = threading.Lock()
 
     def snapshot(self) -> NodeStatus:
@@ -58,6 +62,17 @@ class OpsContext:
                 self._store = Store(self.endpoints(), timeout=ETCD_TIMEOUT_S,
                                     retry_for=ETCD_RETRY_S)
             return self._store
+
+    def run_spec(self, run: int) -> RunSpec:
+        """Run `run`'s spec, read once (a thousand edge workers ask it once each)."""
+        spec = self._specs.get(run)
+        if spec is None:
+            spec = run_store.spec(self.store(), self.keys, run)
+            with self._lock:
+                if len(self._specs) >= MAX_SPECS:
+                    self._specs.clear()
+                self._specs[run] = spec
+        return spec
 
     def ledger(self) -> Ledger:
         store = self.store()

@@ -110,6 +110,17 @@ def _node(ctx: OpsContext, req: Request) -> Response:
     return json_response(200, probes.node_json(ctx.status(), ctx.name, ctx.clock()))
 
 
+def _run(ctx: OpsContext, req: Request) -> Response:
+    """A run's app and run config (the active run's by default): what an edge worker checks
+    its own app against before it serves the run."""
+    run = run_param(req) or ctx.snapshot().run
+    if run is None:
+        raise NoSuchRun("no active run")
+    spec = ctx.run_spec(run)
+    return json_response(200, {"run": run, "app": spec.app, "app_sha256": spec.app_sha256,
+                               "run_config": spec.run_config})
+
+
 def _cluster(ctx: OpsContext, req: Request) -> Response:
     return json_response(200, cluster_status(ctx.endpoints(), ctx.cluster, run_param(req)))
 
@@ -172,6 +183,7 @@ Handler = Callable[[OpsContext, Request], Response]
 ROUTES: dict[tuple[str, str], Handler] = {
     **{("GET", path): _probe for path in probes.PROBES},
     ("GET", "/node"): _node,
+    ("GET", "/run"): _run,
     ("GET", "/cluster"): _cluster,
     ("GET", "/history"): _history,
     ("GET", "/failovers"): _failovers,
