@@ -58,8 +58,8 @@ def run_info(body: Any) -> RunInfo | None:
 def mismatch(info: RunInfo, local_sha256: str) -> str | None:
     """Pure: why this worker will not serve `info`'s run (None: it will)."""
     if info.app_sha256 != local_sha256:
-        return (f"run {info.run} runs app {info.app!r} {info.app_sha256[:12]}, this worker has "
-                f"{local_sha256[:12]}")
+        return (f"run {info.run}'s app {info.app!r} is {info.app_sha256[:12]}, this worker's "
+                f"is {local_sha256[:12]}")
     return None
 
 
@@ -83,6 +83,8 @@ class RunHosts:
         return self.host(run).handle(msg_id, payload)
 
     def host(self, run: int) -> ClientAppHost:
+        """Run `run`'s host: the app's, or one that refuses every instruction and says why
+        (kept for a run of another app; asked again for a run no node answered for)."""
         with self._lock:
             host = self._hosts.get(run)
         if host is not None:
@@ -90,24 +92,16 @@ class RunHosts:
         info = self._ask(run) if run > 0 else None
         refused = "no node API answered for its spec" if info is None else mismatch(
             info, self.local_sha256)
-        if refused is None and info is not None:
-            host = ClientAppHost(self.client_app, run_id=run, node_id=self.node_id,
-                                 node_config=self.node_config, run_config=info.run_config,
-                                 admit=self.admit)
-            with self._lock:
-                host = self._hosts.setdefault(run, host)
-            log.warning("worker: serving run %d (app %s)", run, info.app)
+        host = ClientAppHost(
+            self.client_app, run_id=run, node_id=self.node_id, node_config=self.node_config,
+            run_config=info.run_config if info is not None and refused is None else {},
+            admit=self.admit if refused is None else (lambda stamp, message: refused))
+        if info is None:
             return host
-        if info is not None:  # another app: it stays another app
-            log.warning("worker: not serving %s", refused)
-        reason = refused
-        host = ClientAppHost(self.client_app, run_id=run, node_id=self.node_id,
-                             node_config=self.node_config, run_config={},
-                             admit=lambda stamp, message: reason)
-        if info is not None:
-            with self._lock:
-                host = self._hosts.setdefault(run, host)
-        return host
+        log.warning("worker: %s", f"refusing {refused}" if refused else
+                    f"serving run {run} (app {info.app})")
+        with self._lock:
+            return self._hosts.setdefault(run, host)
 
     def _ask(self, run: int) -> RunInfo | None:
         for api in self.apis:

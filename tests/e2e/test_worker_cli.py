@@ -84,5 +84,5 @@ def test_worker_command_trains_every_round_across_a_failover_and_refuses_another
     assert resumed and set(resumed.values()) == {(4, 1)}, (resumed, logs)
     for n in ("a", "b"):
         assert "serving run 1 (app scale)" in logs[n], logs[n]
-    assert "not serving run 1 runs app 'scale'" in logs["x"], logs["x"]
+    assert "refusing run 1's app 'scale' is" in logs["x"], logs["x"]
     assert "serving run 1 (app" not in logs["x"]

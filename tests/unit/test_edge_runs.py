@@ -28,7 +28,7 @@ def test_run_info_reads_only_a_whole_answer(body: object, expected: RunInfo | No
 
 @pytest.mark.parametrize(("sha", "refused"), [
     (SHA, None),
-    ("b" * 64, "run 2 runs app 'scale' aaaaaaaaaaaa, this worker has bbbbbbbbbbbb"),
+    ("b" * 64, "run 2's app 'scale' is aaaaaaaaaaaa, this worker's is bbbbbbbbbbbb"),
 ], ids=["same-package", "another-package"])
 def test_a_worker_serves_only_its_own_app(sha: str, refused: str | None) -> None:
     assert mismatch(RunInfo(2, "scale", SHA, {}), sha) == refused
