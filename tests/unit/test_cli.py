@@ -17,7 +17,8 @@ from raftfl.lab.testhooks import EXTRA_RTT_ENV, HOLD_ENV, EnvFaultHooks, Hold, h
 from raftfl.node.faults import NO_FAULTS
 
 pytestmark = pytest.mark.unit
-PRODUCT = {"node", "status", "history", "run", "aggregator", "pause", "resume", "certs"}
+PRODUCT = {"node", "status", "history", "run", "aggregator", "pause", "resume", "certs",
+           "worker"}
 LAB = {"demo", "faults", "soak", "bench"}
 
 
