@@ -37,6 +37,8 @@ from tenacity import (
 
 from raftfl import tls
 from raftfl.core.errors import RaftflError
+from raftfl.etcd.counting import counted
+from raftfl.net.origin import count
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -471,9 +473,13 @@ class Store:
         while not stop.is_set():
             responses: queue.Queue[Any] = queue.Queue()
             compacted = False
+
+            def create(q: queue.Queue[Any] = responses, r: int = next_rev) -> Any:
+                count("watch")  # its stream is opened by python-etcd3's thread: uncounted
+                return self.client.add_watch_prefix_callback(prefix, q.put, start_revision=r)
+
             try:
-                watch_id = self.call(lambda q=responses, r=next_rev: self.client.add_watch_prefix_callback(
-                    prefix, q.put, start_revision=r))
+                watch_id = self.call(create)
             except etcd3.exceptions.RevisionCompactedError:
                 compacted = True
             except Exception as exc:  # noqa: BLE001 - unavailable, or not etcd at all
@@ -569,8 +575,10 @@ def _endpoint(endpoint: str, time_retry: float, opts: Any = None) -> etcd3.Endpo
     """One endpoint; with mutual TLS when this process has an identity (raftfl.tls)."""
     host, _, port = endpoint.rpartition(":")
     identity = tls.current()
-    return etcd3.Endpoint(host, int(port), secure=identity is not None, time_retry=time_retry,
-                          creds=identity.grpc_credentials() if identity else None, opts=opts)
+    ep = etcd3.Endpoint(host, int(port), secure=identity is not None, time_retry=time_retry,
+                        creds=identity.grpc_credentials() if identity else None, opts=opts)
+    ep.channel = counted(ep.channel)  # every request counted by origin (etcd/counting.py)
+    return ep
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:

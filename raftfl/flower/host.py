@@ -33,6 +33,7 @@ from raftfl.flower.grid import (
 )
 from raftfl.flower.identity import SERVER_NODE_ID
 from raftfl.flower.start import route_strategy_start
+from raftfl.net.origin import origin
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class ServerAppHost:
 
     def _run(self) -> None:
         resume, journal = self.grid.resume, self.grid.journal
+        origin("run")
         for blob in (resume.state if resume is not None else b"",  # before the app reads them
                      journal.start(lambda: durable.capture(None, None).blob) if journal else b""):
             if not blob:

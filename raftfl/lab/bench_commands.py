@@ -329,7 +329,7 @@ def bench_durable(sizes: list[int], workers: int, rounds: int, out: Path, as_jso
               callback=_int_list(1, 4000), help="Edge workers per federation, comma-separated.")
 @click.option("--rounds", type=click.IntRange(5, 100), default=7, show_default=True,
               help="Rounds per federation: 1 warm-up, then timed ones; the aggregator is "
-                   "killed in round ROUNDS-2.")
+                   "killed in round ROUNDS-2 (the next one if reading the counters outlasted it).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @_OUT
 @_JSON

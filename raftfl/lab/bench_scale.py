@@ -10,15 +10,20 @@ each: one GIL does not take a thousand), and measures:
 * round overhead: a round's wall time (`round_started` -> `round_committed`) minus the
   ClientApps' own time in it (the slowest worker's), divided by the round's train results;
 * the aggregator's memory: its node process's largest resident set during the timed rounds;
-* etcd requests per round: `grpc_server_handled_total` summed over the members' /metrics,
-  before and after the timed rounds (all methods, and the writes: Txn, Put, DeleteRange),
-  less the background: the rate measured over an idle window before the workers start (the
-  aggregator serving, its ServerApp waiting) times the timed window's length. The nodes'
-  background reads run on timers, so counted whole, requests "per round" would grow with the
-  round's length alone; both figures are reported (`etcd_all_requests_per_round`). It is an
-  estimate: a node's HA cycle reads etcd when a round's event wakes it or its timer runs out,
-  whichever comes first, so long rounds absorb some timer cycles and the estimate then runs
-  low; the writes (`etcd_by_method_per_round`'s Txn) are round-driven almost alone;
+* etcd requests per round, exactly: each node counts every etcd request it sends by the
+  part of the node that asked (`raftfl_etcd_requests_total{origin, kind}` on its /metrics,
+  raftfl/net/origin.py). The `run` origin is the rounds' own work (the ServerApp and its
+  round loop, the full nodes' ClientApp side, model replication); its requests over the
+  timed rounds, divided by them, are the figure judged flat, and so are the requests of
+  the HA cycles that a change in etcd woke (`wake`: each round's events wake every node);
+  the rest (the HA cycles the timer starts, leases, probes, watches, the API) is reported
+  beside it per second (`etcd_background_per_s`,
+  `etcd_background_by_origin_per_s`), and the members' `grpc_server_handled_total` over
+  the same window as a cross-check (`etcd_all_requests_per_round`: everything etcd served,
+  this bench's own log watch included). Both edges of the window are read on a round's
+  start, from every node and member at once, so they fall in the same phase of a round (a
+  request of a round's start can still land on either side of an edge: more `--rounds`
+  shrink that);
 * the aggregator's lease: its lowest `lease_remaining_s` (GET /node, every 100 ms) and
   whether its term held through the timed rounds (no unintended failover);
 * failover: SIGKILL of the aggregator's process group and etcd member early in a round;
@@ -37,6 +42,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,9 +70,10 @@ TARGET_OVERHEAD_MS = 2.0  # per worker, at 1,000
 TARGET_MEM_EXTRA_MB = 200
 TARGET_FLAT = 0.10
 TARGET_FAILOVER = {"p90": 3.0, "p100": 6.0}
-IDLE_WINDOW_S = 5.0  # etcd's background requests are measured over this long, before the rounds
+EDGE_POLL_S = 0.005  # how often the log is checked for the round start a window edge waits for
 _HANDLED = re.compile(r'^grpc_server_handled_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$', re.M)
-_WRITES = ("Txn", "Put", "DeleteRange")
+_COUNTED = re.compile(r'^raftfl_etcd_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$', re.M)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def app_dir() -> Path:
@@ -76,20 +83,105 @@ def app_dir() -> Path:
     return app
 
 
-def etcd_requests(endpoints: list[str]) -> dict[str, float]:
-    """gRPC requests handled so far, per method, summed over the members that answer."""
+def handled(text: str) -> dict[str, float]:
+    """gRPC requests an etcd member handled so far, per method, from its /metrics text."""
     out: dict[str, float] = {}
-    for endpoint in endpoints:
-        try:
-            with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except OSError:
-            continue
-        for m in _HANDLED.finditer(text):
-            method = re.search(r'grpc_method="([^"]+)"', m["labels"])
-            if method:
-                out[method[1]] = out.get(method[1], 0.0) + float(m["value"])
+    for m in _HANDLED.finditer(text):
+        method = re.search(r'grpc_method="([^"]+)"', m["labels"])
+        if method:
+            out[method[1]] = out.get(method[1], 0.0) + float(m["value"])
     return out
+
+
+def counted(text: str) -> dict[tuple[str, str], float] | None:
+    """(origin, kind) -> etcd requests a node sent so far, from its /metrics text (None:
+    the node does not count them)."""
+    out: dict[tuple[str, str], float] = {}
+    found = False
+    for m in _COUNTED.finditer(text):
+        labels = dict(_LABEL.findall(m["labels"]))
+        key = (labels.get("origin", "?"), labels.get("kind", "?"))
+        out[key] = out.get(key, 0.0) + float(m["value"])
+        found = True
+    return out if found or "raftfl_etcd_requests" in text else None
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Every node's and member's etcd counters, read at once."""
+
+    at: float
+    nodes: dict[tuple[str, str], float] | None  # summed over the nodes; None: one did not tell
+    members: dict[str, float]  # gRPC method -> requests handled, summed over the members
+    run_by_node: dict[str, float] = field(default_factory=dict)  # node -> its `run` requests
+
+
+def _metrics(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return None
+
+
+def read_counts(c: LocalCluster) -> Counts:
+    """The nodes' request counters (their API's /metrics) and the members' gRPC counters,
+    all asked at the same moment."""
+    nodes = [n.api_url("/metrics") for n in c.nodes]
+    members = [f"http://{ep}/metrics" for ep in c.endpoints]
+    at = time.time()
+    with ThreadPoolExecutor(len(nodes) + len(members)) as pool:
+        texts = list(pool.map(_metrics, nodes + members))
+    total: dict[tuple[str, str], float] | None = {}
+    run_by_node: dict[str, float] = {}
+    for node, text in zip(c.nodes, texts[:len(nodes)], strict=True):
+        got = counted(text) if text is not None else None
+        if got is None or total is None:
+            total = None
+            continue
+        for key, value in got.items():
+            total[key] = total.get(key, 0.0) + value
+        run_by_node[node.name] = sum(v for (who, _), v in got.items() if who == "run")
+    methods: dict[str, float] = {}
+    for text in texts[len(nodes):]:
+        for method, value in handled(text or "").items():
+            methods[method] = methods.get(method, 0.0) + value
+    return Counts(at, total, methods, run_by_node)
+
+
+def etcd_figures(before: Counts, after: Counts, rounds: int) -> dict[str, Any]:
+    """Per round and per second over the window between two readings `rounds` rounds apart:
+    the `run` origin's requests (exact, the rounds' own), the rest, and the members' view."""
+    seconds = max(1e-3, after.at - before.at)
+    members = {m: after.members[m] - before.members.get(m, 0.0) for m in sorted(after.members)
+               if after.members[m] - before.members.get(m, 0.0) > 0}
+    out: dict[str, Any] = {
+        "etcd_window_rounds": rounds, "etcd_window_s": round(seconds, 3),
+        "etcd_all_requests_per_round": round(sum(members.values()) / rounds, 1),
+        "etcd_by_method_per_round": {m: round(v / rounds, 1) for m, v in members.items()},
+        "etcd_requests_per_s": round(sum(members.values()) / seconds, 1)}
+    if before.nodes is None or after.nodes is None:
+        return {**out, "etcd_requests_per_round": None, "etcd_writes_per_round": None,
+                "etcd_woken_cycles_per_round": None, "etcd_background_per_s": None}
+    delta = {k: v - before.nodes.get(k, 0.0) for k, v in after.nodes.items()}
+    run = {kind: v for (who, kind), v in delta.items() if who == "run" and v > 0}
+    rest: dict[str, float] = {}
+    for (who, _), v in delta.items():
+        if who != "run" and v > 0:
+            rest[who] = rest.get(who, 0.0) + v
+    woken = rest.pop("wake", 0.0)  # HA cycles a change in etcd woke: a round's events' too
+    return {**out,
+            "etcd_requests_per_round": round(sum(run.values()) / rounds, 2),
+            "etcd_woken_cycles_per_round": round(woken / rounds, 2),
+            "etcd_writes_per_round": round(run.get("write", 0.0) / rounds, 2),
+            "etcd_run_by_kind_per_round": {k: round(v / rounds, 2) for k, v in sorted(run.items())},
+            "etcd_run_by_node_per_round": {
+                node: round((v - before.run_by_node.get(node, 0.0)) / rounds, 2)
+                for node, v in sorted(after.run_by_node.items())},
+            "etcd_background_per_s": round(sum(rest.values()) / seconds, 1),
+            "etcd_background_by_origin_per_s": {k: round(v / seconds, 1)
+                                                for k, v in sorted(rest.items())},
+            "etcd_counted_per_s": round(sum(v for v in delta.values() if v > 0) / seconds, 1)}
 
 
 def rss_mb(pid: int) -> float | None:
@@ -146,6 +238,29 @@ def _events(c: LocalCluster, kind: type, term: int | None = None) -> list[Any]:
             if isinstance(i.event, kind) and (term is None or i.event.term == term)]
 
 
+def round_start(c: LocalCluster, rnd: int, timeout: float) -> RoundStarted:
+    """Round `rnd`'s start, seen within EDGE_POLL_S of the bench's log watch delivering it."""
+    def find() -> RoundStarted | None:
+        return next((e for e in reversed(_events(c, RoundStarted)) if e.round == rnd), None)
+
+    c.wait_for(lambda: find() is not None, timeout, f"round {rnd}'s start", interval=EDGE_POLL_S)
+    found = find()
+    assert found is not None
+    return found
+
+
+def round_to_kill(c: LocalCluster, earliest: int, rounds: int) -> int:
+    """The round to kill the aggregator in: `earliest`, or the one after the newest started
+    round if that committed already (reading the counters took longer than a short round)."""
+    started = max((e.round for e in _events(c, RoundStarted)), default=earliest)
+    rnd = max(earliest, started)
+    if any(e.round == rnd for e in _events(c, RoundCommitted)):
+        rnd += 1
+    if rnd > rounds:
+        raise RaftflError(f"the run's {rounds} rounds ended before the kill: run more rounds")
+    return rnd
+
+
 def round_overheads(c: LocalCluster, term: int, rounds: range,
                     replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per timed round: wall time, the slowest ClientApp's time, results, overhead."""
@@ -186,18 +301,6 @@ def one_size(workers: int, rounds: int, out: Path, progress: Echo, seed: int = 0
         watch: Watch | None = None
         try:
             old = first_term(c)
-            # The idle window: the aggregator serves run 1 (its ServerApp waits for the edge
-            # workers, who are not started yet): the etcd requests the nodes make per second
-            # whatever the rounds do (leases, HA cycles, probes, leadership checks).
-            idle_before, i0 = etcd_requests(c.endpoints), time.monotonic()
-            time.sleep(IDLE_WINDOW_S)
-            idle_after, i1 = etcd_requests(c.endpoints), time.monotonic()
-            idle_s = max(1e-3, i1 - i0)
-            background = (sum(idle_after.values()) - sum(idle_before.values())) / idle_s
-            background_writes = sum(idle_after.get(m, 0) - idle_before.get(m, 0)
-                                    for m in _WRITES) / idle_s
-            row["etcd_background_per_s"] = round(background, 1)
-            row["etcd_background_writes_per_s"] = round(background_writes, 1)
             for first in range(0, workers, PER_PROCESS):
                 vlog = open(out / f"scale-{workers}-vworkers-{first}.log", "wb")  # noqa: SIM115
                 procs.append(subprocess.Popen(
@@ -212,46 +315,38 @@ def one_size(workers: int, rounds: int, out: Path, progress: Echo, seed: int = 0
             agg = c.by_name(old.node)
             watch = Watch(agg.api_url("/node"), agg.pid).start()
             wait = 120 + workers * 0.3
-            c.wait_event(lambda e: isinstance(e, RoundCommitted) and e.round == WARMUP,
-                         wait, "the warm-up round")
+            # The window: from round WARMUP+1's start to round timed_last+1's (the timed
+            # rounds), both edges read as the round starts, in the same phase of a round.
+            round_start(c, WARMUP + 1, wait)
+            before = read_counts(c)
             progress(f"  {workers} workers: warm-up round committed")
-            before, t0 = etcd_requests(c.endpoints), time.time()
             watch.rss.clear()
             watch.lease_left.clear()
             for rnd in range(WARMUP + 1, timed_last + 1):
                 ev = c.wait_event(lambda e, r=rnd: isinstance(e, RoundCommitted)
                                   and e.round == r, wait, f"round {rnd}'s commit")
                 progress(f"  {workers} workers: round {rnd} committed ({ev.results} results)")
-            after, t1 = etcd_requests(c.endpoints), time.time()
-            timed = timed_last - WARMUP
-            total = sum(after.values()) - sum(before.values())
-            writes = sum(after.get(m, 0) - before.get(m, 0) for m in _WRITES)
-            # Per round: what the rounds caused, the background rate over the timed window
-            # taken off (rounds that last longer see more of it, not more work per round).
-            row["etcd_all_requests_per_round"] = round(total / timed, 1)
-            row["etcd_requests_per_round"] = round(
-                (total - background * (t1 - t0)) / timed, 1)
-            row["etcd_writes_per_round"] = round(
-                (writes - background_writes * (t1 - t0)) / timed, 1)
-            row["etcd_by_method_per_round"] = {
-                m: round((after[m] - before.get(m, 0)) / timed, 1) for m in sorted(after)
-                if after[m] - before.get(m, 0) > 0}
-            row["etcd_requests_per_s"] = round(
-                (sum(after.values()) - sum(before.values())) / max(1e-3, t1 - t0), 1)
+            round_start(c, timed_last + 1, wait)
+            after = read_counts(c)
+            row.update(etcd_figures(before, after, timed_last - WARMUP))
+            if after.nodes is None:
+                progress(f"  {workers} workers: a node's /metrics has no "
+                         "raftfl_etcd_requests_total: etcd requests per round not measured")
             row["aggregator_rss_mb"] = round(max(watch.rss, default=0.0), 1)
             row["lease_left_min_s"] = min(watch.lease_left, default=None)
             row["keepalive_gap_max_s"] = (None if not watch.lease_left
                                           else round(ttl - min(watch.lease_left), 3))
             row["term_held"] = (watch.terms == {old.term} and not any(
                 e.term > old.term for e in _events(c, AggregatorElected)))
-            # The kill: early in the next round, once its instructions are out.
-            c.wait_event(lambda e: isinstance(e, RoundStarted) and e.round == timed_last + 1,
-                         wait, "the round to kill in")
+            # The kill: early in a round, once its instructions are out; in the next one if
+            # the round the window ended on committed while the counters were read.
+            kill_round = round_to_kill(c, timed_last + 1, rounds)
+            round_start(c, kill_round, wait)
             time.sleep(min(0.2, workers / 5000))  # small federations' rounds take ~0.1 s
             killed_at = _signal_group(c, old.node, signal.SIGKILL)
             watch.close()
             progress(f"  {workers} workers: SIGKILLed the aggregator {old.node} in round "
-                     f"{timed_last + 1}")
+                     f"{kill_round}")
             new_start = c.wait_event(lambda e: isinstance(e, RoundStarted) and e.term > old.term,
                                      wait, "the resumed round")
             elected = c.wait_event(lambda e: isinstance(e, AggregatorElected)
@@ -340,13 +435,19 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "target": f"<= {limit}", "measured": got,
                         "met": got is not None and got <= limit})
     base = min(rows, key=lambda r: r["workers"])
-    for key in ("etcd_writes_per_round", "etcd_requests_per_round"):
+    for key in ("etcd_writes_per_round", "etcd_requests_per_round",
+                "etcd_woken_cycles_per_round"):
         values = [r.get(key) for r in rows]
-        if len(rows) > 1 and all(v is not None for v in values) and base.get(key):
-            spread = max(abs(v - base[key]) / base[key] for v in values)
-            out.append({"what": f"{key.replace('_', ' ')} flat from {base['workers']} to "
-                                f"{big['workers']}", "target": "within 10%",
-                        "measured": f"{100 * spread:.1f}%", "met": spread <= TARGET_FLAT})
+        if len(rows) < 2:
+            continue
+        what = f"{key.replace('_', ' ')} flat from {base['workers']} to {big['workers']}"
+        if any(v is None for v in values) or not base.get(key):  # a miss, not a silent pass
+            out.append({"what": what, "target": "within 10%", "measured": "not measured",
+                        "met": False})
+            continue
+        spread = max(abs(v - base[key]) / base[key] for v in values)
+        out.append({"what": what, "target": "within 10%", "measured": f"{100 * spread:.1f}%",
+                    "met": spread <= TARGET_FLAT})
     return out
 
 
@@ -394,10 +495,11 @@ COLUMNS = [Column("workers", "workers"), Column("ok", "ok"),
            Column("overhead_ms_per_worker", "overhead ms/worker", "{:.2f}"),
            Column("aggregator_rss_mb", "agg RSS MB", "{:.0f}"),
            Column("mem_limit_mb", "RSS limit", "{:.0f}"),
-           Column("etcd_requests_per_round", "etcd req/round", "{:.0f}"),
+           Column("etcd_requests_per_round", "etcd req/round", "{:.1f}"),
            Column("etcd_writes_per_round", "etcd writes/round", "{:.1f}"),
-           Column("etcd_all_requests_per_round", "etcd req/round incl. bg", "{:.0f}"),
-           Column("etcd_background_per_s", "etcd bg req/s", "{:.1f}"),
+           Column("etcd_woken_cycles_per_round", "woken cycles req/round", "{:.1f}"),
+           Column("etcd_background_per_s", "rest req/s", "{:.1f}"),
+           Column("etcd_all_requests_per_round", "members req/round", "{:.0f}"),
            Column("failover_p90_s", "failover p90 s", "{:.2f}"),
            Column("failover_p100_s", "failover p100 s", "{:.2f}"),
            Column("workers_back", "back"),
@@ -430,8 +532,13 @@ def bench_scale(sizes: list[int], rounds: int, out: Path, echo: Echo = print,
     for t in judged:
         echo(f"{t['what']}: {t['measured']} (target {t['target']}: "
              f"{'met' if t['met'] else 'MISSED'})")
-    echo("etcd req/round: the requests the rounds caused (all, less the background rate "
-         "measured idle before the rounds, times the rounds' length)")
+    echo("etcd req/round (and writes): the nodes' own count of the requests the rounds made "
+         "(origin `run`: ServerApp, round loop, ClientApp side, model replication), per timed "
+         "round; woken cycles req/round: the HA cycles a change in etcd woke (a round's "
+         "events wake every node once or more), per timed round; rest req/s: every other "
+         "origin (timer cycles, leases, probes, watches, API) per second of the window; "
+         "members req/round: every request the etcd members handled in "
+         "the window (this bench's log watch included), per round, as a cross-check")
     echo(f"{NODES} nodes + N edge workers in vworkers processes of {PER_PROCESS}; load "
          f"average now "
          f"{result['machine']['load_avg_1m']}")

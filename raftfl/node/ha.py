@@ -49,6 +49,7 @@ from raftfl.core.status import NodeStatus
 from raftfl.etcd import signers
 from raftfl.etcd.member import EtcdMember, wait_healthy
 from raftfl.etcd.store import CreateResult, EtcdNoSpace, EtcdUnavailable, LeaseGone, Store
+from raftfl.net.origin import origin
 from raftfl.node import lifecycle, runapp
 from raftfl.node.aggregator import AggregatorRole
 from raftfl.node.election import Election
@@ -174,7 +175,8 @@ class Node:
                           nofailover=opts.nofailover, pid=os.getpid(),
                           max_examples=opts.max_examples, models_address=opts.models_address)
         session = Session(store, keys, info, opts.lease_ttl, self.lease_lost,
-                          opts.probe_interval, extra_rtt_ms=self.hooks.extra_rtt_ms)
+                          opts.probe_interval, extra_rtt_ms=self.hooks.extra_rtt_ms,
+                          fresh_s=config.ranking_weights.fresh_s)
         self.wire(store, models, runs, config, session)
         session.open()
         session.start()
@@ -241,6 +243,7 @@ class Node:
         A cycle that fails is logged and retried with bounded backoff: a loop error never
         stops the embedded etcd member (only shutdown and `node leave` do).
         """
+        origin("cycle")
         failures = 0
         while not self.stop.is_set():
             self.next_wait = LOOP_WAIT_S
@@ -274,7 +277,9 @@ class Node:
                     self.say("removed from the etcd cluster (node leave); stopping")
                     return 0
                 raise RaftflError(f"etcd member exited unexpectedly: see {self.member.log_path}")
-            self.wake.wait(self.next_wait)
+            # The next cycle's etcd requests count as a watch's (`wake`: something changed)
+            # or the timer's (`cycle`), so a round's share can be told from the background.
+            origin("wake" if self.wake.wait(self.next_wait) else "cycle")
             self.wake.clear()
         return 130
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from raftfl.core.errors import RaftflError
 from raftfl.core.specs import ClusterConfig
+from raftfl.net.origin import origin
 from raftfl.node import runapp
 from raftfl.node.runs import Runs
 from raftfl.node.shell import Shell, Voice
@@ -65,6 +66,7 @@ class WorkerRunner:
     def _run(self) -> None:
         from raftfl.flower.fleet import FleetClient, FleetError
 
+        origin("run")
         while not self._stop.is_set():
             self._changed.clear()  # before reading the target: a later follow() sets it again
             target = self._target

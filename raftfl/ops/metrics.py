@@ -1,12 +1,13 @@
 """`GET /metrics`: a Prometheus collector that computes every value at scrape time.
 
-Nothing is counted as it happens: the HA loop writes no metric. Node gauges come from the
-node's snapshot; cluster gauges from `raftfl status`'s view (raftfl/inspection.py); the
-run-level counters from the replicated event logs (raftfl/ops/runstats.py, via the ledger),
-so every node reports the same `raftfl_failovers_total` for the same history. Every series
-carries `cluster` and `node` labels, as Patroni's carry `scope` and `name`. When etcd does
-not answer within the scrape, only the node gauges are reported, with
-`raftfl_etcd_reachable 0`.
+Nothing is counted as it happens but the etcd requests this process sends, by origin (the
+part of the node that asked) and kind (raftfl/net/origin.py); the HA loop writes no metric.
+Node gauges come from the node's snapshot; cluster gauges from `raftfl status`'s view
+(raftfl/inspection.py); the run-level counters from the replicated event logs
+(raftfl/ops/runstats.py, via the ledger), so every node reports the same
+`raftfl_failovers_total` for the same history. Every series carries `cluster` and `node`
+labels, as Patroni's carry `scope` and `name`. When etcd does not answer within the scrape,
+only the node gauges are reported, with `raftfl_etcd_reachable 0`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from raftfl.core.latency import Sample
 from raftfl.core.records import MalformedRecord
 from raftfl.core.status import NodeStatus
 from raftfl.inspection import cluster_status
+from raftfl.net import origin
 from raftfl.ops.context import OpsContext
 from raftfl.ops.runstats import Totals
 
@@ -51,6 +53,7 @@ class NodeCollector(Collector):
         st = ctx.status()
         yield self._single("raftfl_ready", "1 once the node has cycled and its etcd member (if "
                            "any) runs", int(st is not None and st.ready))
+        yield self._etcd_requests()
         if st is None:
             return
         yield from self._node(st, ctx.clock())
@@ -79,6 +82,16 @@ class NodeCollector(Collector):
                   values: dict[str, float]) -> GaugeMetricFamily | CounterMetricFamily:
         for label, value in sorted(values.items()):
             family.add_metric([self.ctx.cluster, self.ctx.name, label], value)
+        return family
+
+    def _etcd_requests(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "raftfl_etcd_requests", "etcd requests this node sent, by the part of the node "
+            "that asked (run: the rounds; cycle: the HA loop; lease, probe, watch, voters, "
+            "api, other) and kind (read, write, lease, watch: creations, cluster)",
+            labels=[*LABELS, "origin", "kind"])
+        for (who, kind), n in sorted(origin.counts().items()):
+            family.add_metric([self.ctx.cluster, self.ctx.name, who, kind], n)
         return family
 
     def _node(self, st: NodeStatus, now: float) -> Iterator[Metric]:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from raftfl.core.status import NodeStatus
 from raftfl.net.http import NodeHttpServer
+from raftfl.net.origin import origin
 from raftfl.ops import auth, routes
 from raftfl.ops.context import OpsContext
 
@@ -75,6 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("OPTIONS")
 
     def _handle(self, method: str, head: bool = False) -> None:
+        origin("api")
         url = urlsplit(self.path)
         peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
         who = auth.caller(self.server.ctx.secured, peer, self.client_address[0])

@@ -26,6 +26,7 @@ from raftfl.core.keys import RunKeys
 from raftfl.core.replay import Logged
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import Store
+from raftfl.net.origin import origin
 
 MAX_BACKLOG = 2000
 MAX_STREAM_S = 300.0
@@ -83,6 +84,7 @@ class EventStream:
                 yield _frame(item)
 
     def _tail(self, new: queue.Queue[Logged | None]) -> None:
+        origin("api")
         try:
             for item in self._log.tail(self._revision + 1, self._stop):
                 new.put(item, timeout=HEARTBEAT_S)
