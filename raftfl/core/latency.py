@@ -8,11 +8,15 @@ Unreachable peers are recorded as `null`, never as 0 ms.
 A sample goes through Raft to every voter, so one per cycle from every node was most of the
 Raft traffic of a round once models moved out of etcd (3 nodes idle: 7.3 of 12.9 kB/s). A
 cycle whose RTTs match the last written sample (`worth_writing`) writes nothing, but a sample
-is rewritten at least every `REFRESH_S`, inside the ranking's `fresh_s` (10 s) by more than a
-slow probe cycle. "Match" is judged on what the ranking reads, the mean over the reachable
-peers: one peer's RTT spiking on a busy host moved the score by a fraction of a point but
-wrote a sample (16 nodes at load 12: a sample every 2 s from every node, 62% of the Raft
-bytes of a round).
+is rewritten at least every `refresh_for(fresh_s)`: two thirds of the ranking's `fresh_s`,
+so a node that measured nothing new is not marked stale even with a slow probe cycle (2 s)
+and several seconds of clock skew between hosts. "Match" is judged on what the ranking
+reads, the mean over the reachable peers: one peer's RTT spiking on a busy host moved the
+score by a fraction of a point but wrote a sample (16 nodes at load 12: a sample every 2 s
+from every node, 62% of the Raft bytes of a round). The refresh only proves that the
+writer's prober still runs (a dead, frozen or cut-off node's samples die with its lease):
+with `fresh_s` 10 s, refreshes every 7 s were 16 nodes' largest Raft cost, hence 45 s
+(a sample costs each of 5 voters about 3.6 kB of Raft traffic, mostly per-entry overhead).
 """
 
 from __future__ import annotations
@@ -25,20 +29,34 @@ from typing import Any, ClassVar
 from raftfl.core.records import MalformedRecord, Record, from_fields, loads_bounded, require
 
 MAX_RTT_MS = 600_000.0
-REFRESH_S = 7.0  # the longest a node goes without writing a sample
+REFRESH_SHARE = 2 / 3  # of the ranking's fresh_s: the longest a node goes without a sample
 CHANGE_RATIO = 0.25  # a mean RTT this much off the written one is news ...
 CHANGE_MIN_MS = 5.0  # ... and moved by this much (5 points of score; LAN jitter is not news)
 
 
+def refresh_for(fresh_s: float) -> float:
+    """The longest a node goes without writing a sample, when the ranking calls a node stale
+    whose newest sample is `fresh_s` older than the newest of all."""
+    return fresh_s * REFRESH_SHARE
+
+
 def worth_writing(last: dict[str, float | None] | None, last_ts: float,
-                  rtts: dict[str, float | None], now: float) -> bool:
+                  rtts: dict[str, float | None], now: float, refresh_s: float,
+                  previous: dict[str, float | None] | None = None) -> bool:
     """Pure: does this cycle's `rtts` say something the last written sample does not? A peer
-    gained, lost, turned unreachable or reachable is news; RTTs are news only when their mean
-    (the score: one point per ms) moved, so one peer's jitter is not."""
-    if last is None or now - last_ts >= REFRESH_S or last.keys() != rtts.keys():
+    gained, lost, turned unreachable or reachable is news at once; RTTs are news only when
+    their mean (the score: one point per ms) moved, so one peer's jitter is not, and, given
+    the `previous` cycle's RTTs, only when that cycle's mean had moved too: a busy host's
+    one-cycle stall is not news, a lasting shift is written one cycle later (16 nodes at
+    load 12: half of the samples were such news). A sample `refresh_s` old is due anyway."""
+    if last is None or now - last_ts >= refresh_s or last.keys() != rtts.keys():
         return True
     if any((rtt is None) != (last[peer] is None) for peer, rtt in rtts.items()):
         return True
+    return _moved(last, rtts) and (previous is None or _moved(last, previous))
+
+
+def _moved(last: dict[str, float | None], rtts: dict[str, float | None]) -> bool:
     old, new = _mean(last.values()), _mean(rtts.values())
     if old is None or new is None:
         return False

@@ -8,6 +8,8 @@ so they all agree on who should take over without talking to each other.
           + cpu_w * cpu_free               (0..1)
           + mem_w * min(mem_free_gb, 8)/8  (0..1)
           - stale_penalty     if the node has no sample newer than `fresh_s` before the newest
+                              (its prober stalled: every node rewrites its sample at least
+                              every `latency.refresh_for(fresh_s)`)
           - previous_penalty  if it held the role last time
 
 `nofailover` nodes are never candidates. Ties break by node name.
@@ -32,7 +34,7 @@ class Weights:
     missing_rtt_ms: float = 50.0
     stale_penalty: float = 20.0
     previous_penalty: float = 100.0
-    fresh_s: float = 10.0
+    fresh_s: float = 45.0  # refreshes every 30 s: a 2 s probe cycle plus 13 s of clock skew
 
 
 @dataclass(frozen=True)

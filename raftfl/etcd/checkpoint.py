@@ -12,6 +12,10 @@ Saving a model whose keys exist already (the same model saved before, for exampl
 new aggregator falls back to after finding a newer checkpoint corrupt) compares every stored
 key with what it would write and rewrites, fenced, any that differ. A re-save therefore
 always leaves a checkpoint that loads, never a corrupt one that merely looks present.
+
+Fenced writes and prunes (the aggregator's) go to the Raft leader's member
+(raftfl/etcd/leader_route.py), and a prune deletes every checkpoint it drops in one fenced
+transaction: a round's housekeeping costs Raft one entry.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import ClassVar
 from raftfl.core.errors import FencedOut, RaftflError
 from raftfl.core.keys import RunKeys
 from raftfl.core.records import MalformedRecord, Record, require
+from raftfl.etcd import leader_route
 from raftfl.etcd.store import CreateResult, Fence, Store
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,22 @@ def save_manifest(store: Store, keys: RunKeys, manifest: Manifest, fence: Fence 
            lambda stored: _manifest_matches(stored, manifest, holders=True))
 
 
+def save_manifests(store: Store, keys: RunKeys, manifests: list[Manifest],
+                   fence: Fence | None) -> None:
+    """Record models held out of etcd (a round's model and its ServerApp's state): in one
+    transaction, one Raft entry, when none of them is recorded yet; else each as
+    `save_manifest` does."""
+    unique = list({m.sha256: m for m in manifests}.values())  # etcd refuses a key twice
+    result = leader_route.create_all(
+        store, [(keys.checkpoint_meta(m.sha256), m.to_json()) for m in unique], fence) \
+        if unique else CreateResult.CREATED
+    if result is CreateResult.FENCED:
+        raise FencedOut("checkpoint manifests rejected: the writer was deposed")
+    if result is CreateResult.EXISTS:
+        for manifest in unique:
+            save_manifest(store, keys, manifest, fence)
+
+
 def _manifest_matches(stored: bytes, manifest: Manifest, holders: bool = False) -> bool:
     try:
         old = Manifest.from_json(stored)
@@ -102,8 +123,10 @@ def _manifest_matches(stored: bytes, manifest: Manifest, holders: bool = False) 
 
 def _write(store: Store, key: str, value: bytes | str, fence: Fence | None,
            valid: Callable[[bytes], bool]) -> None:
-    """Create `key`; if it exists, keep it when `valid`, else overwrite it (fenced)."""
-    result = store.create(key, value, fence=fence)
+    """Create `key`; if it exists, keep it when `valid`, else overwrite it (fenced). Fenced
+    writes (the aggregator's) go to the Raft leader's member (leader_route.py)."""
+    route = leader_route.route(store) if fence is not None else None
+    result = route.create(key, value, fence) if route else store.create(key, value)
     if result is CreateResult.CREATED:
         return
     if result is CreateResult.EXISTS:
@@ -111,10 +134,10 @@ def _write(store: Store, key: str, value: bytes | str, fence: Fence | None,
         if stored is not None and valid(stored.value):
             return
         log.warning("checkpoint key %s holds other bytes than the model it names; rewriting it", key)
-        if fence is None:
+        if route is None or fence is None:
             store.put(key, value)
             return
-        if store.put_fenced(key, value, fence):
+        if route.put_fenced(key, value, fence):
             return
     raise FencedOut(f"checkpoint write {key} rejected: the writer was deposed")
 
@@ -155,13 +178,15 @@ def named(store: Store, keys: RunKeys, revision: int | None = None) -> set[str]:
 
 
 def prune(store: Store, keys: RunKeys, keep: set[str], fence: Fence | None) -> list[str]:
-    """Delete every checkpoint not in `keep` (fenced: only the aggregator prunes)."""
+    """Delete every checkpoint not in `keep` (fenced: only the aggregator prunes). One read
+    and, fenced, one transaction: each deleted checkpoint's keys go as one prefix, so a round
+    costs Raft one entry and no more reads, whatever it prunes."""
     kvs, _ = store.range(keys.checkpoints, keys_only=True)
     stored = {kv.key[len(keys.checkpoints):].split("/", 1)[0] for kv in kvs}
-    removed = []
-    for digest in sorted(stored - keep):
-        for kv in store.range(keys.checkpoints + digest + "/", keys_only=True)[0]:
-            if not store.delete(kv.key, fence=fence):
-                return removed
-        removed.append(digest)
-    return removed
+    doomed = sorted(stored - keep)
+    prefixes = [keys.checkpoints + digest + "/" for digest in doomed]
+    if fence is not None:
+        return doomed if leader_route.route(store).delete_prefixes(prefixes, fence) else []
+    for prefix in prefixes:
+        store.delete_prefix(prefix)
+    return doomed

@@ -1,7 +1,9 @@
 """The append-only FL event log in etcd, and its readers.
 
 Append is a create-only transaction on `events/<seq>`, optionally fenced by the aggregator
-term, so history is never rewritten and a deposed aggregator cannot add to it. Readers
+term, so history is never rewritten and a deposed aggregator cannot add to it. A fenced append
+(the aggregator's) is sent to the Raft leader's member (raftfl/etcd/leader_route.py): the
+aggregator's own member never leads Raft, and forwarding would cost each event a Raft copy. Readers
 decode in key order, skip (and count) anything malformed, and fold with `replay`. Each event
 is paired with its key's create revision, which replay checks the event's term against.
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import grpc
@@ -42,7 +44,7 @@ from raftfl.core.events import Event, MalformedEvent, decode
 from raftfl.core.keys import RunKeys, seq_of
 from raftfl.core.records import SKIPS, MalformedRecord, loads_bounded
 from raftfl.core.replay import FLState, Logged, fold
-from raftfl.etcd import signers, snapshots
+from raftfl.etcd import leader_route, signers, snapshots
 from raftfl.etcd.store import KV, CreateResult, Fence, Resync, Store
 
 log = logging.getLogger(__name__)
@@ -119,23 +121,35 @@ class EventLog:
 
     def append(self, event: Event, fence: Fence | None = None) -> int:
         """Append at the next free sequence number; returns it. Raises FencedOut if fenced."""
+        return self.append_all([event], fence)[0]
+
+    def append_all(self, events: Sequence[Event], fence: Fence | None = None) -> list[int]:
+        """Append `events` at consecutive free sequence numbers, all or none, in one
+        transaction: one Raft entry, however many events. Returns their sequence numbers;
+        raises FencedOut if fenced. A fenced append (the aggregator's) goes to the Raft
+        leader's member (raftfl/etcd/leader_route.py)."""
+        if not 0 < len(events) <= leader_route.MAX_TXN_OPS:
+            raise ValueError(f"{len(events)} events in one append: 1 to {leader_route.MAX_TXN_OPS}")
+        what = ", ".join(e.type for e in events)
         with self._lock:
             seq = max(self._next_hint, self._next_seq) or self._last_seq() + 1
             for _ in range(MAX_APPEND_ATTEMPTS):
-                value = self._value(seq, event)  # a signature names its key: one per attempt
-                result = self.store.create(self.keys.event(seq), value, fence=fence)
+                seqs = list(range(seq, seq + len(events)))
+                # A signature names its key: the values are made afresh at each attempt.
+                items = [(self.keys.event(s), self._value(s, e)) for s, e in enumerate(events, seq)]
+                result = leader_route.create_all(self.store, items, fence)
                 if result is CreateResult.CREATED:
-                    self._next_hint = seq + 1
-                    return seq
+                    self._next_hint = seqs[-1] + 1
+                    return seqs
                 if result is CreateResult.FENCED:
-                    raise FencedOut(f"{event.type} rejected: term {fence.create_revision if fence else 0} "
+                    raise FencedOut(f"{what} rejected: term {fence.create_revision if fence else 0} "
                                     "no longer holds the aggregator role")
                 existing = self.store.get(self.keys.event(seq))
-                if existing is not None and _event_id(existing.value) == event.id:
-                    self._next_hint = seq + 1  # a retried append that had landed already
-                    return seq
+                if existing is not None and _event_id(existing.value) == events[0].id:
+                    self._next_hint = seqs[-1] + 1  # a retried append that had landed already
+                    return seqs
                 seq = max(seq + 1, self._last_seq() + 1)
-            raise RaftflError(f"could not append {event.type} after {MAX_APPEND_ATTEMPTS} attempts")
+            raise RaftflError(f"could not append {what} after {MAX_APPEND_ATTEMPTS} attempts")
 
     def _value(self, seq: int, event: Event) -> str:
         """The stored event: signed by this process's party, which it then names (a CLI's

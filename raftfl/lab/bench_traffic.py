@@ -34,6 +34,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -41,6 +42,8 @@ from typing import Any
 
 from raftfl.core.address import CLIENT_PORT_OFFSET, FLOWER_PORT_OFFSET, MODELS_PORT_OFFSET
 from raftfl.core.events import RoundCommitted, RoundStarted, RunCompleted
+from raftfl.core.keys import Keys
+from raftfl.etcd.store import Resync
 from raftfl.lab.bench import MODEL_BYTES, plot_bars
 from raftfl.lab.bench_report import Column, Echo, machine, table, write_csv
 from raftfl.lab.faults import Skip, at, first_term, netns_setup, netns_teardown
@@ -54,20 +57,35 @@ NFT_TABLE = "rflbench"
 
 _METRIC = re.compile(r'^(etcd_network_peer_sent_bytes_total|etcd_network_client_grpc_sent_bytes_total'
                      r'|etcd_network_client_grpc_received_bytes_total'
-                     r'|etcd_server_proposals_committed_total)(\{[^}]*\})? ([0-9.e+]+)$')
+                     r'|etcd_server_proposals_committed_total'
+                     r'|grpc_server_msg_received_total)(\{[^}]*\})? ([0-9.e+]+)$')
+_GRPC_METHOD = re.compile(r'grpc_method="([A-Za-z]+)"')
 
 
 def etcd_bytes(endpoint: str) -> dict[str, float]:
-    """Peer (Raft) and client gRPC byte counters of one member, and the entries it has seen
-    committed, from its /metrics."""
-    out = {"raft": 0.0, "client": 0.0, "entries": 0.0}
+    """One member's counters (`parse_metrics`), from its /metrics."""
     with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            m = _METRIC.match(line)
-            if m:
-                kind = ("entries" if "proposals" in m.group(1) else "raft" if "peer" in m.group(1)
-                        else "client")
-                out[kind] += float(m.group(3))
+        return parse_metrics(resp.read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Peer (Raft) and client gRPC byte counters of one member, the entries it has seen
+    committed, and the gRPC messages it received by method (`rpc.Range`, `rpc.Txn`, ...:
+    a stream's messages, keepalives among them, count one by one)."""
+    out = {"raft": 0.0, "client": 0.0, "entries": 0.0}
+    for line in text.splitlines():
+        m = _METRIC.match(line)
+        if not m:
+            continue
+        if m.group(1).startswith("grpc"):
+            method = _GRPC_METHOD.search(m.group(2) or "")
+            if method:
+                key = f"rpc.{method.group(1)}"
+                out[key] = out.get(key, 0.0) + float(m.group(3))
+            continue
+        kind = ("entries" if "proposals" in m.group(1) else "raft" if "peer" in m.group(1)
+                else "client")
+        out[kind] += float(m.group(3))
     return out
 
 
@@ -146,12 +164,81 @@ def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float
     return out
 
 
+def kind_of(keys: Keys, key: str) -> str:
+    """What a key is, for the split: its first segment under the cluster's root; a run's or
+    a submission's, the segment under its id (`runs/events`, `runs/checkpoints`)."""
+    first, _, tail = key.removeprefix(keys.root).partition("/")
+    if first in ("runs", "submissions"):
+        return f"{first}/{tail.partition('/')[2].partition('/')[0]}"
+    return first
+
+
+def writes_by_kind(c: LocalCluster, first: int, last: int, timeout: float = 30.0
+                   ) -> dict[str, dict[str, int]]:
+    """The puts and deletes of revisions `first`..`last` by kind of key, with their key and
+    value bytes: read back from etcd's history after the window, so reading costs the window
+    nothing. Empty if that history was compacted meanwhile."""
+    stop = threading.Event()
+    out: dict[str, dict[str, int]] = {}
+    timer = threading.Timer(timeout, stop.set)
+    timer.start()
+    changes = c.store().watch(c.keys.root, first, stop)
+    try:
+        for change in changes:
+            if isinstance(change, Resync):
+                return {}
+            if change.revision > last:
+                break
+            kind = kind_of(c.keys, change.key) + (" (delete)" if change.value is None else "")
+            tally = out.setdefault(kind, {"count": 0, "bytes": 0})
+            tally["count"] += 1
+            tally["bytes"] += len(change.key) + len(change.value or b"")
+    finally:
+        stop.set()
+        timer.cancel()
+        changes.close()
+    return out
+
+
+def _revision(c: LocalCluster) -> int:
+    """The cluster's revision as one member has applied it (serializable: no Raft round)."""
+    return c.store().range(c.keys.config, keys_only=True, serializable=True)[1]
+
+
+def split(etcd0: dict[str, dict[str, float]], etcd1: dict[str, dict[str, float]],
+          writes: dict[str, dict[str, int]], leader: str | None, per: float) -> dict[str, Any]:
+    """Where the window's Raft bytes went, per round: the leader's share of the peer bytes,
+    the gRPC messages the members received by method, and the writes by kind of key."""
+    rpcs = {k.removeprefix("rpc."): round(sum(etcd1[m].get(k, 0.0) - etcd0[m].get(k, 0.0)
+                                              for m in etcd1) / per, 1)
+            for k in sorted({k for v in etcd1.values() for k in v if k.startswith("rpc.")})}
+    return {
+        "raft_bytes_leader": int((etcd1[leader]["raft"] - etcd0[leader]["raft"]) / per)
+        if leader in etcd1 and leader in etcd0 else None,
+        "rpc_per_round": {k: v for k, v in rpcs.items() if v},
+        "writes_per_round": {k: {"count": round(v["count"] / per, 1),
+                                 "bytes": int(v["bytes"] / per)}
+                             for k, v in sorted(writes.items(), key=lambda kv: -kv[1]["bytes"])}}
+
+
+def describe_split(row: dict[str, Any]) -> str:
+    """A row's split, in two lines."""
+    writes = ", ".join(f"{k} {v['count']:g} ({v['bytes'] / 1000:.1f} kB)"
+                       for k, v in row.get("writes_per_round", {}).items())
+    rpcs = ", ".join(f"{k} {v:g}" for k, v in row.get("rpc_per_round", {}).items())
+    return (f"{row['nodes']} nodes, per round: writes {writes or '-'}\n"
+            f"  gRPC messages received by the members: {rpcs or '-'}; Raft bytes sent by the "
+            f"leader {row.get('raft_bytes_leader')}")
+
+
 def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
     ctx, skipped = _namespaces(n)
     if skipped:
         progress(skipped)
     try:
-        with _cluster(n, rounds, ctx) as c:
+        # One round more than measured: the run's end (run_completed, its snapshot, the
+        # final prune: about 10 kB at 5 nodes) never lands inside the window.
+        with _cluster(n, rounds + 1, ctx) as c:
             kernel = Kernel(ctx) if ctx else None
             if kernel:
                 kernel.install(c.base, n)
@@ -159,15 +246,17 @@ def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
             at(c, RoundStarted, 1, el.term)
             etcd0 = _etcd(c)
             k0 = kernel.read() if kernel else None
-            t0 = time.time()
+            t0, rev0 = time.time(), _revision(c)
             progress(f"{n} nodes: round 1 started; measuring {rounds} rounds")
             c.wait_event(lambda e: isinstance(e, RoundCommitted) and e.round == rounds, 300,
                          "the last commit")
             k1 = kernel.read() if kernel else None
             elapsed = time.time() - t0
             etcd1 = _etcd(c)
+            rev1, leader = _revision(c), c.etcd_leader()
+            writes = writes_by_kind(c, rev0 + 1, rev1)
             state = c.state()
-            ok = list(state.committed_rounds) == list(range(1, rounds + 1)) and not (
+            ok = list(state.committed_rounds)[:rounds] == list(range(1, rounds + 1)) and not (
                 state.duplicate_commits or state.stale_commits or state.chain_breaks
                 or state.rejected)
     finally:
@@ -181,7 +270,8 @@ def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
         "raft_copies": round(per_round["raft"] / MODEL_BYTES, 2),
         "client_copies": round(per_round["client"] / MODEL_BYTES, 2),
         "raft_target_met": per_round["raft"] <= RAFT_TARGET_COPIES * MODEL_BYTES
-        + RAFT_TARGET_EXTRA, "ok": ok}
+        + RAFT_TARGET_EXTRA, "ok": ok,
+        **split(etcd0, etcd1, writes, leader, rounds)}
     if k0 is not None and k1 is not None:
         kr = {ch: (k1[ch] - k0[ch]) / rounds for ch in k1}
         row.update({
@@ -219,9 +309,12 @@ def measure_idle(n: int, seconds: float, progress: Echo) -> dict[str, Any]:
             time.sleep(IDLE_SETTLE_S)
             progress(f"{n} nodes: run completed; measuring {seconds:.0f} s idle")
             etcd0, k0, t0 = _etcd(c), kernel.read() if kernel else None, time.monotonic()
+            rev0 = _revision(c)
             time.sleep(seconds)
             k1, elapsed = kernel.read() if kernel else None, time.monotonic() - t0
             etcd1 = _etcd(c)
+            rev1, leader = _revision(c), c.etcd_leader()
+            writes = writes_by_kind(c, rev0 + 1, rev1)
             ok = all(x.alive for x in c.nodes)
     finally:
         if ctx:
@@ -230,7 +323,8 @@ def measure_idle(n: int, seconds: float, progress: Echo) -> dict[str, Any]:
     row: dict[str, Any] = {"nodes": n, "seconds": round(elapsed, 1),
                            "raft_bytes_per_s": int(rate["raft"]),
                            "raft_entries_per_s": round(rate["entries"], 2),
-                           "client_bytes_per_s": int(rate["client"]), "ok": ok}
+                           "client_bytes_per_s": int(rate["client"]), "ok": ok,
+                           **split(etcd0, etcd1, writes, leader, elapsed)}
     if k0 is not None and k1 is not None:
         row.update({"kernel_raft_bytes_per_s": int((k1["raft"] - k0["raft"]) / elapsed),
                     "kernel_client_bytes_per_s": int((k1["client"] - k0["client"]) / elapsed)})
@@ -279,6 +373,8 @@ def bench_idle(nodes_list: list[int], seconds: float, out: Path, echo: Echo = pr
     summary = {"bench": "traffic", "idle_s": seconds, "machine": machine(), "rows": rows,
                "files": files}
     echo(table(rows, IDLE_COLUMNS))
+    for row in rows:
+        echo(describe_split(row).replace("per round", "per second"))
     echo(f"bytes per second over {seconds:.0f} s after run 1 completed (nodes up, no run)")
     for reason in {r["crosscheck"] for r in rows if r.get("crosscheck")}:
         echo(reason)
@@ -305,6 +401,8 @@ def bench_traffic(nodes_list: list[int], rounds: int, out: Path, echo: Echo = pr
                "machine": machine(), "rows": rows,
                "files": [str(out / "traffic.csv"), str(out / "traffic.png")]}
     echo(table(rows, COLUMNS))
+    for row in rows:
+        echo(describe_split(row))
     echo(f"per round, from round 1's start to round {rounds}'s commit; a model copy is "
          f"{MODEL_BYTES} B; kernel bytes include TCP/IP headers and ACKs (10% allowed on the "
          f"model services' {DEFAULT_REPLICAS - 1} copy)")

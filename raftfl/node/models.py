@@ -49,6 +49,7 @@ from raftfl.etcd.checkpoint import CorruptCheckpoint, Manifest
 from raftfl.etcd.store import Fence, Store
 from raftfl.files import make_private_dir, write_atomic
 from raftfl.net.http import NodeHttpServer
+from raftfl.net.origin import origin
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:  # noqa: N802
         """The length and name are checked before any byte of the body is read."""
+        origin("run")  # a peer replicating a round's model; may_put and prune read etcd
         match = _SHA.fullmatch(self.path)
         try:
             size = int(self.headers.get("Content-Length", ""))
@@ -296,8 +298,20 @@ class Models:
 
     def save(self, store: Store, keys: RunKeys, blob: bytes, round_: int,
              fence: Fence | None) -> Manifest:
-        if len(blob) <= self.inline_max:
-            return checkpoint.save(store, keys, blob, round_, fence)
+        return self.save_all(store, keys, [blob], round_, fence)[0]
+
+    def save_all(self, store: Store, keys: RunKeys, blobs: list[bytes], round_: int,
+                 fence: Fence | None) -> list[Manifest]:
+        """Each blob saved; the manifests of those kept out of etcd recorded in one
+        transaction (a round's model and state: one Raft entry)."""
+        saved = [checkpoint.save(store, keys, blob, round_, fence)
+                 if len(blob) <= self.inline_max else self._replicate(blob, round_)
+                 for blob in blobs]
+        checkpoint.save_manifests(store, keys, [m for m in saved if m.chunks == 0], fence)
+        return saved
+
+    def _replicate(self, blob: bytes, round_: int) -> Manifest:
+        """The blob in our model service and on `replicas` - 1 peers: its manifest, unsaved."""
         sha = self.files.put(blob)
         holders = [self.address]
         for peer in self.peers():
@@ -311,9 +325,7 @@ class Models:
         if len(holders) < self.replicas:
             self.say(f"round {round_} model held by {len(holders)} of {self.replicas} "
                      "replicas: no further live node took it")
-        manifest = Manifest(sha, round_, len(blob), 0, holders)
-        checkpoint.save_manifest(store, keys, manifest, fence)
-        return manifest
+        return Manifest(sha, round_, len(blob), 0, holders)
 
     def load(self, store: Store, keys: RunKeys, sha: str) -> bytes:
         return checkpoint.load(store, keys, sha, fetch=self._fetch)

@@ -34,6 +34,7 @@ from raftfl.etcd import signers
 from raftfl.etcd.context import read_members, read_samples, read_suspecting
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.store import KV, Change, Compacted, Resync
+from raftfl.net.origin import origin
 from raftfl.node.holder_probe import HolderProbe
 from raftfl.node.runs import Runs
 from raftfl.node.shell import Shell
@@ -53,9 +54,12 @@ class Observer:
         self.ranked: tuple[tuple[Ranked, ...], int, float | None] | None = None
         self.holder_probe = HolderProbe(shell.opts.timings.evidence_s, shell.wake.set)
         self._events_watch: tuple[int, threading.Event] | None = None  # (run, its stop)
-        # The role's last linearizable read (monotonic) and the newest revision a cycle read.
+        # Since when the role's answers are known current (monotonic: a linearizable read, or
+        # the read before a serializable one whose revision moved), the newest revision a
+        # cycle read, and when it was read.
         self.recheck_s = shell.opts.timings.lease_ttl
-        self._linearized_at, self._last_rev, self._settled_before = float("-inf"), 0, False
+        self._current_at, self._last_rev, self._settled_before = float("-inf"), 0, False
+        self._read_at = float("-inf")
         self._said_forged = 0  # the mod revision of the last forged role key said
         self.guarded: queue.Queue[int] = queue.Queue()  # runs whose logs were written to
         self._guard_logs: dict[int, EventLog] = {}
@@ -116,19 +120,24 @@ class Observer:
         the key is read serializably from that member; linearizably only where
         the answer is acted on or may be stale: the role vacant or malformed (a campaign, a
         deletion), its holder failing our probes (a suspicion, a takeover), an answer older
-        than the last cycle's (the client failed over to a member behind), and at least
-        every `recheck_s` (a member cut off from its peers answers, and its watches stay
-        silent, forever).
+        than the last cycle's (the client failed over to a member behind), and when the
+        member has applied nothing new for `recheck_s` (a member cut off from its peers
+        answers, and its watches stay silent, forever). A member whose revision moved since
+        our previous read has applied an entry the leader committed since then, so it was
+        not cut off then: at 16 nodes, a recheck every lease TTL regardless was 5 of the 13
+        ReadIndex rounds a second.
         """
         store, key = self.shell.store, self.shell.keys.aggregator
         now = time.monotonic()
-        if self._settled_before and now - self._linearized_at < self.recheck_s:
+        if self._settled_before and now - self._current_at < self.recheck_s:
             role, rev = self._read_role(store.range(key, serializable=True))
             if rev >= self._last_rev and self._settled(role):
-                self._last_rev = rev
+                if rev > self._last_rev:  # it heard from the leader after our previous read
+                    self._current_at = self._read_at
+                self._last_rev, self._read_at = rev, now
                 return role, rev
         role, rev = self._read_role(store.range(key))
-        self._linearized_at, self._last_rev = now, rev
+        self._current_at, self._last_rev, self._read_at = now, rev, now
         self._settled_before = self._settled(role)  # if not, the next cycle reads exactly at once
         return role, rev
 
@@ -326,6 +335,7 @@ class Observer:
 
     def _thread(self, fn: Callable[[], None], name: str) -> None:
         def run() -> None:
+            origin("watch")
             try:
                 fn()
             except Exception:  # noqa: BLE001

@@ -134,20 +134,23 @@ class AppRecorder:
     def term(self) -> int:
         return self.fence.create_revision
 
-    def _append(self, event: Event) -> bool:
+    def _append(self, *events: Event) -> bool:
+        """Record `events` in one fenced transaction (all or none: one Raft entry)."""
         if self.deposed:
             return False
         try:
-            seq = self.events.append(event, fence=self.fence)
+            seqs = self.events.append_all(events, fence=self.fence)
         except FencedOut:
             self.deposed = True
             return False
         except RaftflError as exc:  # etcd unreachable or full: this term is over
-            log.warning("%s not recorded: %s", event.type, exc)
+            log.warning("%s not recorded: %s", ", ".join(e.type for e in events), exc)
             self.failure, self.deposed = exc, True
             return False
-        self.on_event(event)
-        if self._snapshot_due(seq, event):
+        for event in events:
+            self.on_event(event)
+        due = [self._snapshot_due(seq, event) for seq, event in zip(seqs, events, strict=True)]
+        if any(due):
             self._snapshot()
         return True
 
@@ -228,14 +231,12 @@ class AppRecorder:
         if self.deposed:
             return False
         self.hold("checkpoint", server_round)
-        saved = self._saved(f"round {server_round} checkpoint", lambda: (
-            self.models.save(self.store, self.keys, arrays_to_bytes(arrays), server_round,
-                             self.fence),
-            self.models.save(self.store, self.keys, state, server_round, self.fence).sha256
-            if state else ""))
+        saved = self._saved(f"round {server_round} checkpoint", lambda: self.models.save_all(
+            self.store, self.keys, [arrays_to_bytes(arrays), *([state] if state else [])],
+            server_round, self.fence))
         if saved is None:
             return False
-        manifest, state_sha = saved
+        manifest, state_sha = saved[0], saved[1].sha256 if state else ""
         if server_round == 0:
             self.rounds = int(getattr(report, "num_rounds", 0) or 0)
             ok = self._append(RunStarted(node=self.node, term=self.term, rounds=self.rounds,
@@ -243,14 +244,15 @@ class AppRecorder:
         else:
             metrics = _round_metrics(report)
             loss, acc = _headline(metrics)
-            ok = (self._append(CheckpointSaved(node=self.node, term=self.term, round=server_round,
-                                               sha256=manifest.sha256, size=manifest.size,
-                                               chunks=manifest.chunks))
-                  and self._append(RoundCommitted(
-                      node=self.node, term=self.term, round=server_round,
-                      model_sha256=manifest.sha256, base_model=self.base or "", loss=loss,
-                      accuracy=acc, results=report.train.results if report.train else 0,
-                      metrics=metrics, state_sha256=state_sha)))
+            ok = self._append(
+                CheckpointSaved(node=self.node, term=self.term, round=server_round,
+                                sha256=manifest.sha256, size=manifest.size,
+                                chunks=manifest.chunks),
+                RoundCommitted(node=self.node, term=self.term, round=server_round,
+                               model_sha256=manifest.sha256, base_model=self.base or "",
+                               loss=loss, accuracy=acc,
+                               results=report.train.results if report.train else 0,
+                               metrics=metrics, state_sha256=state_sha))
         if ok:
             self.progress += 1
             self.base, self.last_round = manifest.sha256, server_round

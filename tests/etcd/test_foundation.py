@@ -26,7 +26,7 @@ from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, 
 from raftfl.core.keys import Keys, RunKeys
 from raftfl.core.latency import Sample
 from raftfl.core.member_record import MemberInfo
-from raftfl.etcd.context import read_members, read_samples
+from raftfl.etcd.context import append_sample, read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.member import MemberSpec, check_version, find_etcd, prepare_data_dir
 from raftfl.etcd.store import CreateResult, Fence, wait_until
@@ -299,6 +299,30 @@ def test_latency_samples_replicate_and_vanish_with_the_lease(etcd_cluster_module
         for s in sessions:
             s.close()
     assert wait_until(lambda: not cluster.store().range(keys.root)[0], 5)
+
+
+def test_a_sample_and_the_delete_of_the_oldest_are_one_entry(
+        etcd_cluster_module: EtcdCluster) -> None:
+    """A sample's create and the delete of the sample that falls out of the kept window go
+    in one transaction: one Raft entry, not two; a seq that exists is never overwritten, and
+    then nothing is deleted either."""
+    cluster = etcd_cluster_module
+    keys = fresh_keys(cluster)
+    store = cluster.store()
+    lease = store.grant(30)
+    value = json.dumps({"node": "n0", "ts": 1.0, "method": "tcp", "rtt_ms": {"n1": 0.2}})
+    try:
+        revisions = []
+        for seq in range(1, 6):
+            assert append_sample(store, keys, "n0", seq, value, lease, drop=seq - 3)
+            revisions.append(store.revision())
+        assert [r - revisions[0] for r in revisions] == [0, 1, 2, 3, 4]
+        assert [s.seq for s in read_samples(store, keys)] == [3, 4, 5]
+        assert not append_sample(store, keys, "n0", 5, value, lease, drop=3)
+        assert [s.seq for s in read_samples(store, keys)] == [3, 4, 5]
+    finally:
+        store.revoke(lease)
+    assert wait_until(lambda: not store.range(keys.root)[0], 5)
 
 
 def test_close_during_probe_cycle_leaks_nothing(etcd_cluster_module: EtcdCluster) -> None:

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from raftfl.core.events import AggregatorElected, RoundCommitted, RoundStarted, RunStarted
-from raftfl.core.latency import REFRESH_S, Sample, summarize, worth_writing
-from raftfl.core.ranking import Candidate, rank
+from raftfl.core.latency import Sample, refresh_for, summarize, worth_writing
+from raftfl.core.ranking import Candidate, Weights, rank
 from raftfl.core.replay import Logged, replay
 
 
@@ -111,6 +111,9 @@ def test_ranking_is_deterministic_and_penalises_correctly() -> None:
     assert rank([replace(base, nofailover=True)]) == []
 
 
+REFRESH_S = refresh_for(Weights().fresh_s)
+
+
 @pytest.mark.parametrize("last, age, rtts, write", [
     (None, 0.0, {"b": 0.2}, True),  # nothing written yet
     ({"b": 0.2}, 1.0, {"b": 3.0}, False),  # jitter on a busy host: under CHANGE_MIN_MS
@@ -126,4 +129,4 @@ def test_ranking_is_deterministic_and_penalises_correctly() -> None:
 def test_a_sample_is_written_only_when_it_says_something_new(
         last: dict[str, float | None] | None, age: float, rtts: dict[str, float | None],
         write: bool) -> None:
-    assert worth_writing(last, 100.0, rtts, 100.0 + age) is write
+    assert worth_writing(last, 100.0, rtts, 100.0 + age, REFRESH_S) is write

@@ -77,9 +77,9 @@ class FakeLog:
     def __init__(self) -> None:
         self.appended: list[Event] = []
 
-    def append(self, event: Event, fence: Fence | None = None) -> int:
-        self.appended.append(event)
-        return len(self.appended)
+    def append_all(self, events: list[Event], fence: Fence | None = None) -> list[int]:
+        self.appended.extend(events)
+        return list(range(len(self.appended) - len(events) + 1, len(self.appended) + 1))
 
 
 def recorder(log: FakeLog, woken: list[int], workers: object = lambda: 2) -> AppRecorder:
