@@ -60,6 +60,7 @@ from raftfl.lab.bench_recovery import _signal_group
 from raftfl.lab.bench_report import Column, Echo, machine, percentile, table, write_csv
 from raftfl.lab.faults import first_term
 from raftfl.lab.localcluster import LocalCluster
+from raftfl.lab.procs import stop_groups
 from raftfl.node.runapp import bundled_app
 
 NODES = 3
@@ -402,15 +403,7 @@ def one_size(workers: int, rounds: int, out: Path, progress: Echo, seed: int = 0
         finally:
             if watch is not None:
                 watch.close()
-            for vw in procs:
-                if vw.poll() is None:
-                    os.killpg(vw.pid, signal.SIGTERM)
-            for vw in procs:
-                try:
-                    vw.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(vw.pid, signal.SIGKILL)
-                    vw.wait()
+            stop_groups(procs)
     return row
 
 

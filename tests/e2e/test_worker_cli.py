@@ -5,9 +5,7 @@ in every round (its error replies are counted as failures, never as results)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ from raftfl.core.events import FitResults, RoundCommitted
 from raftfl.lab.bench_scale import app_dir
 from raftfl.lab.faults import first_term, new_term_commit
 from raftfl.lab.localcluster import LocalCluster
+from raftfl.lab.procs import stop_groups
 
 pytestmark = pytest.mark.slow
 ROUNDS = 12
@@ -61,15 +60,7 @@ def test_worker_command_trains_every_round_across_a_failover_and_refuses_another
             state = c.state()
             events = [i.event for i in list(c.log)]
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    os.kill(p.pid, signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.kill(p.pid, signal.SIGKILL)
-                    p.wait()
+            stop_groups(procs, grace=10)
     logs = {n: (tmp_path / f"{n}.log").read_text() for n in ("a", "b", "x")}
     assert list(state.committed_rounds) == list(range(1, ROUNDS + 1)), logs
     assert not (state.duplicate_commits or state.stale_commits or state.chain_breaks)
