@@ -33,7 +33,7 @@ from raftfl.etcd.store import CreateResult, Fence, Store
 
 log = logging.getLogger(__name__)
 
-RESOLVE_S = 300.0  # a found leader is looked up again at least this often ...
+RESOLVE_S = 300.0  # a found leader is looked up again this often, or when a write names a new term
 BACKOFF_S = 5.0  # after a failed write at the leader, the local member alone for this long
 LEADER_TIMEOUT_S = 1.0  # one attempt at the leader, then the local member
 MAX_TXN_OPS = 64  # operations per transaction: etcd's --max-txn-ops defaults to 128
