@@ -118,6 +118,10 @@ class ClientAppHost:
         except CodecError as exc:
             log.warning("node %d: malformed instruction %s: %s", self.context.node_id, msg_id, exc)
             return encode_message(self._bare_error(msg_id, f"malformed instruction: {exc}"))
+        return self.answer(message, stamp)
+
+    def answer(self, message: Message, stamp: Stamp) -> bytes:
+        """Answer an instruction decoded already (by a caller that routes on its stamp)."""
         with self._lock:
             return encode_message(self._answer(message, stamp))
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftfl import tls
-from raftfl.flower.app import FlowerApp, UserConfig
+from raftfl.flower.app import UserConfig
 from raftfl.flower.codec import CodecError, decode_message
 from raftfl.flower.grid import Stamp
 from raftfl.flower.host import ClientAppHost
@@ -66,9 +66,9 @@ def mismatch(info: RunInfo, local_sha256: str) -> str | None:
 class RunHosts:
     """The worker's `handle`: each instruction to the ClientAppHost of its run."""
 
-    def __init__(self, app: FlowerApp, client_app: Any, local_sha256: str, apis: Sequence[str],
+    def __init__(self, client_app: Any, local_sha256: str, apis: Sequence[str],
                  node_id: int, node_config: UserConfig, admit: Any):
-        self.app, self.client_app, self.local_sha256 = app, client_app, local_sha256
+        self.client_app, self.local_sha256 = client_app, local_sha256
         self.apis, self.node_id, self.node_config, self.admit = tuple(apis), node_id, node_config, admit
         identity = tls.current()
         self._context: ssl.SSLContext | None = identity.client_context() if identity else None
@@ -76,11 +76,13 @@ class RunHosts:
         self._lock = threading.Lock()
 
     def handle(self, msg_id: str, payload: bytes) -> bytes:
+        """Decoded once, answered by its run's host."""
         try:
-            run = Stamp.from_json(decode_message(payload)[1]).run_id
-        except CodecError:
-            run = 0  # any host answers a malformed instruction with an error
-        return self.host(run).handle(msg_id, payload)
+            message, extra = decode_message(payload)
+            stamp = Stamp.from_json(extra)
+        except CodecError:  # any host answers a malformed instruction with an error
+            return self.host(0).handle(msg_id, payload)
+        return self.host(stamp.run_id).answer(message, stamp)
 
     def host(self, run: int) -> ClientAppHost:
         """Run `run`'s host: the app's, or one that refuses every instruction and says why
