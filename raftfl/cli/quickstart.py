@@ -99,12 +99,13 @@ def node_identity(directory: Path, cluster: str, me: NodeAddress) -> tls.Identit
     return tls.load(_bundle(directory, cluster, f"{me.host}_{me.port}", me.name, node_hosts(me)))
 
 
-def client_identity(directory: Path) -> tls.Identity | None:
-    """A one-shot command's identity (CN root) under the CA in `directory`, issued once;
-    None when there is no CA there."""
+def client_identity(directory: Path, common_name: str = ROOT_CN,
+                    bundle: str = ROOT_CN) -> tls.Identity | None:
+    """A client's identity under the CA in `directory` (a one-shot command's: CN root; an
+    edge worker's: its name), issued once; None when there is no CA there."""
     if not (directory / tls.CA_CERT).is_file():
         return None
-    return tls.load(_bundle(directory, None, ROOT_CN, ROOT_CN, []))
+    return tls.load(_bundle(directory, None, bundle, common_name, []))
 
 
 def use_client_identity(cluster: str, endpoints: list[str]) -> None:
@@ -136,11 +137,3 @@ def secure_node(opts: NodeOptions, insecure: bool) -> str | None:
     return (f"quick start: mutual TLS under the cluster's own CA in {directory} (0700, keys "
             "0600); other local users are shut out (--insecure: plain text)")
 
-
-def worker_identity(cluster: str, name: str) -> tls.Identity | None:
-    """An edge worker's identity (CN `name`) under the quick start's CA of `cluster`, issued
-    once; None when there is no such CA here."""
-    directory = cluster_ca(cluster)
-    if not (directory / tls.CA_CERT).is_file():
-        return None
-    return tls.load(_bundle(directory, None, f"worker_{name}", name, []))

@@ -47,7 +47,7 @@ def _urls(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) ->
 def worker(apis: tuple[str, ...], app_dir: Path, name: str | None, node_config: str | None,
            cluster: str) -> None:
     """Train as an edge worker of a raftfl federation (never an aggregator)."""
-    from raftfl.cli.quickstart import worker_identity
+    from raftfl.cli.quickstart import client_identity, cluster_ca
     from raftfl.flower.app import load_app
     from raftfl.flower.app import node_config as make_node_config
     from raftfl.node import runapp
@@ -65,7 +65,7 @@ def worker(apis: tuple[str, ...], app_dir: Path, name: str | None, node_config: 
     hosts = [urlsplit(u).hostname or "" for u in apis]
     if identity is None and any(u.startswith("https:") for u in apis) and all(
             is_loopback(h) for h in hosts):
-        quick = worker_identity(cluster, name)  # the quick start's CA on this host
+        quick = client_identity(cluster_ca(cluster), name, f"worker_{name}")  # this host's
         if quick is None:
             raise RaftflError(f"https node APIs need --certs DIR (no quick-start CA for "
                               f"cluster {cluster} here)")
@@ -78,7 +78,7 @@ def worker(apis: tuple[str, ...], app_dir: Path, name: str | None, node_config: 
     client_app = app.load_client_app()
     edge: EdgeWorker
     node_id = runapp.node_id(name)
-    hosts_by_run = RunHosts(app, client_app, sha, apis, node_id,
+    hosts_by_run = RunHosts(client_app, sha, apis, node_id,
                             make_node_config(node_config, 0, 1),
                             admit=lambda stamp, message: edge.admit(stamp, message))
     edge = EdgeWorker(node_id, name, hosts_by_run.handle, EdgeOptions(apis=apis))
