@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,25 @@ def free_port_base(n: int, attempts: int = 100) -> int:
             continue
         return base
     raise RuntimeError(f"no {n} consecutive free ports found in {PORT_RANGE}")
+
+
+def in_thread(fn: Callable[[], None], timeout: float = 10.0) -> None:
+    """Run `fn` in a new thread (one with no etcd request origin named yet) and re-raise its
+    error here."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive()
+    if errors:
+        raise errors[0]
 
 
 def member_specs(base_dir: Path, cluster: str, n: int, base_port: int) -> list[MemberSpec]:

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from conftest import EtcdCluster, free_port_base
+from conftest import EtcdCluster, free_port_base, in_thread
 
 from raftfl.etcd.store import Store
 from raftfl.net import origin as org
@@ -22,22 +22,13 @@ Counts = dict[tuple[str, str], int]
 
 def run_labelled(label: str, fn: Callable[[], None]) -> Counts:
     """Run `fn` in a thread labelled `label`; the counts of that label it added."""
-    errors: list[BaseException] = []
     before = org.counts()
 
     def work() -> None:
         org.origin(label)
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test
-            errors.append(exc)
+        fn()
 
-    t = threading.Thread(target=work)
-    t.start()
-    t.join(60)
-    assert not t.is_alive()
-    if errors:
-        raise errors[0]
+    in_thread(work, 60)
     after = org.counts()
     return {k: v - before.get(k, 0) for k, v in after.items()
             if k[0] == label and v != before.get(k, 0)}

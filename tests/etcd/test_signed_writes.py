@@ -52,6 +52,14 @@ class Signed:
         tls.configure(self.bundles[who])
         return self.stores[who]
 
+    def elected(self) -> tuple[Store, Election, int]:
+        """Node a's store, and its election to the role: campaigned, with the term it won."""
+        a = self.act_as("a")
+        election = Election(a, self.keys, A, "127.0.0.1:5300")
+        term = election.campaign(a.grant(30))
+        assert term is not None and election.fence is not None
+        return a, election, term
+
 
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signed]:
@@ -100,11 +108,7 @@ def test_forged_events_are_skipped_and_honest_ones_pass(signed: Signed,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     keys = signed.keys
     rk = keys.run(1)
-    a = signed.act_as("a")
-    election = Election(a, keys, A, "127.0.0.1:5300")
-    lease = a.grant(30)
-    term = election.campaign(lease)
-    assert term is not None
+    a, election, term = signed.elected()
     events = EventLog(a, rk)
     fence = election.fence
     events.append(RunStarted(node=A, term=term, rounds=3, initial_model="m0"), fence=fence)
@@ -153,9 +157,7 @@ def test_forged_events_are_skipped_and_honest_ones_pass(signed: Signed,
 
 def test_a_forged_role_claim_is_refused(signed: Signed) -> None:
     keys = signed.keys
-    a = signed.act_as("a")
-    election = Election(a, keys, A, "127.0.0.1:5300")
-    term = election.campaign(a.grant(30))
+    a, election, term = signed.elected()
     kv = a.get(keys.aggregator)
     assert signers.read_role(a, keys, kv) == RoleHolder(A, "127.0.0.1:5300", term, kv.lease,
                                                         kv.mod_revision)
@@ -188,10 +190,7 @@ def test_a_snapshot_counts_only_from_the_holder_of_its_term(signed: Signed,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     keys = signed.keys
     rk = keys.run(2)
-    a = signed.act_as("a")
-    election = Election(a, keys, A, "127.0.0.1:5300")
-    term = election.campaign(a.grant(30))
-    assert term is not None and election.fence is not None
+    a, election, term = signed.elected()
     events = EventLog(a, rk)
     events.append(AggregatorElected(node=A, term=term, flower_address="127.0.0.1:5300", rank=0,
                                     score=1.0, revision=term, ranking=[]), fence=election.fence)

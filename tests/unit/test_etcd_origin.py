@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from conftest import in_thread
 
 from raftfl.etcd.counting import kind_of
 from raftfl.net import origin as org
@@ -14,24 +15,6 @@ from raftfl.net import origin as org
 def delta(before: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
     after = org.counts()
     return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-
-
-def in_thread(fn) -> None:  # noqa: ANN001 - a test helper
-    """Run `fn` in a new thread (a fresh origin) and re-raise its error here."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(10)
-    assert not t.is_alive()
-    if errors:
-        raise errors[0]
 
 
 @pytest.mark.parametrize("method, kind", [
