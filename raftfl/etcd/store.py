@@ -256,8 +256,10 @@ class Store:
         self.client.close()
 
     # -- key/value --------------------------------------------------------------------------
-    def get(self, key: str) -> KV | None:
-        resp = self.call(lambda: self.client.get_response(key))
+    def get(self, key: str, serializable: bool = False) -> KV | None:
+        """`key`'s value; `serializable`: as the member we talk to has applied it (no Raft
+        round, may answer a little behind: see `range`)."""
+        resp = self.call(lambda: self.client.get_response(key, serializable=serializable))
         return _kv(resp.kvs[0]) if resp.count else None
 
     def range(self, prefix: str, revision: int | None = None, limit: int | None = None,

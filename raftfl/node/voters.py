@@ -376,8 +376,8 @@ class Voters:
         # Raft round at 16 nodes' 11 clients), and exactly only once something new is there.
         # A request seen late only starts the upgrade one poll later.
         key = shell.keys.upgrade(shell.name)
-        kvs, _ = shell.store.range(key, serializable=True)
-        if not any(k.key == key and k.create_revision != self._acted for k in kvs):
+        seen = shell.store.get(key, serializable=True)
+        if seen is None or seen.create_revision == self._acted:
             return adopted
         kv = shell.store.get(key)
         if kv is None or kv.create_revision == self._acted:

@@ -174,8 +174,7 @@ class WorkerRole:
         store, key = self.shell.store, self.shell.keys.aggregator
 
         def read(serializable: bool) -> int | None:
-            kvs, _ = store.range(key, serializable=serializable)
-            kv = next((k for k in kvs if k.key == key), None)
+            kv = store.get(key, serializable=serializable)
             return kv.create_revision if kv else None
 
         return current_term(read, expected)

@@ -304,8 +304,8 @@ def test_bad_isolation_flags_are_one_line_usage_errors(flags: list[str], says: s
 class _Store:
     """The aggregator key as the worker's admit reads it: term 5."""
 
-    def range(self, key: str, serializable: bool | None = None) -> Any:
-        return [SimpleNamespace(key=key, create_revision=5)], 9
+    def get(self, key: str, serializable: bool = False) -> Any:
+        return SimpleNamespace(key=key, create_revision=5)
 
 
 def _worker(app_dir: Path, isolation: str) -> Any:
