@@ -20,13 +20,16 @@ _WRITES = {"Put", "DeleteRange", "Txn", "Compact"}
 WATCH_METHOD = "/etcdserverpb.Watch/Watch"
 
 
-def kind_of(method: str) -> str | None:
-    """The kind of request a gRPC method path is (None: not counted here, a watch stream)."""
+def kind_of(method: str, request: Any = None) -> str | None:
+    """The kind of request a gRPC method path is (None: not counted here, a watch stream);
+    a Range is a `local_read` when its `request` asks for a serializable read."""
     service, _, name = method.rpartition("/")
     if method == WATCH_METHOD:
         return None
     if service.endswith(".KV"):
-        return "write" if name in _WRITES else "read"
+        if name in _WRITES:
+            return "write"
+        return "local_read" if getattr(request, "serializable", False) else "read"
     if service.endswith(".Lease"):
         return "lease"
     return "cluster"  # Cluster, Maintenance, Auth
@@ -37,15 +40,15 @@ class CountingInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClie
     """Counts a request, then makes it unchanged."""
 
     @staticmethod
-    def _count(details: grpc.ClientCallDetails) -> None:
+    def _count(details: grpc.ClientCallDetails, request: Any = None) -> None:
         method = details.method
-        kind = kind_of(method.decode() if isinstance(method, bytes) else method)
+        kind = kind_of(method.decode() if isinstance(method, bytes) else method, request)
         if kind is not None:
             count(kind)
 
     def intercept_unary_unary(self, continuation: Callable[..., Any],
                               client_call_details: grpc.ClientCallDetails, request: Any) -> Any:
-        self._count(client_call_details)
+        self._count(client_call_details, request)
         return continuation(client_call_details, request)
 
     def intercept_unary_stream(self, continuation: Callable[..., Any],

@@ -46,6 +46,7 @@ from raftfl.core.keys import Keys
 from raftfl.etcd.store import Resync
 from raftfl.lab.bench import MODEL_BYTES, plot_bars
 from raftfl.lab.bench_report import Column, Echo, machine, table, write_csv
+from raftfl.lab.bench_scale import Counts, read_counts
 from raftfl.lab.faults import Skip, at, first_term, netns_setup, netns_teardown
 from raftfl.lab.localcluster import LocalCluster
 from raftfl.node.models import DEFAULT_REPLICAS  # the nodes' default --model-replicas
@@ -221,14 +222,27 @@ def split(etcd0: dict[str, dict[str, float]], etcd1: dict[str, dict[str, float]]
                              for k, v in sorted(writes.items(), key=lambda kv: -kv[1]["bytes"])}}
 
 
+def linearizable_reads(before: Counts, after: Counts, per: float) -> dict[str, float] | None:
+    """The nodes' linearizable reads per round, by origin (each costs a ReadIndex round: a
+    heartbeat to and from every voter); None when a node did not count them."""
+    if before.nodes is None or after.nodes is None:
+        return None
+    got = {who: round((v - before.nodes.get((who, kind), 0.0)) / per, 1)
+           for (who, kind), v in after.nodes.items() if kind == "read"}
+    return {who: v for who, v in sorted(got.items(), key=lambda kv: -kv[1]) if v}
+
+
 def describe_split(row: dict[str, Any]) -> str:
     """A row's split, in two lines."""
     writes = ", ".join(f"{k} {v['count']:g} ({v['bytes'] / 1000:.1f} kB)"
                        for k, v in row.get("writes_per_round", {}).items())
     rpcs = ", ".join(f"{k} {v:g}" for k, v in row.get("rpc_per_round", {}).items())
+    reads = ", ".join(f"{k} {v:g}" for k, v in (row.get("linearizable_reads_per_round")
+                                                  or {}).items())
     return (f"{row['nodes']} nodes, per round: writes {writes or '-'}\n"
             f"  gRPC messages received by the members: {rpcs or '-'}; Raft bytes sent by the "
-            f"leader {row.get('raft_bytes_leader')}")
+            f"leader {row.get('raft_bytes_leader')}\n"
+            f"  the nodes' linearizable reads by origin: {reads or '-'}")
 
 
 def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
@@ -244,6 +258,8 @@ def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
                 kernel.install(c.base, n)
             el = first_term(c)
             at(c, RoundStarted, 1, el.term)
+            # The nodes' counters outside the etcd window: a /metrics scrape reads etcd.
+            asked0 = read_counts(c)
             etcd0 = _etcd(c)
             k0 = kernel.read() if kernel else None
             t0, rev0 = time.time(), _revision(c)
@@ -253,6 +269,7 @@ def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
             k1 = kernel.read() if kernel else None
             elapsed = time.time() - t0
             etcd1 = _etcd(c)
+            asked1 = read_counts(c)
             rev1, leader = _revision(c), c.etcd_leader()
             writes = writes_by_kind(c, rev0 + 1, rev1)
             state = c.state()
@@ -271,7 +288,8 @@ def measure(n: int, rounds: int, progress: Echo) -> dict[str, Any]:
         "client_copies": round(per_round["client"] / MODEL_BYTES, 2),
         "raft_target_met": per_round["raft"] <= RAFT_TARGET_COPIES * MODEL_BYTES
         + RAFT_TARGET_EXTRA, "ok": ok,
-        **split(etcd0, etcd1, writes, leader, rounds)}
+        **split(etcd0, etcd1, writes, leader, rounds),
+        "linearizable_reads_per_round": linearizable_reads(asked0, asked1, rounds)}
     if k0 is not None and k1 is not None:
         kr = {ch: (k1[ch] - k0[ch]) / rounds for ch in k1}
         row.update({
@@ -308,11 +326,13 @@ def measure_idle(n: int, seconds: float, progress: Echo) -> dict[str, Any]:
             c.wait_event(lambda e: isinstance(e, RunCompleted), 300, "run 1's completion")
             time.sleep(IDLE_SETTLE_S)
             progress(f"{n} nodes: run completed; measuring {seconds:.0f} s idle")
+            asked0 = read_counts(c)  # outside the etcd window: a /metrics scrape reads etcd
             etcd0, k0, t0 = _etcd(c), kernel.read() if kernel else None, time.monotonic()
             rev0 = _revision(c)
             time.sleep(seconds)
             k1, elapsed = kernel.read() if kernel else None, time.monotonic() - t0
             etcd1 = _etcd(c)
+            asked1 = read_counts(c)
             rev1, leader = _revision(c), c.etcd_leader()
             writes = writes_by_kind(c, rev0 + 1, rev1)
             ok = all(x.alive for x in c.nodes)
@@ -324,7 +344,9 @@ def measure_idle(n: int, seconds: float, progress: Echo) -> dict[str, Any]:
                            "raft_bytes_per_s": int(rate["raft"]),
                            "raft_entries_per_s": round(rate["entries"], 2),
                            "client_bytes_per_s": int(rate["client"]), "ok": ok,
-                           **split(etcd0, etcd1, writes, leader, elapsed)}
+                           **split(etcd0, etcd1, writes, leader, elapsed),
+                           "linearizable_reads_per_round": linearizable_reads(asked0, asked1,
+                                                                              elapsed)}
     if k0 is not None and k1 is not None:
         row.update({"kernel_raft_bytes_per_s": int((k1["raft"] - k0["raft"]) / elapsed),
                     "kernel_client_bytes_per_s": int((k1["client"] - k0["client"]) / elapsed)})

@@ -21,10 +21,12 @@ from prometheus_client import Counter
 # the watch threads; lease: keepalives; probe: latency samples and member records; api: the
 # HTTP API's handlers; other: start-up, shutdown, anything unlabelled.
 ORIGINS = ("run", "wake", "cycle", "voters", "watch", "lease", "probe", "api", "other")
-# read: Range; write: Put, DeleteRange, Txn, Compact; lease: grants, keepalives, revokes;
+# read: a linearizable Range (a ReadIndex round through Raft: a heartbeat to every voter);
+# local_read: a serializable Range (the member's own copy, no Raft traffic); write: Put,
+# DeleteRange, Txn, Compact; lease: grants, keepalives, revokes;
 # watch: a watch's creation (a watch is a stream: what it delivers is not counted);
 # cluster: members, status, alarms, auth, defragmentation, leadership moves.
-KINDS = ("read", "write", "lease", "watch", "cluster")
+KINDS = ("read", "local_read", "write", "lease", "watch", "cluster")
 DEFAULT = "other"
 
 REQUESTS = Counter("raftfl_etcd_requests", "etcd requests this node sent, by the part of the "

@@ -88,7 +88,8 @@ class NodeCollector(Collector):
         family = CounterMetricFamily(
             "raftfl_etcd_requests", "etcd requests this node sent, by the part of the node "
             "that asked (run: the rounds; cycle: the HA loop; lease, probe, watch, voters, "
-            "api, other) and kind (read, write, lease, watch: creations, cluster)",
+            "api, other) and kind (read: linearizable, local_read: serializable, write, lease, "
+            "watch: creations, cluster)",
             labels=[*LABELS, "origin", "kind"])
         for (who, kind), n in sorted(origin.counts().items()):
             family.add_metric([self.ctx.cluster, self.ctx.name, who, kind], n)

@@ -43,6 +43,7 @@ def test_each_request_of_a_run_thread_counts_once(etcd_cluster: EtcdCluster) -> 
         store.put(key + "a", "1")  # Put
         assert store.get(key + "a") is not None  # Range
         store.range(key)  # Range
+        store.range(key, serializable=True)  # Range, served by the member alone
         store.create(key + "b", "2")  # Txn
         store.delete(key + "a")  # DeleteRange
         lease = store.grant(5)  # LeaseGrant
@@ -56,7 +57,8 @@ def test_each_request_of_a_run_thread_counts_once(etcd_cluster: EtcdCluster) -> 
         watch.close()  # cancels on the stream: not a request
 
     got = run_labelled("run", work)
-    assert got == {("run", "write"): 4, ("run", "read"): 3, ("run", "lease"): 3,
+    assert got == {("run", "write"): 4, ("run", "read"): 3, ("run", "local_read"): 1,
+                   ("run", "lease"): 3,
                    ("run", "cluster"): 2, ("run", "watch"): 1}
 
 

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from conftest import in_thread
+from etcd3 import etcdrpc
 
 from raftfl.etcd.counting import kind_of
 from raftfl.net import origin as org
@@ -34,6 +35,12 @@ def delta(before: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
 ])
 def test_kind_of_each_method(method: str, kind: str | None) -> None:
     assert kind_of(method) == kind
+
+
+@pytest.mark.parametrize("serializable, kind", [(False, "read"), (True, "local_read")])
+def test_a_serializable_range_is_a_local_read(serializable: bool, kind: str) -> None:
+    request = etcdrpc.RangeRequest(key=b"k", serializable=serializable)
+    assert kind_of("/etcdserverpb.KV/Range", request) == kind
 
 
 @pytest.mark.parametrize("label, kinds, expected", [
