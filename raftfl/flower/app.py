@@ -34,6 +34,7 @@ UserConfig = dict[str, bool | int | float | str]
 
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # Flower's key=value pattern
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_REQUIREMENT_NAME = re.compile(r"^\s*[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _import_lock = threading.Lock()
 
 
@@ -106,6 +107,7 @@ class FlowerApp:
     serverapp: str  # "module:attribute"
     clientapp: str
     config: UserConfig  # the run config defaults, flattened
+    dependencies: tuple[str, ...] = ()  # [project] dependencies' names, normalised
 
     def run_config(self, overrides: str | Sequence[str] | None = None) -> UserConfig:
         return fuse_config(self.config, parse_config(overrides))
@@ -187,5 +189,15 @@ def load_app(path: str | Path) -> FlowerApp:
     config = app.get("config", {})
     if not isinstance(config, dict):
         raise AppError(f"{project}: [tool.flwr.app.config] must be a table")
-    name = doc.get("project", {}).get("name", root.name)
-    return FlowerApp(root, str(name), refs["serverapp"], refs["clientapp"], _flatten(config))
+    project_table = doc.get("project", {})
+    name = project_table.get("name", root.name)
+    return FlowerApp(root, str(name), refs["serverapp"], refs["clientapp"], _flatten(config),
+                     _dependency_names(project_table.get("dependencies")))
+
+
+def _dependency_names(requirements: Any) -> tuple[str, ...]:
+    """The distribution names of PEP 508 requirement strings, normalised (PEP 503)."""
+    if not isinstance(requirements, list):
+        return ()
+    names = (_REQUIREMENT_NAME.match(r) for r in requirements if isinstance(r, str))
+    return tuple(re.sub(r"[-_.]+", "-", m[0].strip()).lower() for m in names if m)

@@ -170,6 +170,7 @@ class Node:
         config = lifecycle.await_config(store, keys, opts, say, self.stop)
         lifecycle.submit_first_run(store, keys, opts, say)
         runs.refresh()
+        lifecycle.warm_up(opts)
         info = MemberInfo(node=opts.name, ip=opts.ip, client_port=opts.etcd_client_port,
                           flower_address=opts.flower_address, priority=opts.priority,
                           nofailover=opts.nofailover, pid=os.getpid(),
@@ -285,7 +286,7 @@ class Node:
 
     def cycle(self) -> bool:
         """One reconciliation: observe, decide, act. True when the node is to leave."""
-        view = self.observer.observe()
+        view = self.observer.observe(self.session.state.leader_heard_at)
         decision = decide(view, self.local())
         if decision.topic != self._last_topic:
             self._last_topic = decision.topic

@@ -68,11 +68,13 @@ class Observer:
     def malformed_seen(self) -> float | None:
         return self._malformed_seen
 
-    def observe(self) -> View:
-        """Read everything a cycle needs at one revision (the vacancy's, for the ranking)."""
+    def observe(self, leader_heard_at: float = float("-inf")) -> View:
+        """Read everything a cycle needs at one revision (the vacancy's, for the ranking).
+        `leader_heard_at`: when our lease's last refresh, made through the same etcd client,
+        was sent (monotonic)."""
         opts = self.shell.opts
         self._drain_role_changes()
-        role, rev = self._role()
+        role, rev = self._role(leader_heard_at)
         runs = self.runs.refresh(rev)
         state = runs.state
         role = self._forged(role, state)
@@ -110,7 +112,7 @@ class Observer:
         return View(rev, role, state, ranking, ranked_at, self.vacancy_rev, measured, max_rtt,
                     **at_run)
 
-    def _role(self) -> tuple[RoleHolder | MalformedRole | None, int]:
+    def _role(self, leader_heard_at: float) -> tuple[RoleHolder | MalformedRole | None, int]:
         """The role key, and the revision this cycle reads everything else at.
 
         A linearizable read costs a ReadIndex: a heartbeat round from the Raft leader to
@@ -122,14 +124,18 @@ class Observer:
         deletion), its holder failing our probes (a suspicion, a takeover), an answer older
         than the last cycle's (the client failed over to a member behind), and when the
         member has applied nothing new for `recheck_s` (a member cut off from its peers
-        answers, and its watches stay silent, forever). A member whose revision moved since
-        our previous read has applied an entry the leader committed since then, so it was
-        not cut off then: at 16 nodes, a recheck every lease TTL regardless was 5 of the 13
-        ReadIndex rounds a second.
+        answers, and its watches stay silent, forever). Two things show that the member was
+        not cut off, and each defers the recheck: its revision moved since our previous read
+        (it applied an entry the leader committed since then; at 16 nodes a recheck every
+        lease TTL regardless was 5 of the 13 ReadIndex rounds a second), or our lease was
+        refreshed through it since (a follower forwards a keepalive to the Raft leader, and
+        a cut-off leader stops answering them; with members that applied nothing for a TTL
+        in long rounds, the rechecks were still 47 ReadIndex rounds a 16-node round).
         """
         store, key = self.shell.store, self.shell.keys.aggregator
         now = time.monotonic()
-        if self._settled_before and now - self._current_at < self.recheck_s:
+        current_at = max(self._current_at, leader_heard_at)
+        if self._settled_before and now - current_at < self.recheck_s:
             role, rev = self._read_role(store.range(key, serializable=True))
             if rev >= self._last_rev and self._settled(role):
                 if rev > self._last_rev:  # it heard from the leader after our previous read

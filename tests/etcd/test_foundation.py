@@ -7,6 +7,7 @@ Each test asserts an outcome that a broken implementation would get wrong.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import selectors
@@ -29,7 +30,7 @@ from raftfl.core.member_record import MemberInfo
 from raftfl.etcd.context import append_sample, read_members, read_samples
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.member import MemberSpec, check_version, find_etcd, prepare_data_dir
-from raftfl.etcd.store import CreateResult, Fence, wait_until
+from raftfl.etcd.store import CreateResult, EtcdUnavailable, Fence, wait_until
 from raftfl.net.ports import check_port_free
 from raftfl.node.session import Session
 
@@ -323,6 +324,44 @@ def test_a_sample_and_the_delete_of_the_oldest_are_one_entry(
     finally:
         store.revoke(lease)
     assert wait_until(lambda: not store.range(keys.root)[0], 5)
+
+
+@pytest.mark.parametrize("how, revoked", [("expired in etcd", False),
+                                           ("no refresh within TTL", True)])
+def test_only_a_lease_given_up_locally_is_revoked_at_reopen(
+        etcd_cluster_module: EtcdCluster, monkeypatch: pytest.MonkeyPatch, how: str,
+        revoked: bool) -> None:
+    """A lease that etcd says expired is gone there: revoking it again would be a Raft entry
+    for nothing. One given up by our own clock may live on in etcd, and is revoked."""
+    cluster = etcd_cluster_module
+    keys = fresh_keys(cluster)
+    store = cluster.store()
+    info = MemberInfo(node="n0", ip="127.0.0.1", client_port=1, flower_address="127.0.0.1:2")
+    lost: list[int] = []
+    session = Session(store, keys, info, ttl=5, on_lost=lambda: lost.append(1))
+    try:
+        session.open()
+        old = session.lease
+        assert old is not None
+        with monkeypatch.context() as patched:
+            if how == "expired in etcd":
+                store.revoke(old)
+            else:  # etcd unreachable past the lease's local deadline
+                def down(*_: object, **__: object) -> int:
+                    raise EtcdUnavailable("down")
+                patched.setattr(store, "keepalive", down)
+                session._state = dataclasses.replace(session.state, valid_until=0.0)
+            session.refresh(0.1)
+        assert lost == [1] and session.lease is None
+        revokes: list[int] = []
+        real_revoke = store.revoke
+        monkeypatch.setattr(store, "revoke", lambda lease: (revokes.append(lease),
+                                                            real_revoke(lease))[1])
+        session.open()
+        assert revokes == ([old] if revoked else [])
+    finally:
+        session.close()
+        store.delete_prefix(keys.root)
 
 
 def test_close_during_probe_cycle_leaks_nothing(etcd_cluster_module: EtcdCluster) -> None:

@@ -134,6 +134,35 @@ def test_a_member_that_keeps_applying_needs_no_recheck(
     assert reads[-1] is False
 
 
+def test_a_refreshed_lease_defers_the_recheck(
+        etcd_cluster_module: EtcdCluster, keys: RunKeys, nodes: list[Node]) -> None:
+    """Our lease's keepalives reach the Raft leader through the member we read from, so that
+    member was in touch: no ReadIndex while they succeed, even when the member applies
+    nothing (a long round's training: 47 rechecks a 16-node round). Once no refresh has
+    succeeded for `recheck_s`, the read is exact again."""
+    node = make_node(etcd_cluster_module, keys, 23350)
+    nodes.append(node)
+    node.observer.recheck_s = 1.0
+    node.observer.holder_probe.stop()
+    hold_role(node, "127.0.0.1:23359", 1)
+    node.session.open()
+    node.session.start()  # keepalives every 0.5 s; its prober's first cycle is an hour away
+    reads = count_role_reads(node)
+    node.observer.observe(node.session.state.leader_heard_at)
+    revision = node.store.revision()
+    for _ in range(10):  # 2.5 s, nothing written
+        time.sleep(0.25)
+        view = node.observer.observe(node.session.state.leader_heard_at)
+        assert view.role.node == "127.0.0.1:23359"  # type: ignore[union-attr]
+    assert node.store.revision() == revision, "a write moved the revision: proves nothing"
+    assert reads == [True] + [False] * 10
+
+    node.session.stop.set()  # no refresh from now on
+    time.sleep(1.1)
+    node.observer.observe(node.session.state.leader_heard_at)
+    assert reads[-1] is True
+
+
 def test_a_failing_holder_is_read_linearizably(etcd_cluster_module: EtcdCluster, keys: RunKeys,
                                                nodes: list[Node]) -> None:
     """Evidence leads to a suspicion and a takeover: acted on, so read exactly."""

@@ -82,6 +82,25 @@ def _write_app(root: Path, pyproject: str, modules: dict[str, str] | None = None
 
 COMPONENTS = '[tool.flwr.app.components]\nserverapp = "{s}"\nclientapp = "{c}"\n'
 
+@pytest.mark.parametrize("dependencies, names", [
+    ('["flwr[simulation]==1.42.0", "torch==2.14.1", "Torch_Vision >= 0.2"]',
+     ("flwr", "torch", "torch-vision")),
+    ('["numpy; python_version >= \'3.9\'", "  raftfl"]', ("numpy", "raftfl")),
+    ('"torch"', ()),  # not a list: none (a node warms nothing up for it)
+    ('[3, "torch"]', ("torch",)),
+])
+def test_dependency_names(tmp_path: Path, dependencies: str, names: tuple[str, ...]) -> None:
+    """The names a node reads to import heavy libraries before it opens its lease."""
+    root = _write_app(tmp_path / "app", f"[project]\nname = 'x'\ndependencies = {dependencies}\n"
+                      + COMPONENTS.format(s="m:app", c="m:app"))
+    assert load_app(root).dependencies == names
+
+
+def test_the_bundled_app_depends_on_torch_and_the_scale_app_does_not() -> None:
+    assert "torch" in load_app(QUICKSTART).dependencies
+    assert "torch" not in load_app(QUICKSTART.parent / "scale").dependencies
+
+
 BAD_APPS = {
     "no pyproject": None,
     "not toml": "[[[",
