@@ -34,7 +34,7 @@ class Weights:
     missing_rtt_ms: float = 50.0
     stale_penalty: float = 20.0
     previous_penalty: float = 100.0
-    fresh_s: float = 45.0  # refreshes every 30 s: a 2 s probe cycle plus 13 s of clock skew
+    fresh_s: float = 90.0  # refreshes every 60 s: a 2 s probe cycle plus 28 s of clock skew
 
 
 @dataclass(frozen=True)

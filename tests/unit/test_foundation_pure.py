@@ -86,7 +86,7 @@ def test_ranking_is_deterministic_and_penalises_correctly() -> None:
         replace(base, node="d2"),
         replace(base, node="a", mean_rtt_ms=1.0),  # best: lowest RTT
         replace(base, node="prev"),  # held the role last time
-        replace(base, node="old", last_sample_ts=now - 60),  # stale samples
+        replace(base, node="old", last_sample_ts=now - 120),  # stale samples
         replace(base, node="nortt", mean_rtt_ms=None),  # counted as missing_rtt_ms
         replace(base, node="top", priority=5.0, nofailover=True),  # never a candidate
     ]
@@ -124,7 +124,7 @@ REFRESH_S = refresh_for(Weights().fresh_s)
     ({"b": None}, 1.0, {"b": 0.2}, True),  # ... or reachable again
     ({"b": None}, 1.0, {"b": None}, False),
     ({"b": 0.2}, 1.0, {"b": 0.2, "c": 0.2}, True),  # a new peer
-    ({"b": 0.2, "c": 0.2}, 1.0, {"b": 0.2}, True),  # a departed one
+    ({"b": 0.2, "c": 0.2}, 1.0, {"b": 0.2}, False),  # a departed one: ranked on live peers
 ])
 def test_a_sample_is_written_only_when_it_says_something_new(
         last: dict[str, float | None] | None, age: float, rtts: dict[str, float | None],
