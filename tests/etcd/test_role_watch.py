@@ -4,9 +4,9 @@ Each cycle used to read the role key linearizably: a ReadIndex, that is a heartb
 from the Raft leader to every follower, per cycle per node. The observer now reads it
 serializably from the member its watches use while the role is held and nothing acts on it,
 and linearizably when the role is vacant or malformed, when its holder fails our probes,
-and when the member has applied nothing new for `recheck_s`, so a member cut off from its
-peers (which answers serializable reads, and whose watches stay silent) cannot keep a node
-on a stale role.
+and when for `recheck_s` the member has applied nothing new and the node's lease has not
+been refreshed through it, so a member cut off from its peers (which answers serializable
+reads, and whose watches stay silent) cannot keep a node on a stale role.
 
 Real etcd members; the node is the real `Node` of test_ha_core, its cycles driven here.
 The reads are counted by a spy around the real store, not a stand-in for etcd.
