@@ -37,23 +37,45 @@ def _run_log(store: Store, keys: Keys, run: int | None) -> tuple[int | None, Rea
     return run, EventLog(store, keys.run(run)).read()
 
 
+def _members_health(store: Store) -> tuple[list[Any], dict[str, Any], int | None]:
+    """etcd's members, each one's health as its own Status answers it, and the Raft leader's
+    id: member requests, none of which is a Raft round."""
+    etcd_members = list_members(store)
+    health: dict[str, Any] = {}
+    leader_id = None
+    for m in etcd_members:
+        url = (m.client_urls or [""])[0].split("//", 1)[-1]
+        try:
+            st = Store.endpoint_status(url)
+            health[m.name] = {"healthy": True, "raft_term": st.raftTerm,
+                              "is_leader": st.leader == st.header.member_id,
+                              "db_size": st.dbSize}
+            leader_id = st.leader
+        except Exception as exc:  # noqa: BLE001 - an unhealthy member is data here
+            health[m.name] = {"healthy": False, "error": type(exc).__name__}
+    return etcd_members, health, leader_id
+
+
+def quorum_status(endpoints: list[str]) -> dict[str, Any]:
+    """The etcd quorum alone (the metrics' part of `cluster_status`): no key is read, so a
+    scrape costs no ReadIndex round, and no run log is replayed."""
+    store = Store(endpoints, retry_for=5)
+    try:
+        etcd_members, health, leader_id = _members_health(store)
+    finally:
+        store.close()
+    voters = [m for m in etcd_members if not m.learner]
+    healthy = sum(1 for m in voters if health[m.name]["healthy"])
+    return {"voters": len(voters), "healthy_voters": healthy,
+            "tolerates": tolerates(len(voters), healthy),
+            "etcd_leader": next((m.label for m in etcd_members if m.id == leader_id), None)}
+
+
 def cluster_status(endpoints: list[str], cluster: str, run: int | None = None) -> dict[str, Any]:
     store = Store(endpoints, retry_for=5)
     keys = Keys(cluster)
     try:
-        etcd_members = list_members(store)
-        health: dict[str, Any] = {}
-        leader_id = None
-        for m in etcd_members:
-            url = (m.client_urls or [""])[0].split("//", 1)[-1]
-            try:
-                st = Store.endpoint_status(url)
-                health[m.name] = {"healthy": True, "raft_term": st.raftTerm,
-                                  "is_leader": st.leader == st.header.member_id,
-                                  "db_size": st.dbSize}
-                leader_id = st.leader
-            except Exception as exc:  # noqa: BLE001 - an unhealthy member is data here
-                health[m.name] = {"healthy": False, "error": type(exc).__name__}
+        etcd_members, health, leader_id = _members_health(store)
         context = read_members(store, keys)
         rtt = summarize(read_samples(store, keys), set(context), window=10)
         agg = store.get(keys.aggregator)

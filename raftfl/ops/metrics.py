@@ -32,7 +32,7 @@ from raftfl.core.keys import seq_of
 from raftfl.core.latency import Sample
 from raftfl.core.records import MalformedRecord
 from raftfl.core.status import NodeStatus
-from raftfl.inspection import cluster_status
+from raftfl.inspection import quorum_status
 from raftfl.net import origin
 from raftfl.ops.context import OpsContext
 from raftfl.ops.runstats import Totals
@@ -58,7 +58,7 @@ class NodeCollector(Collector):
             return
         yield from self._node(st, ctx.clock())
         try:
-            info = cluster_status(list(st.endpoints), ctx.cluster)
+            info = quorum_status(list(st.endpoints))
             rtts = self._own_rtts()
             totals = ctx.ledger().totals()
         except RaftflError as exc:
@@ -149,7 +149,8 @@ class NodeCollector(Collector):
     def _own_rtts(self) -> dict[str, float]:
         """Peer -> seconds, from this node's newest latency sample (unreachable peers left out)."""
         store, keys = self.ctx.store(), self.ctx.keys
-        kvs, _ = store.range(keys.latency_of(self.ctx.name), limit=1, descending=True)
+        kvs, _ = store.range(keys.latency_of(self.ctx.name), limit=1, descending=True,
+                             serializable=True)
         if not kvs:
             return {}
         try:

@@ -25,6 +25,7 @@ from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.run_store import NoSuchRun
 from raftfl.etcd.store import Store
 from raftfl.inspection import history_lines
+from raftfl.net import origin
 from raftfl.ops.context import MAX_STREAMS, Busy
 from raftfl.ops.ledger import Ledger
 from raftfl.ops.server import ApiServer
@@ -174,7 +175,14 @@ def test_reads_writes_and_the_live_event_stream(api) -> None:
     fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
     assert status == 200 and fams["raftfl_rounds_committed"].samples[0].value == 2
     assert fams["raftfl_voters_healthy"].samples[0].value == 3
+    assert fams["raftfl_etcd_has_leader"].samples[0].value == 1
     assert json.loads(get(server, "/failovers?run=1")[1]) == {"run": 1, "failovers": []}
+    round_(log, A, term, 3)
+    before = origin.counts()
+    fams = {f.name: f for f in text_string_to_metric_families(get(server, "/metrics")[1].decode())}
+    assert fams["raftfl_rounds_committed"].samples[0].value == 3
+    asked = {k: v - before.get(k, 0) for k, v in origin.counts().items() if k[0] == "api"}
+    assert asked.get(("api", "read"), 0) == 0 and asked[("api", "local_read")] > 0, asked
 
 
 def test_event_streams_are_bounded_and_end_when_the_server_stops(api) -> None:

@@ -176,12 +176,12 @@ def scrape(monkeypatch: pytest.MonkeyPatch, etcd_ok: bool = True) -> dict[str, A
     now = time.monotonic()
     ctx = OpsContext(lambda: status(now), B, "prod", secured=False, clock=lambda: now)
 
-    def cluster_status(endpoints: list[str], cluster: str) -> dict[str, Any]:
+    def quorum_status(endpoints: list[str]) -> dict[str, Any]:
         if not etcd_ok:
             raise RaftflError("etcd unreachable at 127.0.0.1:1 for 5s: timeout")
         return {"etcd_leader": A, "voters": 3, "healthy_voters": 2, "tolerates": 0}
 
-    monkeypatch.setattr(metrics, "cluster_status", cluster_status)
+    monkeypatch.setattr(metrics, "quorum_status", quorum_status)
     monkeypatch.setattr(ctx, "ledger", lambda: FakeLedger())
     monkeypatch.setattr(metrics.NodeCollector, "_own_rtts", lambda self: {A: 0.0012, C: 0.0009})
     text, kind = metrics.render(ctx)
