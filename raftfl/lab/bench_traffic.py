@@ -233,7 +233,7 @@ def linearizable_reads(before: Counts, after: Counts, per: float) -> dict[str, f
 
 
 def describe_split(row: dict[str, Any]) -> str:
-    """A row's split, in two lines."""
+    """A row's split, in three lines."""
     writes = ", ".join(f"{k} {v['count']:g} ({v['bytes'] / 1000:.1f} kB)"
                        for k, v in row.get("writes_per_round", {}).items())
     rpcs = ", ".join(f"{k} {v:g}" for k, v in row.get("rpc_per_round", {}).items())
