@@ -300,9 +300,11 @@ class Store:
             resp = read(False)
         return [_kv(kv) for kv in resp.kvs], resp.header.revision
 
-    def revision(self) -> int:
-        """The cluster's current revision."""
-        return int(self.call(lambda: self.client.get_response("\0")).header.revision)
+    def revision(self, serializable: bool = False) -> int:
+        """The cluster's current revision; `serializable`: as the member we talk to has
+        applied it (no Raft round)."""
+        return int(self.call(lambda: self.client.get_response(
+            "\0", serializable=serializable)).header.revision)
 
     def put(self, key: str, value: str | bytes, lease: int | None = None) -> int:
         resp = self.call(lambda: self.client.put(key, value, lease=lease))

@@ -29,9 +29,11 @@ ORIGINS = ("run", "wake", "cycle", "voters", "watch", "lease", "probe", "api", "
 KINDS = ("read", "local_read", "write", "lease", "watch", "cluster")
 DEFAULT = "other"
 
-REQUESTS = Counter("raftfl_etcd_requests", "etcd requests this node sent, by the part of the "
-                   "node that asked (origin) and what kind of request", ["origin", "kind"],
-                   registry=None)
+NAME = "raftfl_etcd_requests"
+HELP = (f"etcd requests this node sent, by the part of the node that asked (origin: "
+        f"{', '.join(ORIGINS)}) and kind ({', '.join(KINDS)}; read: linearizable, local_read: "
+        "serializable, watch: creations)")
+REQUESTS = Counter(NAME, HELP, ["origin", "kind"], registry=None)
 
 _local = threading.local()
 _children: dict[tuple[str, str], Counter] = {}

@@ -44,7 +44,7 @@ class Ledger:
     def _update(self) -> None:
         # Read at the revision the member we talk to has applied: pinned reads are
         # serializable, so a scrape costs no ReadIndex round (16 nodes scraped at once: 176).
-        _, revision = self.store.range(self.keys.config, keys_only=True, serializable=True)
+        revision = self.store.revision(serializable=True)
         for run in run_store.ids(self.store, self.keys, after=max(self._stats, default=0),
                                  revision=revision):
             self._stats[run] = RunStats(self.lease_ttl)

@@ -2,12 +2,13 @@
 
 Nothing is counted as it happens but the etcd requests this process sends, by origin (the
 part of the node that asked) and kind (raftfl/net/origin.py); the HA loop writes no metric.
-Node gauges come from the node's snapshot; cluster gauges from `raftfl status`'s view
-(raftfl/inspection.py); the run-level counters from the replicated event logs
-(raftfl/ops/runstats.py, via the ledger), so every node reports the same
-`raftfl_failovers_total` for the same history. Every series carries `cluster` and `node`
-labels, as Patroni's carry `scope` and `name`. When etcd does not answer within the scrape,
-only the node gauges are reported, with `raftfl_etcd_reachable 0`.
+Node gauges come from the node's snapshot; the quorum gauges from each etcd member's own
+status (raftfl/inspection.py `quorum_status`: no key read, no log replayed); the run-level
+counters from the replicated event logs (raftfl/ops/runstats.py, via the ledger, at the
+member's applied revision), so every node reports the same `raftfl_failovers_total` for the
+same history. Every series carries `cluster` and `node` labels, as Patroni's carry `scope`
+and `name`. When etcd does not answer within the scrape, only the node gauges are reported,
+with `raftfl_etcd_reachable 0`.
 """
 
 from __future__ import annotations
@@ -85,12 +86,7 @@ class NodeCollector(Collector):
         return family
 
     def _etcd_requests(self) -> CounterMetricFamily:
-        family = CounterMetricFamily(
-            "raftfl_etcd_requests", "etcd requests this node sent, by the part of the node "
-            "that asked (run: the rounds; cycle: the HA loop; lease, probe, watch, voters, "
-            "api, other) and kind (read: linearizable, local_read: serializable, write, lease, "
-            "watch: creations, cluster)",
-            labels=[*LABELS, "origin", "kind"])
+        family = CounterMetricFamily(origin.NAME, origin.HELP, labels=[*LABELS, "origin", "kind"])
         for (who, kind), n in sorted(origin.counts().items()):
             family.add_metric([self.ctx.cluster, self.ctx.name, who, kind], n)
         return family
