@@ -342,8 +342,15 @@ class AggregatorRole:
         return 0
 
     def _expected_workers(self) -> int:
-        return sum(1 for m in self.session.members.values()
-                   if m.node != self._predecessor and not m.finished)
+        """The live nodes but our predecessor; before the first run's first commit, also
+        the nodes the cluster was created with: they may still be starting (loading their
+        app's libraries before they register), and Flower samples only those connected."""
+        members = list(self.session.members.values())
+        nodes = {m.node for m in members if not m.finished}
+        recorder = self.recorder
+        if recorder is not None and recorder.keys.run_id == 1 and recorder.last_round == 0:
+            nodes |= set(self.config.nodes) - {m.node for m in members if m.finished}
+        return len(nodes - {self._predecessor})
 
     def _member_by_id(self, node_id: int) -> MemberInfo | None:
         """The live member record of the node whose Flower node id is `node_id`."""
