@@ -52,7 +52,7 @@ def _run(node: Node, opts: NodeOptions) -> int:
 
     follow(opts.name, lambda: node.status)  # JSON lines' term, run and round
     api = None if opts.api_address is None else ApiServer(
-        lambda: node.status, opts.api_address, opts.name, opts.cluster).start()
+        node.published, opts.api_address, opts.name, opts.cluster).start()
     try:
         return node.run()
     finally:

@@ -12,6 +12,8 @@ Pure: times are `time.monotonic()` values the caller passes in.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -62,3 +64,33 @@ class NodeStatus:
         return (self.term is not None and self.holder == self.name
                 and self.serving_term == self.term and self.fresh(now)
                 and self.lease_remaining(now) > 0)
+
+
+class Published:
+    """The node's latest `NodeStatus`, as its HA loop publishes it (call it to read).
+
+    A reader may also wait for the role to change (`wait_for`): an edge worker whose
+    aggregator died asks a node API once and is answered as soon as the node has seen the
+    successor, rather than asking again and again through the election. Only a change of
+    holder or term wakes the waiters, not every cycle.
+    """
+
+    def __init__(self) -> None:
+        self._value: NodeStatus | None = None
+        self._changed = threading.Condition()
+
+    def __call__(self) -> NodeStatus | None:
+        return self._value
+
+    def publish(self, st: NodeStatus) -> None:
+        old, self._value = self._value, st
+        if old is None or (old.holder, old.term) != (st.holder, st.term):
+            with self._changed:
+                self._changed.notify_all()
+
+    def wait_for(self, ok: Callable[[NodeStatus | None], bool],
+                 timeout: float) -> NodeStatus | None:
+        """The snapshot once `ok` holds for it, or the latest one after `timeout` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: ok(self._value), timeout)
+        return self._value

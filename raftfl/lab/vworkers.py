@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         if time.monotonic() - last_say > 10:
             last_say = time.monotonic()
             sessions = sum(w.edge.sessions for w in workers)
-            print(f"vworkers: {sessions} sessions started so far, {threading.active_count()} "
-                  "threads", flush=True)
+            asks = sum(w.edge.asks for w in workers)
+            print(f"vworkers: {sessions} sessions started and {asks} node API asks so far, "
+                  f"{threading.active_count()} threads", flush=True)
     for worker in workers:
         worker.edge.stop()
         worker.settle()

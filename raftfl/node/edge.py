@@ -9,14 +9,17 @@ session heartbeats only while its ClientApp runs (a held poll is its liveness, f
 
 When the session ends (the aggregator died, stepped down or dropped it) the worker waits
 `settle` (no cluster elects a successor sooner, so asking at once would only learn of the
-server just lost), then asks; while the answer still names the server it lost it asks again
-every `recheck` (uniform in a range: a thousand workers spread their asks) for up to
-`recheck_for`, and connects at once to the first other holder named: a worker's delay after
-the nodes learn of the successor is about half a `recheck`, not a growing backoff's. A
+server just lost), then asks. While the answer still names the server it lost (and its port
+refuses the worker), it asks again for up to `recheck_for`, and the node API holds each such
+ask until it sees a holder of a later term, up to `ask_hold` (`GET /node?after_term=T`): a
+worker connects to the successor as soon as a node knows of it, and a thousand workers ask
+about once a second each through an election, not several times (an API that answers at
+once is asked every `recheck` instead, uniform in a range so that the asks spread). A
 successor named before its fleet port is up is retried `connect_retries` times, every
 `connect_retry` (a refused connection costs the node nothing but the kernel's reset).
-Anything else (no API answers, the role vacant, a long outage) waits a jittered, growing
-wait ("full jitter": uniform in [0, min(cap, base * 2^k)]).
+An API that does not answer passes the question to the next one at once. Anything else
+(no API answers, the role vacant, a long outage) waits a jittered, growing wait ("full
+jitter": uniform in [0, min(cap, base * 2^k)]).
 
 Its instructions are admitted without etcd: a term older than the newest this worker has
 seen (from a node API or an instruction) is refused, as are arrays that are not the base
@@ -56,6 +59,9 @@ class EdgeOptions:
     settle: tuple[float, float] = (0.2, 0.5)  # after a lost session, before the first ask
     recheck: tuple[float, float] = (0.2, 0.4)  # between asks while the lost server is named
     recheck_for: float = 5.0  # then the growing backoff
+    # While the lost server is named, a node API holds an ask until it sees a successor,
+    # for up to this long: a worker learns of it at once, and asks about once a second.
+    ask_hold: float = 1.0
     connect_retry: tuple[float, float] = (0.05, 0.2)  # a named holder whose port refused
     connect_retries: int = 5
     ask_timeout: float = 2.0
@@ -109,7 +115,9 @@ def backoff(attempt: int, opts: EdgeOptions, rng: random.Random) -> float:
 
 
 class Locator:
-    """Asks the node APIs, in turn, who holds the aggregator role."""
+    """Asks the node APIs, in turn, who holds the aggregator role; an API that does not
+    answer (its node died with the aggregator, or is down) passes the question to the next
+    one at once, so a dead node costs a worker a refused connection, not a backoff."""
 
     def __init__(self, opts: EdgeOptions, rng: random.Random):
         self.opts = opts
@@ -117,16 +125,23 @@ class Locator:
         identity = tls.current()
         self._context: ssl.SSLContext | None = identity.client_context() if identity else None
 
-    def ask(self) -> Holder | None:
-        url = self.opts.apis[self._next % len(self.opts.apis)].rstrip("/") + "/node"
-        self._next += 1
-        try:
-            with urllib.request.urlopen(url, timeout=self.opts.ask_timeout,  # noqa: S310 - ours
-                                        context=self._context) as resp:
-                return holder_from(json.loads(resp.read(MAX_API_BODY)))
-        except (OSError, ValueError) as exc:
-            log.debug("edge: %s: %s", url, exc)
-            return None
+    def ask(self, after_term: int | None = None) -> Holder | None:
+        """The holder as the first API that answers names it (None: vacant, or no API
+        answered); with `after_term`, an API holds the ask up to `ask_hold` seconds until
+        it sees a holder of a later term."""
+        query, hold = "", 0.0
+        if after_term is not None:
+            query, hold = f"?after_term={after_term}&wait={self.opts.ask_hold:g}", self.opts.ask_hold
+        for _ in self.opts.apis:
+            url = self.opts.apis[self._next % len(self.opts.apis)].rstrip("/") + "/node" + query
+            self._next += 1
+            try:
+                with urllib.request.urlopen(url, timeout=self.opts.ask_timeout + hold,  # noqa: S310
+                                            context=self._context) as resp:
+                    return holder_from(json.loads(resp.read(MAX_API_BODY)))
+            except (OSError, ValueError) as exc:
+                log.debug("edge: %s: %s", url, exc)
+        return None
 
 
 class EdgeWorker:
@@ -161,9 +176,12 @@ class EdgeWorker:
         attempt = 0
         lost: Holder | None = None  # the server of the session that ended last
         lost_at = 0.0
+        after: int | None = None  # the lost server's term, once its port refused us
         while not stop.is_set():
             self.asks += 1
-            holder = self.locator.ask()
+            asked = time.monotonic()
+            holder = self.locator.ask(after)
+            held, after = after is not None, None
             if holder is None or holder.term < self.term:
                 attempt += 1
                 stop.wait(backoff(attempt, self.opts, self.rng))
@@ -185,7 +203,9 @@ class EdgeWorker:
                 attempt = 0 if time.monotonic() - began > self.opts.backoff_cap else attempt + 1
                 stop.wait(self.rng.uniform(*self.opts.settle))
             elif holder == lost and time.monotonic() - lost_at < self.opts.recheck_for:
-                stop.wait(self.rng.uniform(*self.opts.recheck))  # not elected yet
+                after = holder.term  # not elected yet: the next ask waits for a successor
+                if held and time.monotonic() - asked < self.opts.recheck[0]:
+                    stop.wait(self.rng.uniform(*self.opts.recheck))  # that API did not hold it
             else:
                 attempt += 1
                 stop.wait(backoff(attempt, self.opts, self.rng))

@@ -45,7 +45,7 @@ from raftfl.core.keys import Keys
 from raftfl.core.member_record import MemberInfo
 from raftfl.core.role import RoleHolder
 from raftfl.core.specs import ClusterConfig
-from raftfl.core.status import NodeStatus
+from raftfl.core.status import NodeStatus, Published
 from raftfl.etcd import signers
 from raftfl.etcd.member import EtcdMember, wait_healthy
 from raftfl.etcd.store import CreateResult, EtcdNoSpace, EtcdUnavailable, LeaseGone, Store
@@ -86,8 +86,8 @@ class Node:
         self._last_topic: object = None
         self._cycles = 0
         # The HTTP API's view of this node (raftfl/ops): a fresh immutable snapshot at the end
-        # of each cycle, assigned by this loop only; None until the first cycle.
-        self.status: NodeStatus | None = None
+        # of each cycle, published by this loop only; None until the first cycle.
+        self.published = Published()
         self.wake, self.stop = threading.Event(), threading.Event()
         # the parts and rooms, from wire() once etcd answers
         self.store: Store
@@ -121,6 +121,11 @@ class Node:
                                          config)
         self.voters = Voters(shell, self.election, session, lambda: self.run_id)
         self.housekeeping = Housekeeping(shell, runs, self.observer, self.aggregator, self.voters)
+
+    @property
+    def status(self) -> NodeStatus | None:
+        """The snapshot the last cycle published (None before the first)."""
+        return self.published()
 
     @property
     def run_id(self) -> int | None:
@@ -293,7 +298,7 @@ class Node:
             self.say(decision.sentence)
         leaving = self.act(decision, view)
         self._cycles += 1
-        self.status = self._snapshot(view, decision)  # the API's one view of this node
+        self.published.publish(self._snapshot(view, decision))  # the API's one view
         return leaving
 
     def _snapshot(self, view: View, decision: Decision) -> NodeStatus:

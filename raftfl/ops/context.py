@@ -14,7 +14,7 @@ from collections.abc import Callable
 from raftfl.core.errors import RaftflError
 from raftfl.core.keys import Keys
 from raftfl.core.specs import RunSpec
-from raftfl.core.status import NodeStatus
+from raftfl.core.status import NodeStatus, Published
 from raftfl.etcd import run_store
 from raftfl.etcd.store import Store
 from raftfl.ops.ledger import Ledger
@@ -52,6 +52,15 @@ class OpsContext:
         if st is None:
             raise NotReady(f"{self.name} is starting: its HA loop has not cycled yet")
         return st
+
+    def successor_of(self, term: int, timeout: float) -> NodeStatus | None:
+        """The snapshot once it names a holder of a term after `term`, or the latest one
+        after `timeout` seconds (at once where the node publishes no changes)."""
+        if not isinstance(self.status, Published):
+            return self.status()
+        return self.status.wait_for(
+            lambda st: st is not None and st.holder is not None and (st.term or 0) > term,
+            timeout)
 
     def endpoints(self) -> list[str]:
         return list(self.snapshot().endpoints)

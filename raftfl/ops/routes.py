@@ -29,6 +29,7 @@ from raftfl.ops.stream import EventStream
 
 JSON = "application/json"
 MAX_REASON = 500  # characters of a pause's reason (raftfl pause --reason)
+MAX_WAIT_S = 10.0  # the longest a `GET /node?after_term=` is held
 
 
 class BadRequest(RaftflError):
@@ -73,6 +74,18 @@ def int_param(req: Request, name: str, raw: str | None = None) -> int | None:
     return int(raw)
 
 
+def wait_param(req: Request) -> float:
+    """`wait`: seconds, 0 to `MAX_WAIT_S` (0 when absent)."""
+    raw = req.query.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT_S:  # NaN fails too
+        raise BadRequest(f"wait must be seconds from 0 to {MAX_WAIT_S:g}, not {raw[:40]!r}")
+    return wait
+
+
 def run_param(req: Request) -> int | None:
     run = int_param(req, "run")
     if run == 0:
@@ -107,7 +120,12 @@ def _probe(ctx: OpsContext, req: Request) -> Response:
 
 
 def _node(ctx: OpsContext, req: Request) -> Response:
-    return json_response(200, probes.node_json(ctx.status(), ctx.name, ctx.clock()))
+    """This node's state; with `after_term=T&wait=S`, once it names a holder of a term
+    after T, or after S seconds (at most `MAX_WAIT_S`): an edge worker that lost the
+    aggregator of term T asks once and learns of the successor as soon as this node does."""
+    after = int_param(req, "after_term")
+    st = ctx.status() if after is None else ctx.successor_of(after, wait_param(req))
+    return json_response(200, probes.node_json(st, ctx.name, ctx.clock()))
 
 
 def _run(ctx: OpsContext, req: Request) -> Response:

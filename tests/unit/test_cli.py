@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from raftfl.cli import cli
 from raftfl.cli.node_cmd import FAULT_HOOKS
+from raftfl.core.status import Published
 from raftfl.lab import commands as lab_cli
 from raftfl.lab.testhooks import EXTRA_RTT_ENV, HOLD_ENV, EnvFaultHooks, Hold, hooks_from_env
 from raftfl.node.faults import NO_FAULTS
@@ -63,6 +64,7 @@ def test_node_start_builds_its_options_once_and_passes_the_hooks(
     class FakeNode:
         def __init__(self, opts: Any, hooks: Any) -> None:
             seen.update(opts=opts, hooks=hooks)
+            self.published = Published()
 
         def run(self) -> int:
             raise _Started

@@ -1,7 +1,8 @@
 """Edge workers' way back after their aggregator died (raftfl/node/edge.py): while the node
 APIs still name the dead server they ask at a steady, spread pace (no growing backoff), and
 they connect as soon as the APIs name the successor, also when its fleet port opens a moment
-later: every worker is back within one recheck and one connect retry."""
+later: every worker is back within one recheck and one connect retry. A node API that died
+with the aggregator (first in their list) costs them no backoff."""
 
 from __future__ import annotations
 
@@ -31,10 +32,13 @@ def api() -> Iterator[_Api]:
         a.httpd.server_close()
 
 
-def test_workers_wait_out_the_election_then_join_the_successor_at_once(api: _Api) -> None:
+@pytest.mark.parametrize("dead_api", [False, True])
+def test_workers_wait_out_the_election_then_join_the_successor_at_once(
+        api: _Api, dead_api: bool) -> None:
     first = FleetServer("127.0.0.1", free_port_base(1)).start()
     port = FleetServer("127.0.0.1", free_port_base(1))  # a free port, taken for now
-    opts = EdgeOptions(apis=(api.url,), poll_hold=1.0)
+    dead = f"http://127.0.0.1:{free_port_base(1)}"  # nothing listens there
+    opts = EdgeOptions(apis=(dead, api.url) if dead_api else (api.url,), poll_hold=1.0)
     workers = [EdgeWorker(100 + i, f"edge-{i}", lambda msg_id, payload: payload[::-1], opts,
                           random.Random(i)) for i in range(WORKERS)]
     stop = threading.Event()
@@ -67,3 +71,48 @@ def test_workers_wait_out_the_election_then_join_the_successor_at_once(api: _Api
         for server in (first, successor):
             if server is not None:
                 server.stop()
+
+
+def test_a_real_node_api_holds_the_asks_until_the_successor_is_seen() -> None:
+    """The node API (raftfl/ops) holds each ask for the lost server's successor: through
+    an election a worker asks about once a second, and connects as soon as the node has
+    published the successor."""
+    from test_ops_http import status
+
+    from raftfl.core.status import Published
+    from raftfl.ops.server import ApiServer
+
+    now = time.monotonic()
+    first = FleetServer("127.0.0.1", free_port_base(1)).start()
+    published = Published()
+    published.publish(status(now, term=10, holder_flower_address=first.address))
+    api = ApiServer(published, f"127.0.0.1:{free_port_base(1)}", "127.0.0.1:1", "c").start()
+    opts = EdgeOptions(apis=(api.url,), poll_hold=1.0)
+    workers = [EdgeWorker(100 + i, f"edge-{i}", lambda msg_id, payload: payload[::-1], opts,
+                          random.Random(i)) for i in range(WORKERS)]
+    stop = threading.Event()
+    for worker in workers:
+        threading.Thread(target=worker.run, args=(stop,), daemon=True).start()
+    successor = None
+    try:
+        assert wait(lambda: len(first.node_ids()) == WORKERS)
+        asked = sum(w.asks for w in workers)
+        first.stop()  # killed: the node names it for the election's length
+        time.sleep(ELECTION_S)
+        per_worker = (sum(w.asks for w in workers) - asked) / WORKERS
+        assert 1 <= per_worker <= 1 + ELECTION_S / opts.ask_hold + 1, per_worker
+        successor = FleetServer("127.0.0.1", free_port_base(1)).start()
+        named = time.monotonic()
+        published.publish(status(now, term=11, holder="127.0.0.1:2",
+                                 holder_flower_address=successor.address))
+        assert wait(lambda: len(successor.node_ids()) == WORKERS, 5)
+        assert time.monotonic() - named < opts.recheck[0]  # at once, not at a recheck
+        assert all(w.term == 11 for w in workers)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.stop()
+        for server in (first, successor):
+            if server is not None:
+                server.stop()
+        api.stop()

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from raftfl.cli import cli
+from raftfl.core.status import Published
 from raftfl.flower.codec import decode_message, encode_message
 from raftfl.flower.grid import CLIENT_APP_RAISED_EXCEPTION, Stamp
 from raftfl.flower.identity import adopt_server_identity
@@ -278,6 +279,8 @@ def test_the_flags_reach_the_nodes_options(flags: list[str], isolation: str,
     seen: dict[str, Any] = {}
 
     class FakeNode:
+        published = Published()
+
         def __init__(self, opts: Any, hooks: Any) -> None:
             seen["opts"] = opts
 

@@ -11,15 +11,17 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port_base
 
 from raftfl import tls
-from raftfl.core.status import NodeStatus
+from raftfl.core.status import NodeStatus, Published
 from raftfl.ops import auth, context, probes
 from raftfl.ops.auth import Caller, Role
 from raftfl.ops.context import OpsContext
@@ -212,6 +214,32 @@ def call(srv: ApiServer, method: str, path: str, body: bytes | None = None,
         return resp.status, json.loads(raw) if raw.startswith(b"{") else {}
     finally:
         conn.close()
+
+
+def test_node_holds_an_ask_until_it_sees_a_successor() -> None:
+    """`GET /node?after_term=T&wait=S` (an edge worker that lost the aggregator of term T)
+    is answered once the node publishes a holder of a later term, or after S seconds."""
+    now = time.monotonic()
+    published = Published()
+    published.publish(status(now, term=40))
+    srv = ApiServer(published, f"127.0.0.1:{free_port_base(1)}", NAME, "c").start()
+    try:
+        threading.Timer(0.3, published.publish, [status(now, term=40, cycles=5)]).start()
+        threading.Timer(0.6, published.publish, [status(now, term=41, holder="b")]).start()
+        began = time.monotonic()
+        code, body = call(srv, "GET", "/node?after_term=40&wait=5")
+        assert code == 200 and (body["holder"], body["term"]) == ("b", 41)
+        assert 0.5 < time.monotonic() - began < 4  # the successor, not the wait, ended it
+        assert call(srv, "GET", "/node?after_term=40&wait=5")[1]["term"] == 41  # at once
+        began = time.monotonic()
+        assert call(srv, "GET", "/node?after_term=41&wait=0.3")[1]["term"] == 41
+        assert time.monotonic() - began >= 0.3  # none later: the latest, after the wait
+        for bad in ("after_term=-1", "after_term=1&wait=11", "after_term=1&wait=nan",
+                    "after_term=1&wait=x", "after_term=1&wait=-0.5"):
+            code, body = call(srv, "GET", f"/node?{bad}")
+            assert code == 400 and len(body["error"].splitlines()) == 1, bad
+    finally:
+        srv.stop()
 
 
 def test_bad_input_over_http(server: ApiServer) -> None:
