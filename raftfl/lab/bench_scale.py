@@ -44,6 +44,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +224,8 @@ class Watch:
                 self.lease_left.append(float(body["lease_remaining_s"]))
                 if body.get("term"):
                     self.terms.add(int(body["term"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
+            except (OSError, HTTPException, ValueError, KeyError, TypeError):
+                continue  # e.g. the node killed mid-answer
 
 
 def read_replies(path: Path) -> list[dict[str, Any]]:

@@ -9,12 +9,13 @@ session heartbeats only while its ClientApp runs (a held poll is its liveness, f
 
 When the session ends (the aggregator died, stepped down or dropped it) the worker waits
 `settle` (no cluster elects a successor sooner, so asking at once would only learn of the
-server just lost), then asks. While the answer still names the server it lost (and its port
-refuses the worker), it asks again for up to `recheck_for`, and the node API holds each such
-ask until it sees a holder of a later term, up to `ask_hold` (`GET /node?after_term=T`): a
-worker connects to the successor as soon as a node knows of it, and a thousand workers ask
-about once a second each through an election, not several times (an API that answers at
-once is asked every `recheck` instead, uniform in a range so that the asks spread). A
+server just lost), then asks, and the node API holds the ask until it sees a holder of a
+later term, for up to `ask_hold` (`GET /node?after_term=T`). While the answer still names the
+server it lost (and its port refuses the worker) it asks so again, for up to `recheck_for`.
+A worker thus connects to the successor as soon as a node knows of it, and a thousand
+workers ask about once a second each through an election, not several times (an API that
+answers at once is asked every `recheck` instead, uniform in a range so that the asks
+spread). A
 successor named before its fleet port is up is retried `connect_retries` times, every
 `connect_retry` (a refused connection costs the node nothing but the kernel's reset).
 An API that does not answer passes the question to the next one at once. Anything else
@@ -199,8 +200,10 @@ class EdgeWorker:
                 break
             if reached:
                 lost, lost_at = holder, time.monotonic()
-                # A session that lasted is a fresh loss: the successor is asked for soon.
+                # A session that lasted is a fresh loss: the successor is asked for soon, and
+                # the API holds the ask until it knows of one (or the holder is back).
                 attempt = 0 if time.monotonic() - began > self.opts.backoff_cap else attempt + 1
+                after = holder.term
                 stop.wait(self.rng.uniform(*self.opts.settle))
             elif holder == lost and time.monotonic() - lost_at < self.opts.recheck_for:
                 after = holder.term  # not elected yet: the next ask waits for a successor
