@@ -2,12 +2,12 @@
 
 Why a snapshot: the API (raftfl/ops) answers from threads of its own, and one thread owns a
 node's state, its HA loop. So the loop publishes a fresh `NodeStatus` at the end of every
-cycle (one attribute assignment: readers see the old value or the new one, never half of
-each), and the API only reads that reference. A node that stops cycling (frozen, stuck,
-SIGSTOPped) keeps its last snapshot, which ages: the probes below compare its monotonic
-times with the reader's `now`, never trust it as current.
+cycle (`Published`: one reference replaced, so readers see the old value or the new one,
+never half of each), and the API only reads that reference. A node that stops cycling
+(frozen, stuck, SIGSTOPped) keeps its last snapshot, which ages: the probes below compare
+its monotonic times with the reader's `now`, never trust it as current.
 
-Pure: times are `time.monotonic()` values the caller passes in.
+`NodeStatus` is pure: times are `time.monotonic()` values the caller passes in.
 """
 
 from __future__ import annotations

@@ -13,11 +13,10 @@ server just lost), then asks, and the node API holds the ask until it sees a hol
 later term, for up to `ask_hold` (`GET /node?after_term=T`). While the answer still names the
 server it lost (and its port refuses the worker) it asks so again, for up to `recheck_for`.
 A worker thus connects to the successor as soon as a node knows of it, and a thousand
-workers ask about once a second each through an election, not several times (an API that
-answers at once is asked every `recheck` instead, uniform in a range so that the asks
-spread). A
-successor named before its fleet port is up is retried `connect_retries` times, every
-`connect_retry` (a refused connection costs the node nothing but the kernel's reset).
+workers ask about once each through an election, not every few tenths of a second (an API
+that answers at once is asked every `recheck` instead, uniform in a range so that the asks
+spread). A successor named before its fleet port is up is retried `connect_retries` times,
+every `connect_retry` (a refused connection costs the node nothing but the kernel's reset).
 An API that does not answer passes the question to the next one at once. Anything else
 (no API answers, the role vacant, a long outage) waits a jittered, growing wait ("full
 jitter": uniform in [0, min(cap, base * 2^k)]).
@@ -177,7 +176,7 @@ class EdgeWorker:
         attempt = 0
         lost: Holder | None = None  # the server of the session that ended last
         lost_at = 0.0
-        after: int | None = None  # the lost server's term, once its port refused us
+        after: int | None = None  # the lost server's term: the next ask waits for a successor
         while not stop.is_set():
             self.asks += 1
             asked = time.monotonic()
