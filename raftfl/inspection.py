@@ -56,14 +56,11 @@ def _members_health(store: Store) -> tuple[list[Any], dict[str, Any], int | None
     return etcd_members, health, leader_id
 
 
-def quorum_status(endpoints: list[str]) -> dict[str, Any]:
-    """The etcd quorum alone (the metrics' part of `cluster_status`): no key is read, so a
-    scrape costs no ReadIndex round, and no run log is replayed."""
-    store = Store(endpoints, retry_for=5)
-    try:
-        etcd_members, health, leader_id = _members_health(store)
-    finally:
-        store.close()
+def quorum_status(store: Store) -> dict[str, Any]:
+    """The etcd quorum alone (the metrics' part of `cluster_status`), through the caller's
+    client: no key is read, so a scrape costs no ReadIndex round, and no run log is
+    replayed."""
+    etcd_members, health, leader_id = _members_health(store)
     voters = [m for m in etcd_members if not m.learner]
     healthy = sum(1 for m in voters if health[m.name]["healthy"])
     return {"voters": len(voters), "healthy_voters": healthy,

@@ -50,7 +50,7 @@ def _run(node: Node, opts: NodeOptions) -> int:
     from raftfl.cli.logs import follow
     from raftfl.ops.server import ApiServer
 
-    follow(opts.name, lambda: node.status)  # JSON lines' term, run and round
+    follow(opts.name, node.published)  # JSON lines' term, run and round
     api = None if opts.api_address is None else ApiServer(
         node.published, opts.api_address, opts.name, opts.cluster).start()
     try:

@@ -25,7 +25,7 @@ One thread owns the node's state: this loop. Watch threads only queue changes an
 the probe thread publishes immutable evidence; the keepalive thread swaps in an immutable
 lease state (and stops a server whose lease ran out, before etcd says so); the worker thread
 writes only the worker role's own state; the HTTP API (raftfl/ops) only reads the immutable
-`status` each cycle ends by publishing. Missing a wake-up costs at most one `LOOP_WAIT_S`.
+snapshot each cycle ends by publishing (`published`). Missing a wake-up costs at most one `LOOP_WAIT_S`.
 """
 
 from __future__ import annotations
@@ -123,11 +123,6 @@ class Node:
         self.housekeeping = Housekeeping(shell, runs, self.observer, self.aggregator, self.voters)
 
     @property
-    def status(self) -> NodeStatus | None:
-        """The snapshot the last cycle published (None before the first)."""
-        return self.published()
-
-    @property
     def run_id(self) -> int | None:
         """The active run this node has taken up."""
         return self.housekeeping.active_run if self.shell is not None else None
@@ -194,7 +189,7 @@ class Node:
         answers nobody knows them, and retention then deletes nothing."""
         if self.shell is None:
             raise RaftflError("etcd not reached yet")
-        seen = self.status  # the last cycle's revision: no linearizable read needed
+        seen = self.published()  # the last cycle's revision: no linearizable read needed
         return committed_models(self.store, self.keys, seen.revision if seen else None)
 
     def _may_put(self, common_name: str) -> str | None:

@@ -59,7 +59,7 @@ class NodeCollector(Collector):
             return
         yield from self._node(st, ctx.clock())
         try:
-            info = quorum_status(list(st.endpoints))
+            info = quorum_status(ctx.store())
             rtts = self._own_rtts()
             totals = ctx.ledger().totals()
         except RaftflError as exc:

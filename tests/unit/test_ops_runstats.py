@@ -176,7 +176,7 @@ def scrape(monkeypatch: pytest.MonkeyPatch, etcd_ok: bool = True) -> dict[str, A
     now = time.monotonic()
     ctx = OpsContext(lambda: status(now), B, "prod", secured=False, clock=lambda: now)
 
-    def quorum_status(endpoints: list[str]) -> dict[str, Any]:
+    def quorum_status(store: Any) -> dict[str, Any]:
         if not etcd_ok:
             raise RaftflError("etcd unreachable at 127.0.0.1:1 for 5s: timeout")
         return {"etcd_leader": A, "voters": 3, "healthy_voters": 2, "tolerates": 0}
