@@ -333,24 +333,30 @@ class AggregatorRole:
             return 0
         deadline = time.monotonic() + self.shell.opts.client_wait
         while not fleet.stopped:  # stopped: we stepped down, the hooks' next write fails
-            have = len(fleet.node_ids())
+            connected = fleet.node_ids()
             handing_over = self.recorder is not None and self.recorder.handing_over
-            if have >= self._expected_workers() or time.monotonic() >= deadline \
+            if not self._missing_workers(set(connected)) or time.monotonic() >= deadline \
                     or handing_over:  # the round will not start: hand over now
-                return have
+                return len(connected)
             time.sleep(0.05)
         return 0
 
-    def _expected_workers(self) -> int:
-        """The live nodes but our predecessor; before the first run's first commit, also
-        the nodes the cluster was created with: they may still be starting (loading their
-        app's libraries before they register), and Flower samples only those connected."""
-        members = list(self.session.members.values())
-        nodes = {m.node for m in members if not m.finished}
+    def _missing_workers(self, connected: set[int]) -> set[str]:
+        """The nodes the round waits for that are not ready: live nodes but our predecessor
+        whose worker is not connected. Before the first run's first commit, also the nodes
+        the cluster was created with: they may still be starting (loading their app's
+        libraries before they register), and Flower samples only those connected; and each
+        of them until we hold its member record too, which carries the examples it declared
+        (an update is screened against them)."""
+        members = {m.node: m for m in list(self.session.members.values())}
+        wanted = {name for name, m in members.items() if not m.finished}
         recorder = self.recorder
         if recorder is not None and recorder.keys.run_id == 1 and recorder.last_round == 0:
-            nodes |= set(self.config.nodes) - {m.node for m in members if m.finished}
-        return len(nodes - {self._predecessor})
+            wanted |= {name for name in self.config.nodes
+                       if name not in members or not members[name].finished}
+        wanted.discard(self._predecessor)
+        return {name for name in wanted
+                if runapp.node_id(name) not in connected or name not in members}
 
     def _member_by_id(self, node_id: int) -> MemberInfo | None:
         """The live member record of the node whose Flower node id is `node_id`."""
