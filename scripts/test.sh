@@ -13,9 +13,9 @@ scripts/setup.sh
 # and sockets, not the CPU (two files at a time kept the 2 cores 65% busy); each worker probes
 # ports in its own range (localcluster.port_slice). Clusters starting at once on two cores can
 # cost a node its 3 s lease before round 1, which some end-to-end tests read as a failover they
-# did not inject: a failed test runs once more (shown as R in the summary); one that fails
-# twice fails the run. RAFTFL_TEST_WORKERS sets the number of workers.
+# did not inject: a failed test runs once more (R in the progress line, named at the end by
+# -rfER); one that fails twice fails the run. RAFTFL_TEST_WORKERS sets the number of workers.
 # Files are handed out longest first (tests/conftest.py, LONGEST_FIRST), so that the
 # workers end together.
 exec .venv/bin/python -m pytest -q --durations=25 -n "${RAFTFL_TEST_WORKERS:-3}" --dist loadfile \
-  --no-loadscope-reorder --reruns 1 --reruns-delay 2 "${tier[@]}" "$@"
+  --no-loadscope-reorder --reruns 1 --reruns-delay 2 -rfER "${tier[@]}" "$@"
