@@ -158,7 +158,7 @@ def train(
     momentum: list[Any] = [None] * len(params)
     criterion = torch.nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
-    anchor = [p.detach().clone() for p in net.parameters()] if proximal_mu > 0 else []
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     n = len(data)
     total_loss = 0.0
     seen = 0
@@ -173,7 +173,7 @@ def train(
             objective = loss
             if anchor:
                 objective = loss + proximal_mu / 2 * sum(
-                    ((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor, strict=True))
+                    ((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
             objective.backward()
             _sgd_step(params, momentum, lr)
             total_loss += loss.item() * len(idx)

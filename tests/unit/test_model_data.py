@@ -170,6 +170,25 @@ def test_train_and_evaluate_metrics(weights: list[np.ndarray]) -> None:
         model.evaluate(new, data.subset(test, np.array([], dtype=np.int64)))
 
 
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_the_hand_sgd_step_is_torch_sgd_bit_for_bit(steps: int) -> None:
+    """`model.train` steps by hand (torch.optim would import torch._dynamo, seconds of CPU):
+    its parameters after any number of steps must equal torch.optim.SGD's, bit for bit."""
+    gen = torch.Generator().manual_seed(steps)
+    ours = [torch.randn(4, 3, generator=gen, requires_grad=True),
+            torch.randn(5, generator=gen, requires_grad=True)]
+    theirs = [p.detach().clone().requires_grad_(True) for p in ours]
+    optimizer = torch.optim.SGD(theirs, lr=0.05, momentum=model.MOMENTUM)
+    momentum: list[torch.Tensor | None] = [None] * len(ours)
+    for _ in range(steps):
+        for p, q in zip(ours, theirs, strict=True):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        model._sgd_step(ours, momentum, 0.05)
+        optimizer.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True))
+
 # --- data ------------------------------------------------------------------
 
 
