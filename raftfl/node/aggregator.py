@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from raftfl.core.decide import Decision, View
@@ -175,7 +176,6 @@ class AggregatorRole:
         shell, opts = self.shell, self.shell.opts
         fence = self.election.fence
         assert fence is not None and fence.create_revision == term
-        self.worker.follow(opts.flower_address, term)
         host, recorder = self.server, self.recorder
         if host is not None and recorder is not None and recorder.term == term:
             if host.state == "running":
@@ -230,6 +230,9 @@ class AggregatorRole:
                 host_ip, _, port = opts.flower_address.rpartition(":")
                 self.fleet = FleetServer(host_ip, int(port),
                                          identify=runapp.fleet_identity).start()
+            # Our own worker trains too; told only now, its first connection finds the port
+            # open (one refused costs it a reconnect wait, and the round waits for it).
+            self.worker.follow(opts.flower_address, term)
             keys = shell.keys.run(run_id)
             resume = resume_point(self.models, shell.store, keys, events, state, fence, shell.name)
             self.recorder = AppRecorder(
@@ -342,21 +345,11 @@ class AggregatorRole:
         return 0
 
     def _missing_workers(self, connected: set[int]) -> set[str]:
-        """The nodes the round waits for that are not ready: live nodes but our predecessor
-        whose worker is not connected. Before the first run's first commit, also the nodes
-        the cluster was created with: they may still be starting (loading their app's
-        libraries before they register), and Flower samples only those connected; and each
-        of them until we hold its member record too, which carries the examples it declared
-        (an update is screened against them)."""
-        members = {m.node: m for m in list(self.session.members.values())}
-        wanted = {name for name, m in members.items() if not m.finished}
         recorder = self.recorder
-        if recorder is not None and recorder.keys.run_id == 1 and recorder.last_round == 0:
-            wanted |= {name for name in self.config.nodes
-                       if name not in members or not members[name].finished}
-        wanted.discard(self._predecessor)
-        return {name for name in wanted
-                if runapp.node_id(name) not in connected or name not in members}
+        first = recorder is not None and recorder.keys.run_id == 1 and recorder.last_round == 0
+        return missing_workers({m.node: m for m in list(self.session.members.values())},
+                               connected, initial=self.config.nodes if first else (),
+                               predecessor=self._predecessor)
 
     def _member_by_id(self, node_id: int) -> MemberInfo | None:
         """The live member record of the node whose Flower node id is `node_id`."""
@@ -384,3 +377,18 @@ class AggregatorRole:
 
     def _on_event(self, event: Event) -> None:
         self.shell.say(describe(event), event=event.type)
+
+
+def missing_workers(members: Mapping[str, MemberInfo], connected: set[int], *,
+                    initial: Iterable[str] = (), predecessor: str | None = None) -> set[str]:
+    """The nodes a round still waits for: live members but our predecessor whose worker is
+    not `connected` (Flower node ids). `initial`: before the first run's first commit, the
+    nodes the cluster was created with: they may still be starting (loading their app's
+    libraries before they register), and Flower samples only those connected; each of them
+    is waited for until its member record is held too, which carries the examples it
+    declared (an update is screened against them)."""
+    wanted = {name for name, m in members.items() if not m.finished}
+    wanted |= {name for name in initial if name not in members or not members[name].finished}
+    wanted.discard(predecessor)
+    return {name for name in wanted
+            if runapp.node_id(name) not in connected or name not in members}
