@@ -77,6 +77,10 @@ def test_runs_complete_one_after_the_other_and_a_running_run_stops() -> None:
                            lambda r: [r.get(i, {}).get("state") for i in (1, 2)]
                            == ["completed", "completed"])
 
+        # A node writes a completed run's final model from its own loop, after etcd says so.
+        c.wait_for(lambda: all((n.data_dir / "runs" / str(run) / "result.json").is_file()
+                               for n in c.nodes for run in (1, 2)), 60,
+                   "every node's final models of runs 1 and 2")
         store = c.store()
         for run in (1, 2):
             state = replay(EventLog(store, c.keys.run(run)).read().events)
