@@ -75,8 +75,8 @@ class Published:
     holder or term wakes the waiters, not every cycle.
     """
 
-    def __init__(self) -> None:
-        self._value: NodeStatus | None = None
+    def __init__(self, value: NodeStatus | None = None) -> None:
+        self._value = value
         self._changed = threading.Condition()
 
     def __call__(self) -> NodeStatus | None:

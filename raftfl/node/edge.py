@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import ssl
 import threading
 import time
 import urllib.request
@@ -123,7 +122,10 @@ class Locator:
         self.opts = opts
         self._next = rng.randrange(len(opts.apis))  # workers start on different nodes
         identity = tls.current()
-        self._context: ssl.SSLContext | None = identity.client_context() if identity else None
+        # One opener for every ask (urlopen with a TLS context builds a new one each call).
+        self._opener = urllib.request.build_opener(
+            *([urllib.request.HTTPSHandler(context=identity.client_context())]
+              if identity else []))
 
     def ask(self, after_term: int | None = None) -> Holder | None:
         """The holder as the first API that answers names it (None: vacant, or no API
@@ -136,8 +138,7 @@ class Locator:
             url = self.opts.apis[self._next % len(self.opts.apis)].rstrip("/") + "/node" + query
             self._next += 1
             try:
-                with urllib.request.urlopen(url, timeout=self.opts.ask_timeout + hold,  # noqa: S310
-                                            context=self._context) as resp:
+                with self._opener.open(url, timeout=self.opts.ask_timeout + hold) as resp:
                     return holder_from(json.loads(resp.read(MAX_API_BODY)))
             except (OSError, ValueError) as exc:
                 log.debug("edge: %s: %s", url, exc)

@@ -35,7 +35,7 @@ class Busy(RaftflError):
 
 
 class OpsContext:
-    def __init__(self, status: Callable[[], NodeStatus | None], name: str, cluster: str,
+    def __init__(self, status: Published, name: str, cluster: str,
                  secured: bool, clock: Callable[[], float] = time.monotonic):
         self.status = status  # the node's latest snapshot; reading it is the API's one access
         self.name, self.cluster, self.secured, self.clock = name, cluster, secured, clock
@@ -55,9 +55,7 @@ class OpsContext:
 
     def successor_of(self, term: int, timeout: float) -> NodeStatus | None:
         """The snapshot once it names a holder of a term after `term`, or the latest one
-        after `timeout` seconds (at once where the node publishes no changes)."""
-        if not isinstance(self.status, Published):
-            return self.status()
+        after `timeout` seconds."""
         return self.status.wait_for(
             lambda st: st is not None and st.holder is not None and (st.term or 0) > term,
             timeout)

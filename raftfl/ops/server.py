@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from raftfl.core.status import NodeStatus
+from raftfl.core.status import Published
 from raftfl.net.http import NodeHttpServer
 from raftfl.net.origin import origin
 from raftfl.ops import auth, routes
@@ -34,7 +33,7 @@ REQUEST_TIMEOUT_S = 10.0  # per socket operation: a client that stalls is droppe
 
 
 class ApiServer(NodeHttpServer):
-    def __init__(self, status: Callable[[], NodeStatus | None], address: str, name: str,
+    def __init__(self, status: Published, address: str, name: str,
                  cluster: str):
         host, _, port = address.rpartition(":")
         super().__init__(host, int(port), _Handler, "API", "--api-port (0: no API)",

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from raftfl.core.events import AggregatorElected, Event, RoundCommitted, RoundStarted, RunStarted
 from raftfl.core.keys import Keys
 from raftfl.core.specs import RunSpec
-from raftfl.core.status import NodeStatus
+from raftfl.core.status import NodeStatus, Published
 from raftfl.etcd import run_store
 from raftfl.etcd.eventlog import EventLog
 from raftfl.etcd.run_store import NoSuchRun
@@ -100,7 +100,7 @@ def api(etcd_cluster_module, request: pytest.FixtureRequest,
         lease_ttl=3.0, cycled_at=now, cycles=1, revision=1, lease=None, lease_deadline=0.0,
         holder=None, term=None, vacant_since=None, serving_term=None, run=1, last_round=0,
         rounds=None, paused=False, action="idle", sentence="", member=None)
-    server = ApiServer(lambda: status, f"127.0.0.1:{free_port()}", A, keys.cluster).start()
+    server = ApiServer(Published(status), f"127.0.0.1:{free_port()}", A, keys.cluster).start()
     try:
         yield server, store, keys
     finally:

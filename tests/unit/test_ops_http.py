@@ -137,7 +137,7 @@ def request(path: str, method: str = "GET", body: bytes = b"", **query: str) -> 
 @pytest.fixture
 def ctx() -> OpsContext:
     now = time.monotonic()
-    return OpsContext(lambda: status(now), NAME, "c", secured=False, clock=lambda: now)
+    return OpsContext(Published(status(now)), NAME, "c", secured=False, clock=lambda: now)
 
 
 @pytest.mark.parametrize("path, method, code", [
@@ -178,7 +178,7 @@ def test_a_bad_body_is_a_400_in_one_line(ctx: OpsContext, body: bytes, line: str
 
 
 def test_before_the_first_cycle_etcd_backed_endpoints_say_starting() -> None:
-    ctx = OpsContext(lambda: None, NAME, "c", secured=False)
+    ctx = OpsContext(Published(), NAME, "c", secured=False)
     resp = dispatch(ctx, request("/cluster"))
     assert resp.status == 503 and "has not cycled yet" in json.loads(resp.body)["error"]
     assert json.loads(dispatch(ctx, request("/node")).body)["state"] == "starting"
@@ -194,7 +194,7 @@ def free_port() -> int:
 @pytest.fixture
 def server() -> Iterator[ApiServer]:
     now = time.monotonic()
-    srv = ApiServer(lambda: status(now), f"127.0.0.1:{free_port()}", NAME, "c").start()
+    srv = ApiServer(Published(status(now)), f"127.0.0.1:{free_port()}", NAME, "c").start()
     try:
         yield srv
     finally:
@@ -274,7 +274,7 @@ def secured(bundles: dict[str, Path]) -> Iterator[ApiServer]:
     tls.configure(tls.load(bundles["node"]))
     try:
         now = time.monotonic()
-        srv = ApiServer(lambda: status(now), f"127.0.0.1:{free_port()}", NAME, "c").start()
+        srv = ApiServer(Published(status(now)), f"127.0.0.1:{free_port()}", NAME, "c").start()
     finally:
         tls.configure(None)
     try:

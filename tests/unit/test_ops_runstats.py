@@ -24,7 +24,7 @@ from raftfl.core.events import (
     StepDown,
 )
 from raftfl.core.replay import Logged
-from raftfl.core.status import NodeStatus
+from raftfl.core.status import NodeStatus, Published
 from raftfl.ops import metrics
 from raftfl.ops.context import OpsContext
 from raftfl.ops.runstats import REJECT_REASONS, RunStats, reject_reason, totals
@@ -174,7 +174,7 @@ class FakeLedger:
 
 def scrape(monkeypatch: pytest.MonkeyPatch, etcd_ok: bool = True) -> dict[str, Any]:
     now = time.monotonic()
-    ctx = OpsContext(lambda: status(now), B, "prod", secured=False, clock=lambda: now)
+    ctx = OpsContext(Published(status(now)), B, "prod", secured=False, clock=lambda: now)
 
     def quorum_status(store: Any) -> dict[str, Any]:
         if not etcd_ok:
