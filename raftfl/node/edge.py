@@ -133,7 +133,8 @@ class Locator:
         it sees a holder of a later term."""
         query, hold = "", 0.0
         if after_term is not None:
-            query, hold = f"?after_term={after_term}&wait={self.opts.ask_hold:g}", self.opts.ask_hold
+            hold = self.opts.ask_hold
+            query = f"?after_term={after_term}&wait={hold:g}"
         for _ in self.opts.apis:
             url = self.opts.apis[self._next % len(self.opts.apis)].rstrip("/") + "/node" + query
             self._next += 1

@@ -25,7 +25,8 @@ One thread owns the node's state: this loop. Watch threads only queue changes an
 the probe thread publishes immutable evidence; the keepalive thread swaps in an immutable
 lease state (and stops a server whose lease ran out, before etcd says so); the worker thread
 writes only the worker role's own state; the HTTP API (raftfl/ops) only reads the immutable
-snapshot each cycle ends by publishing (`published`). Missing a wake-up costs at most one `LOOP_WAIT_S`.
+snapshot each cycle ends by publishing (`published`). Missing a wake-up costs at most one
+`LOOP_WAIT_S`.
 """
 
 from __future__ import annotations

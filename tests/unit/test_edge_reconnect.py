@@ -96,8 +96,7 @@ def test_a_real_node_api_holds_the_asks_until_the_successor_is_seen() -> None:
     now = time.monotonic()
     first = FleetServer("127.0.0.1", free_port_base(1)).start()
     servers = [first]
-    published = Published()
-    published.publish(status(now, term=10, holder_flower_address=first.address))
+    published = Published(status(now, term=10, holder_flower_address=first.address))
     api = ApiServer(published, f"127.0.0.1:{free_port_base(1)}", "127.0.0.1:1", "c").start()
     opts = EdgeOptions(apis=(api.url,), poll_hold=1.0)
     try:

@@ -220,8 +220,7 @@ def test_node_holds_an_ask_until_it_sees_a_successor() -> None:
     """`GET /node?after_term=T&wait=S` (an edge worker that lost the aggregator of term T)
     is answered once the node publishes a holder of a later term, or after S seconds."""
     now = time.monotonic()
-    published = Published()
-    published.publish(status(now, term=40))
+    published = Published(status(now, term=40))
     srv = ApiServer(published, f"127.0.0.1:{free_port_base(1)}", NAME, "c").start()
     try:
         threading.Timer(0.3, published.publish, [status(now, term=40, cycles=5)]).start()
