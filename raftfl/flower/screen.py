@@ -261,7 +261,7 @@ def _screen_array(where: str, sent: Array | None, got: Array,
 
 def _square_delta(value: np.ndarray, sent: Array) -> float:
     """The squared L2 norm of `value` - `sent`, in float64 (inf if it overflows even that)."""
-    delta = value.astype(np.float64) - sent.numpy().astype(np.float64)
+    delta = value.astype(np.float64) - checked_numpy(sent).astype(np.float64)
     with np.errstate(over="ignore"):
         return float(np.dot(delta.ravel(), delta.ravel()))
 

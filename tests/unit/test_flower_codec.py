@@ -16,6 +16,7 @@ from raftfl.flower.codec import (
     arrays_from_bytes,
     arrays_sha256,
     arrays_to_bytes,
+    checked_numpy,
     decode_message,
     encode_message,
     load_model,
@@ -208,3 +209,46 @@ def test_malformed_stamp(raw: object) -> None:
 def test_stamp_round_trip() -> None:
     stamp = Stamp(run_id=1, term=2, round=3, base="ab")
     assert Stamp.from_json(stamp.to_json()) == stamp
+
+
+def _npy_v2(value: np.ndarray) -> Array:
+    """`value` saved with a .npy 2.0 header (numpy writes 1.0 unless the header is large)."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, value, version=(2, 0))
+    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray",
+                 data=buf.getvalue())
+
+
+NPY_CASES = {
+    "float32 vector": Array(np.arange(1000, dtype=np.float32)),
+    "C-ordered matrix": Array(np.arange(12.0).reshape(3, 4)),
+    "Fortran-ordered matrix": Array(np.asfortranarray(np.arange(12).reshape(3, 4))),
+    "0-d": Array(np.array(3.5)),
+    "empty": Array(np.zeros((0, 5), np.float32)),
+    "big-endian": Array(np.arange(6, dtype=">i4").reshape(2, 3)),
+    "bool": Array(np.array([True, False, True])),
+    "a 2.0 header": _npy_v2(np.arange(4, dtype=np.int16)),
+}
+
+
+@pytest.mark.parametrize("array", NPY_CASES.values(), ids=NPY_CASES.keys())
+def test_checked_numpy_is_array_numpy_also_from_its_kept_header(array: Array) -> None:
+    expected = array.numpy()
+    for _ in range(2):  # the second read takes the header's parse from the first
+        got = checked_numpy(array)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(got, expected)
+        assert got.flags.writeable and got.flags.f_contiguous == expected.flags.f_contiguous
+
+
+def test_a_kept_header_over_other_bytes_is_still_refused() -> None:
+    good = Array(np.arange(8, dtype=np.float32))
+    checked_numpy(good)
+    short = Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=good.data[:-4])
+    with pytest.raises(CodecError, match="does not describe its data"):
+        checked_numpy(short)
+    long = Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=good.data + b"\0")
+    with pytest.raises(CodecError, match="does not describe its data"):
+        checked_numpy(long)
