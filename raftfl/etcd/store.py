@@ -82,6 +82,21 @@ def _retryable(exc: BaseException) -> bool:
         or _auth_changed(exc))
 
 
+def _why(exc: BaseException | None) -> str:
+    """An exception's name and, for python-etcd3's (raised from gRPC's), gRPC's status and
+    details: "ConnectionFailedError" alone does not say whether no address answered, TLS
+    failed or the member had no leader."""
+    if exc is None:
+        return "no attempt"
+    rpc = exc if isinstance(exc, grpc.RpcError) else exc.__cause__
+    if isinstance(rpc, grpc.RpcError):
+        code, details = rpc.code(), rpc.details()  # type: ignore[attr-defined]
+        status = f"{code.name if code else '?'}: {details or ''}".strip()
+        return f"{type(exc).__name__} ({status.splitlines()[0][:200]})"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
 def _auth_changed(exc: grpc.RpcError) -> bool:
     """etcd refuses a request checked against users and roles that changed meanwhile (RBAC
     turned on or edited while we run); etcd's own client retries it, so do we."""
@@ -248,7 +263,7 @@ class Store:
             last = exc.last_attempt.exception()
             raise EtcdUnavailable(
                 f"etcd unreachable at {','.join(self.endpoints)} for {budget:.0f}s: "
-                f"{type(last).__name__}"
+                f"{_why(last)}"
             ) from last
         raise AssertionError("unreachable")
 
