@@ -299,9 +299,9 @@ def checked_numpy(array: Array) -> np.ndarray:
     """`array.numpy()` once its .npy header is known to describe exactly the bytes it carries:
     a hostile header could otherwise make numpy allocate any size before reading a byte.
 
-    The header's parse is kept by its bytes: numpy parses it with `ast`, which cost more than
-    the rest of screening a small update (52 against 8 us), and a round's thousand updates
-    carry the same few headers."""
+    Each header's parse is kept, by its bytes: numpy parses it with `ast`, and a round's
+    thousand updates carry the same few headers (checking and reading a 1,000-float update
+    took 52 us, 1.8 us with the parse kept)."""
     data = array.data
     shape, fortran, dtype, offset = _npy_header(data)
     if dtype.hasobject or len(data) != offset + math.prod(shape) * dtype.itemsize:
@@ -310,16 +310,14 @@ def checked_numpy(array: Array) -> np.ndarray:
     return flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
 
 
-_NPY_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype[Any], int]] = {}
+_NpyHeader = tuple[tuple[int, ...], bool, np.dtype[Any], int]
+_NPY_HEADERS: dict[bytes, _NpyHeader] = {}
 _NPY_HEADERS_KEPT = 256
 
 
-def _npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+def _npy_header(data: bytes) -> _NpyHeader:
     """(shape, fortran order, dtype, offset of the data) of a .npy blob (1.0 or 2.0)."""
-    size = {b"\x01\x00": 2, b"\x02\x00": 4}.get(bytes(data[6:8]), 0)
-    offset = 8 + size + int.from_bytes(data[8:8 + size], "little") if size else 0
-    key = bytes(data[:offset]) if (data[:6] == b"\x93NUMPY" and len(data) >= offset
-                                   and offset <= 12 + MAX_NPY_HEADER) else b""
+    key = _npy_header_bytes(data)
     known = _NPY_HEADERS.get(key) if key else None
     if known is not None:
         return known
@@ -334,11 +332,21 @@ def _npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]
     except (ValueError, TypeError, SyntaxError) as exc:
         raise CodecError(f"malformed .npy: {str(exc).splitlines()[0][:200]}") from None
     parsed = (tuple(shape), bool(fortran), dtype, stream.tell())
-    if key and parsed[3] == offset:
+    if key and parsed[3] == len(key):
         if len(_NPY_HEADERS) >= _NPY_HEADERS_KEPT:
             _NPY_HEADERS.clear()
         _NPY_HEADERS[key] = parsed
     return parsed
+
+
+def _npy_header_bytes(data: bytes) -> bytes:
+    """The magic, version and header of a .npy blob, the key its parse is kept under (b"" when
+    they are not a well-formed 1.0 or 2.0 preamble within MAX_NPY_HEADER)."""
+    size = {b"\x01\x00": 2, b"\x02\x00": 4}.get(bytes(data[6:8]))  # of the header's length
+    if data[:6] != b"\x93NUMPY" or size is None or len(data) < 8 + size:
+        return b""
+    end = 8 + size + int.from_bytes(data[8:8 + size], "little")
+    return bytes(data[:end]) if end <= min(len(data), 12 + MAX_NPY_HEADER) else b""
 
 
 def arrays_from_bytes(blob: bytes | bytearray | memoryview) -> ArrayRecord:
