@@ -18,13 +18,14 @@ def test_twenty_edge_workers_train_every_round_and_come_back_after_a_kill(
         tmp_path: Path) -> None:
     lines: list[str] = []
     row = one_size(WORKERS, 5, tmp_path, lines.append)
-    assert row.get("violations") == "", "\n".join(lines)  # every round committed once
-    assert row["every_worker_every_round"]  # each worker replied in each round before the kill
-    assert row["term_held"]  # no unintended failover while 20 workers polled
-    assert row["workers_back"] == WORKERS  # every worker replied in the resumed round
-    assert row["failover_p100_s"] is not None and row["failover_p100_s"] < 20
-    assert row["etcd_writes_per_round"] > 0 and row["aggregator_rss_mb"] > 0
+    said = "\n".join([*lines, repr(row)])  # a failure names the figures, not just the line
+    assert row.get("violations") == "", said  # every round committed once
+    assert row["every_worker_every_round"], said  # every worker, every round before the kill
+    assert row["term_held"], said  # no unintended failover while 20 workers polled
+    assert row["workers_back"] == WORKERS, said  # every worker replied in the resumed round
+    assert row["failover_p100_s"] is not None and row["failover_p100_s"] < 20, said
+    assert row["etcd_writes_per_round"] > 0 and row["aggregator_rss_mb"] > 0, said
     # the requests of every origin but the rounds (nodes' own counters), per second, apart
-    assert row["etcd_background_per_s"] > 0
-    assert row["etcd_all_requests_per_round"] > row["etcd_requests_per_round"]
-    assert row["ok"]
+    assert row["etcd_background_per_s"] > 0, said
+    assert row["etcd_all_requests_per_round"] > row["etcd_requests_per_round"], said
+    assert row["ok"], said
