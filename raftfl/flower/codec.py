@@ -306,6 +306,8 @@ def checked_numpy(array: Array) -> np.ndarray:
     shape, fortran, dtype, offset = _npy_header(data)
     if dtype.hasobject or len(data) != offset + math.prod(shape) * dtype.itemsize:
         raise CodecError("the .npy header does not describe its data")
+    if not dtype.itemsize:  # a zero-size dtype: frombuffer cannot count its items
+        return array.numpy()
     flat = np.frombuffer(data, dtype, offset=offset).copy()  # writable, as np.load's
     return flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
 

@@ -230,6 +230,7 @@ NPY_CASES = {
     "big-endian": Array(np.arange(6, dtype=">i4").reshape(2, 3)),
     "bool": Array(np.array([True, False, True])),
     "a 2.0 header": _npy_v2(np.arange(4, dtype=np.int16)),
+    "a zero-size dtype": _npy_v2(np.zeros(3, dtype=[])),
 }
 
 
