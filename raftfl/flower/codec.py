@@ -344,11 +344,11 @@ def _npy_header(data: bytes) -> _NpyHeader:
 def _npy_header_bytes(data: bytes) -> bytes:
     """The magic, version and header of a .npy blob, the key its parse is kept under (b"" when
     they are not a well-formed 1.0 or 2.0 preamble within MAX_NPY_HEADER)."""
-    size = {b"\x01\x00": 2, b"\x02\x00": 4}.get(bytes(data[6:8]))  # of the header's length
+    size = {b"\x01\x00": 2, b"\x02\x00": 4}.get(data[6:8])  # of the header's length
     if data[:6] != b"\x93NUMPY" or size is None or len(data) < 8 + size:
         return b""
     end = 8 + size + int.from_bytes(data[8:8 + size], "little")
-    return bytes(data[:end]) if end <= min(len(data), 12 + MAX_NPY_HEADER) else b""
+    return data[:end] if end <= min(len(data), 12 + MAX_NPY_HEADER) else b""
 
 
 def arrays_from_bytes(blob: bytes | bytearray | memoryview) -> ArrayRecord:

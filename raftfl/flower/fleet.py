@@ -184,8 +184,7 @@ class FleetServer:
         self._by_token: dict[str, _Session] = {}
         self._owner: dict[str, _Session] = {}  # pending message id -> session
         self._done: dict[str, bytes | Lost] = {}  # message id -> reply, or why none comes
-        self._stopped = False
-        self._stopping = threading.Event()  # wakes the reaper, which never waits on `_cond`
+        self._stopped = threading.Event()  # also wakes the reaper, which never waits on `_cond`
         try:
             self._httpd = _HttpServer((host, port), self)
         except OSError as exc:
@@ -204,10 +203,9 @@ class FleetServer:
     def stop(self) -> None:
         """Stop now, from any thread: wake held polls, cut open connections, close the port."""
         with self._cond:
-            if self._stopped:
+            if self._stopped.is_set():
                 return
-            self._stopped = True
-            self._stopping.set()
+            self._stopped.set()
             self._cond.notify_all()
             for session in self._sessions.values():
                 session.wake.notify_all()
@@ -218,7 +216,7 @@ class FleetServer:
 
     @property
     def stopped(self) -> bool:
-        return self._stopped
+        return self._stopped.is_set()
 
     # ---- used by the grid
 
@@ -272,11 +270,11 @@ class FleetServer:
     # ---- used by the HTTP handler
 
     def _check_running(self) -> None:
-        if self._stopped:
+        if self._stopped.is_set():
             raise FleetStopped(f"fleet server {self.address} stopped")
 
     def _session(self, token: str, peer: str) -> _Session:
-        if self._stopped:
+        if self._stopped.is_set():
             raise _HttpError(503, "stopping")
         session = self._by_token.get(token)
         if session is None:
@@ -300,7 +298,7 @@ class FleetServer:
                 raise _HttpError(403, f"certificate {peer!r} may register as node {allowed}, "
                                       f"not {node_id}")
         with self._cond:
-            if self._stopped:
+            if self._stopped.is_set():
                 raise _HttpError(503, "stopping")
             old = self._sessions.get(node_id)
             if old is not None:
@@ -377,7 +375,7 @@ class FleetServer:
         registration notifies `_cond`, and a thousand of them would each make it walk a
         thousand sessions (0.1 s of CPU a round, holding the lock)."""
         last = time.monotonic()
-        while not self._stopping.wait(REAP_EVERY_S):
+        while not self._stopped.wait(REAP_EVERY_S):
             with self._cond:
                 now = time.monotonic()
                 stall = now - last - REAP_EVERY_S

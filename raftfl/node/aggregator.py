@@ -347,7 +347,7 @@ class AggregatorRole:
     def _missing_workers(self, connected: set[int]) -> set[str]:
         recorder = self.recorder
         first = recorder is not None and recorder.keys.run_id == 1 and recorder.last_round == 0
-        return missing_workers({m.node: m for m in list(self.session.members.values())},
+        return missing_workers(self.session.members,  # swapped whole, never changed in place
                                connected, initial=self.config.nodes if first else (),
                                predecessor=self._predecessor)
 
